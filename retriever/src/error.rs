@@ -1,0 +1,46 @@
+//! The retriever crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the retriever: loading a model folder, tokenizing,
+/// running the network, reading a checkpoint, or talking to the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or directory could not be read or written.
+    #[error("an I/O operation on {path} failed: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file of a model folder exists but its content is unusable (bad JSON, a missing or
+    /// misshapen weight, an unsupported setting).
+    #[error("the model file {path} cannot be used: {reason}")]
+    ModelFile { path: PathBuf, reason: String },
+
+    /// The tokenizer could not be built, configured, serialized, or run.
+    #[error("the tokenizer failed: {reason}")]
+    Tokenizer { reason: String },
+
+    /// An encoder checkpoint is truncated, corrupt, or from an unsupported format version.
+    #[error("the encoder checkpoint cannot be read: {reason}")]
+    Checkpoint { reason: String },
+
+    /// libtorch reported an error.
+    #[error("libtorch reported an error: {0}")]
+    Torch(#[from] tch::TchError),
+
+    /// The caller passed an argument that cannot be honored (an empty batch, a length
+    /// beyond the model's position table, a zero batch size).
+    #[error("the input is invalid: {reason}")]
+    InvalidInput { reason: String },
+
+    /// The storage layer reported an error.
+    #[error("the store reported an error: {0}")]
+    Storage(#[from] realm_storage::Error),
+}
+
+/// The retriever crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,144 @@
+//! The storage crate's one error type.
+
+use std::path::PathBuf;
+
+use crate::{GenerationId, GenerationState, PassageId};
+
+/// Everything that can go wrong in the store.
+///
+/// Every variant says what happened in a full sentence, and errors about files name the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `open` found no database at the path, and the options did not ask to create one.
+    #[error("no realm-db database exists at {path}; create one first (for example with `Db::create`)")]
+    NotFound { path: PathBuf },
+
+    /// `create` found an existing database at the path.
+    #[error("a realm-db database already exists at {path}; open it instead of creating it")]
+    AlreadyExists { path: PathBuf },
+
+    /// The directory holds a RocksDB database that realm-db did not create.
+    #[error("the directory {path} holds a database that realm-db did not write (its format record is missing)")]
+    NotARealmDb { path: PathBuf },
+
+    /// The database was written by a newer (or unknown) version of realm-db.
+    #[error(
+        "the database at {path} has on-disk format version {found}, but this build of realm-db reads only version {supported}"
+    )]
+    UnsupportedFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// Another process (or another handle in this process) holds the write lock.
+    #[error(
+        "the database at {path} is already open for writing by another handle or process; open it as a read-only follower instead"
+    )]
+    Locked { path: PathBuf },
+
+    /// RocksDB reported an error.
+    #[error("storage operation failed on the database at {path}: {source}")]
+    Rocks {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+
+    /// A file-system operation outside RocksDB failed.
+    #[error("I/O failed at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A stored record failed its checksum or could not be decoded.
+    #[error("stored data is corrupted: {what} failed its checksum or could not be decoded")]
+    Corrupt { what: String },
+
+    /// A passage in an insert batch was rejected; nothing of the batch was written.
+    #[error("passage {index} of the batch was rejected, and nothing of the batch was written: {reason}")]
+    InvalidPassage { index: usize, reason: String },
+
+    /// No passage has this id (it never existed, or it was deleted).
+    #[error("no passage has id {0}")]
+    UnknownPassage(PassageId),
+
+    /// No generation has this id (it never existed, or it was collected).
+    #[error("no generation has id {0}; it never existed or was garbage-collected")]
+    UnknownGeneration(GenerationId),
+
+    /// The generation spec is unusable.
+    #[error("the generation spec is invalid: {reason}")]
+    InvalidSpec { reason: String },
+
+    /// Vectors did not have the generation's dimension.
+    #[error(
+        "generation {generation} stores {expected}-dimensional vectors, but {values} values were given for {ids} passages"
+    )]
+    DimensionMismatch {
+        generation: GenerationId,
+        expected: usize,
+        values: usize,
+        ids: usize,
+    },
+
+    /// A vector held NaN or an infinity.
+    #[error("row {row} of the vectors holds a non-finite value (NaN or infinity) at position {position}")]
+    NonFinite { row: usize, position: usize },
+
+    /// The generation's state forbids writing.
+    #[error("generation {generation} is {state} and its vectors cannot be written")]
+    NotWritable {
+        generation: GenerationId,
+        state: GenerationState,
+    },
+
+    /// The passage already has a vector in this generation.
+    #[error("passage {passage} already has a vector in generation {generation}; vectors are immutable once written")]
+    DuplicateVector {
+        generation: GenerationId,
+        passage: PassageId,
+    },
+
+    /// Commit found passages without a vector in the new generation.
+    #[error(
+        "generation {generation} cannot be committed: {missing} visible passages have no vector in it (first few: {first:?}); write them and commit again"
+    )]
+    CoverageGap {
+        generation: GenerationId,
+        missing: usize,
+        first: Vec<PassageId>,
+    },
+
+    /// Only committed or retained (retired) generations can be pinned.
+    #[error("generation {generation} is {state} and cannot be pinned by a snapshot")]
+    NotPinnable {
+        generation: GenerationId,
+        state: GenerationState,
+    },
+
+    /// The current generation changed between embedding and writing.
+    #[error("the current generation changed from {expected} to {found:?} while the batch was being prepared; retry it")]
+    GenerationChanged {
+        expected: GenerationId,
+        found: Option<GenerationId>,
+    },
+
+    /// The operation needs a current generation, and none has been published.
+    #[error("the database has no current generation yet; build and commit one first")]
+    NoCurrentGeneration,
+
+    /// A write was attempted through a read-only follower.
+    #[error("this handle is a read-only follower of {path}; writes must go through the process that holds it for writing")]
+    ReadOnly { path: PathBuf },
+
+    /// A named blob (an encoder checkpoint, trainer state) does not exist.
+    #[error("no stored blob is named {name:?}")]
+    UnknownBlob { name: String },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

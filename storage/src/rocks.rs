@@ -1,0 +1,388 @@
+//! The one module that talks to RocksDB.
+//!
+//! It owns the column-family names, their options, opening (as the writer or as a
+//! read-only follower), and the small read/write vocabulary the rest of the crate uses:
+//! point reads, bounded prefix scans, write batches, range deletes and snapshots.
+//! No other module imports `rocksdb`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, WriteOptions,
+};
+
+use crate::error::{Error, Result};
+
+/// Column families, one per kind of record. See `docs/format.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cf {
+    /// Format version, id counters, the current generation.
+    Meta,
+    /// Passage id (u64 BE) → passage record.
+    Passages,
+    /// External id (UTF-8) → passage id (u64 BE).
+    ExternalIds,
+    /// Generation id (u64 BE) → manifest.
+    Generations,
+    /// Generation id ++ block number (u64 BE each) → vector block.
+    Vectors,
+    /// Generation id ++ passage id → block number: which passages a generation covers.
+    VectorIndex,
+    /// Generation id ++ passage id → empty: rows of deleted passages, skipped when loading.
+    Tombstones,
+    /// Blob name ++ chunk number → chunk: encoder checkpoints and trainer state.
+    Blobs,
+}
+
+impl Cf {
+    pub(crate) const ALL: [Cf; 8] = [
+        Cf::Meta,
+        Cf::Passages,
+        Cf::ExternalIds,
+        Cf::Generations,
+        Cf::Vectors,
+        Cf::VectorIndex,
+        Cf::Tombstones,
+        Cf::Blobs,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Passages => "passages",
+            Cf::ExternalIds => "external_ids",
+            Cf::Generations => "generations",
+            Cf::Vectors => "vectors",
+            Cf::VectorIndex => "vector_index",
+            Cf::Tombstones => "vector_tombstones",
+            Cf::Blobs => "blobs",
+        }
+    }
+
+    fn options(self) -> Options {
+        let mut opts = Options::default();
+        let mut table = BlockBasedOptions::default();
+        match self {
+            // Float vectors and checkpoints do not compress; large blocks make scans sequential.
+            Cf::Vectors | Cf::Blobs => {
+                opts.set_compression_type(DBCompressionType::None);
+                table.set_block_size(64 * 1024);
+                opts.set_enable_blob_files(false);
+            }
+            Cf::Passages => {
+                opts.set_compression_type(DBCompressionType::Lz4);
+                table.set_bloom_filter(10.0, false);
+            }
+            _ => {
+                opts.set_compression_type(DBCompressionType::Lz4);
+            }
+        }
+        opts.set_block_based_table_factory(&table);
+        opts
+    }
+}
+
+/// How to open the RocksDB instance.
+pub(crate) enum OpenMode {
+    /// The single writer; creates the database when `create` is set.
+    Writer { create: bool },
+    /// A read-only follower: a RocksDB read-only instance, a frozen view of the database as of
+    /// opening (WAL included). Catching up means opening a new one.
+    Follower,
+}
+
+/// An open RocksDB instance with realm-db's column families.
+pub(crate) struct Rocks {
+    db: rocksdb::DB,
+    path: PathBuf,
+    follower: bool,
+}
+
+impl std::fmt::Debug for Rocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rocks")
+            .field("path", &self.path)
+            .field("follower", &self.follower)
+            .finish()
+    }
+}
+
+impl Rocks {
+    pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_background_jobs(2);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
+        let (db, follower) = match mode {
+            OpenMode::Writer { create } => {
+                opts.create_if_missing(create);
+                (rocksdb::DB::open_cf_descriptors(&opts, path, cfs), false)
+            }
+            OpenMode::Follower => {
+                // Every table file stays open, so files the writer compacts away meanwhile
+                // remain readable for as long as this frozen view lives.
+                opts.set_max_open_files(-1);
+                (
+                    rocksdb::DB::open_cf_descriptors_read_only(&opts, path, cfs, false),
+                    true,
+                )
+            }
+        };
+        let db = db.map_err(|source| classify_open_error(path, source))?;
+        Ok(Rocks {
+            db,
+            path: path.to_path_buf(),
+            follower,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // The handles are created by `open` for every entry of `Cf::ALL`.
+        self.db
+            .cf_handle(cf.name())
+            .unwrap_or_else(|| panic!("column family {} is opened with the database", cf.name()))
+    }
+
+    fn err(&self, source: rocksdb::Error) -> Error {
+        Error::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn batch(&self) -> Batch<'_> {
+        Batch {
+            rocks: self,
+            inner: rocksdb::WriteBatch::default(),
+        }
+    }
+
+    pub(crate) fn write(&self, batch: Batch<'_>, sync: bool) -> Result<()> {
+        if self.follower {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch.inner, &opts).map_err(|e| self.err(e))
+    }
+
+    /// Asks RocksDB to compact `[from, to)` so that deleted data frees its disk space.
+    pub(crate) fn compact(&self, cf: Cf, from: &[u8], to: &[u8]) {
+        self.db.compact_range_cf(self.cf(cf), Some(from), Some(to));
+    }
+
+    /// Flushes memtables to SST files (used before measuring disk usage).
+    pub(crate) fn flush(&self) -> Result<()> {
+        for cf in Cf::ALL {
+            self.db.flush_cf(self.cf(cf)).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of live SST files in one column family.
+    pub(crate) fn disk_bytes(&self, cf: Cf) -> Result<u64> {
+        let value = self
+            .db
+            .property_int_value_cf(self.cf(cf), "rocksdb.live-sst-files-size")
+            .map_err(|e| self.err(e))?;
+        Ok(value.unwrap_or(0))
+    }
+
+}
+
+fn scan_options(prefix: &[u8], start: &[u8]) -> (ReadOptions, Vec<u8>) {
+    let mut opts = ReadOptions::default();
+    if let Some(upper) = prefix_successor(prefix) {
+        opts.set_iterate_upper_bound(upper);
+    }
+    let from = if start > prefix {
+        start.to_vec()
+    } else {
+        prefix.to_vec()
+    };
+    (opts, from)
+}
+
+/// The smallest key greater than every key starting with `prefix`, if one exists.
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
+fn classify_open_error(path: &Path, source: rocksdb::Error) -> Error {
+    let text = source.to_string();
+    if text.contains("lock") || text.contains("LOCK") {
+        Error::Locked {
+            path: path.to_path_buf(),
+        }
+    } else if text.contains("does not exist") {
+        Error::NotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::Rocks {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A group of writes applied atomically by [`Rocks::write`].
+pub(crate) struct Batch<'a> {
+    rocks: &'a Rocks,
+    inner: rocksdb::WriteBatch,
+}
+
+impl Batch<'_> {
+    pub(crate) fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.inner.put_cf(self.rocks.cf(cf), key, value);
+    }
+
+    pub(crate) fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.inner.delete_cf(self.rocks.cf(cf), key);
+    }
+
+    /// Deletes every key that starts with `prefix`.
+    pub(crate) fn delete_prefix(&mut self, cf: Cf, prefix: &[u8]) {
+        let upper = prefix_successor(prefix).unwrap_or_else(|| vec![u8::MAX; prefix.len() + 1]);
+        self.inner
+            .delete_range_cf(self.rocks.cf(cf), prefix, upper.as_slice());
+    }
+}
+
+type RawSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot that owns a handle to its database, so it can live as long as needed.
+    pub(crate) struct RocksSnapshot {
+        owner: Arc<Rocks>,
+        #[covariant]
+        dependent: RawSnapshot,
+    }
+);
+
+impl std::fmt::Debug for RocksSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksSnapshot")
+            .field("path", &self.borrow_owner().path)
+            .finish()
+    }
+}
+
+/// A consistent read view: a RocksDB snapshot of the writer's instance, or a follower's
+/// read-only instance, which never changes.
+#[derive(Debug)]
+pub(crate) enum SnapshotReader {
+    Live(RocksSnapshot),
+    Frozen(Arc<Rocks>),
+}
+
+impl SnapshotReader {
+    pub(crate) fn take(rocks: Arc<Rocks>) -> Self {
+        if rocks.follower {
+            SnapshotReader::Frozen(rocks)
+        } else {
+            SnapshotReader::Live(RocksSnapshot::new(rocks, |rocks| rocks.db.snapshot()))
+        }
+    }
+}
+
+impl Reader for SnapshotReader {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self {
+            SnapshotReader::Live(s) => s.get(cf, key),
+            SnapshotReader::Frozen(r) => r.get(cf, key),
+        }
+    }
+
+    fn scan<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        match self {
+            SnapshotReader::Live(s) => s.scan(cf, prefix, start),
+            SnapshotReader::Frozen(r) => r.scan(cf, prefix, start),
+        }
+    }
+}
+
+/// A key/value entry as scanned.
+pub(crate) type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// Reads, either of the live database or of a snapshot, so that read logic is written once.
+pub(crate) trait Reader {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// All entries whose key starts with `prefix`, in key order, from `start` (inclusive) on.
+    fn scan<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+}
+
+impl Reader for Rocks {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(|e| self.err(e))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        let (opts, mode_key) = scan_options(prefix, start);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf),
+            opts,
+            IteratorMode::From(&mode_key, Direction::Forward),
+        );
+        Box::new(iter.map(move |item| item.map_err(|e| self.err(e))))
+    }
+}
+
+impl Reader for RocksSnapshot {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let rocks = self.borrow_owner();
+        self.borrow_dependent()
+            .get_cf(rocks.cf(cf), key)
+            .map_err(|e| rocks.err(e))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        let rocks = self.borrow_owner();
+        let (opts, mode_key) = scan_options(prefix, start);
+        let iter = self.borrow_dependent().iterator_cf_opt(
+            rocks.cf(cf),
+            opts,
+            IteratorMode::From(&mode_key, Direction::Forward),
+        );
+        Box::new(iter.map(move |item| item.map_err(|e| rocks.err(e))))
+    }
+}

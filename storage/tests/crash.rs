@@ -1,0 +1,216 @@
+//! Crash recovery: a child process ingests, builds and publishes generations in a loop and is
+//! killed with SIGKILL at random moments. After each kill the database is reopened and
+//! checked: every write the child acknowledged (logged after it returned) is present, the
+//! current generation is complete, and nothing of an unfinished generation is left.
+//!
+//! `cargo test -p realm-storage --test crash` runs 100 cycles; a soak run takes
+//! `cargo test -p realm-storage --release --test crash -- --cycles 2000`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use realm_storage::{Db, Dtype, Error, GenerationSpec, GenerationState, NewPassage};
+
+const DIM: usize = 4;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(Path::new(&args[i + 1]), args[i + 2].parse().expect("seed"));
+        return;
+    }
+    let cycles = args
+        .iter()
+        .position(|a| a == "--cycles")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse().expect("--cycles takes a number"))
+        .unwrap_or(100);
+    parent(cycles);
+}
+
+fn vector(generation: u64, passage: u64) -> [f32; DIM] {
+    [generation as f32, passage as f32, 1.0, -1.0]
+}
+
+/// The writer: loops forever until killed, logging each acknowledged write.
+fn child(dir: &Path, seed: u64) {
+    let db = Db::builder(dir.join("db"))
+        .create_if_missing(true)
+        .open()
+        .expect("child opens the database");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("acks.log"))
+        .expect("ack log");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        let batch: Vec<NewPassage> = (0..rng.random_range(1..20))
+            .map(|i| {
+                NewPassage::new(format!("t{seed}-{round}-{i}"), "crash test text")
+                    .with_external_id(format!("{seed}-{round}-{i}"))
+            })
+            .collect();
+        db.insert(&batch).expect("insert");
+        let mut acks = String::new();
+        for p in &batch {
+            acks += &format!("P {}\n", p.external_id.as_ref().unwrap());
+        }
+        ack(&mut log, &acks);
+        match rng.random_range(0..10) {
+            0..=2 => {
+                // Build and publish a generation, in several blocks, catching up at the end.
+                let spec = GenerationSpec::new("crash", DIM as u32, Dtype::F32);
+                let mut w = db.begin_generation(spec).expect("begin");
+                loop {
+                    let missing = w.missing().expect("missing");
+                    for chunk in missing.chunks(7) {
+                        let values: Vec<f32> =
+                            chunk.iter().flat_map(|&p| vector(w.id(), p)).collect();
+                        w.write(chunk, &values).expect("write");
+                    }
+                    match w.commit() {
+                        Ok(g) => {
+                            ack(&mut log, &format!("G {g}\n"));
+                            break;
+                        }
+                        Err(Error::CoverageGap { .. }) => continue,
+                        Err(e) => panic!("commit: {e}"),
+                    }
+                }
+            }
+            3 => {
+                // A generation that is never finished: abandoned mid-way (and leaked, so
+                // that the kill, not the writer's drop, ends it).
+                let spec = GenerationSpec::new("crash", DIM as u32, Dtype::F32);
+                let mut w = db.begin_generation(spec).expect("begin");
+                let missing = w.missing().expect("missing");
+                let part: Vec<u64> = missing.into_iter().take(5).collect();
+                let values: Vec<f32> = part.iter().flat_map(|&p| vector(w.id(), p)).collect();
+                w.write(&part, &values).expect("write");
+                std::mem::forget(w);
+            }
+            4 => {
+                if let Some(g) = db.current_generation().expect("current") {
+                    let pending = db.snapshot().expect("snapshot").pending().expect("pending");
+                    let values: Vec<f32> = pending.iter().flat_map(|&p| vector(g, p)).collect();
+                    db.put_vectors(g, &pending, &values).expect("append");
+                }
+            }
+            5 => {
+                let snap = db.snapshot().expect("snapshot");
+                if let Some(p) = snap.passages().next() {
+                    let p = p.expect("passage");
+                    db.delete(&[p.id]).expect("delete");
+                    ack(&mut log, &format!("D {}\n", p.external_id.unwrap()));
+                }
+            }
+            6 => {
+                db.gc(1).expect("gc");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Appends acknowledgement lines with one `write` call, so a kill tears at most the last line.
+fn ack(log: &mut std::fs::File, lines: &str) {
+    log.write_all(lines.as_bytes()).expect("ack log write");
+}
+
+fn parent(cycles: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut max_generation = 0;
+    for cycle in 0..cycles {
+        let mut child = Command::new(&exe)
+            .arg("--child")
+            .arg(dir.path())
+            .arg(cycle.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(30..250)));
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "cycle {cycle}: the child exited on its own ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        max_generation = verify(dir.path(), cycle, max_generation);
+    }
+    println!("crash: {cycles} kill-and-reopen cycles passed");
+}
+
+/// Checks the database after a kill; returns the highest acknowledged generation.
+fn verify(dir: &Path, cycle: usize, mut max_generation: u64) -> u64 {
+    let log = std::fs::read_to_string(dir.join("acks.log")).unwrap_or_default();
+    let mut present = BTreeSet::new();
+    let mut deleted = BTreeSet::new();
+    // A kill can cut the last line short: only newline-terminated lines count.
+    let whole = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+    for line in whole.lines().filter(|l| !l.is_empty()) {
+        let (kind, value) = line.split_once(' ').unwrap_or((line, ""));
+        match kind {
+            "P" => {
+                present.insert(value.to_string());
+            }
+            "D" => {
+                deleted.insert(value.to_string());
+            }
+            "G" => {
+                if let Ok(g) = value.parse::<u64>() {
+                    max_generation = max_generation.max(g);
+                }
+            }
+            _ => {}
+        }
+    }
+    let db = Db::open(dir.join("db")).unwrap_or_else(|e| panic!("cycle {cycle}: reopen: {e}"));
+    let report = db.verify().unwrap();
+    assert!(report.problems.is_empty(), "cycle {cycle}: {:?}", report.problems);
+    let snap = db.snapshot().unwrap();
+    for ext in present.difference(&deleted) {
+        assert!(
+            snap.get_by_external_id(ext).unwrap().is_some(),
+            "cycle {cycle}: acknowledged passage {ext} is missing"
+        );
+    }
+    for ext in &deleted {
+        assert!(
+            snap.get_by_external_id(ext).unwrap().is_none(),
+            "cycle {cycle}: acknowledged delete of {ext} was lost"
+        );
+    }
+    assert!(
+        db.generations()
+            .unwrap()
+            .iter()
+            .all(|g| g.manifest.state != GenerationState::Building),
+        "cycle {cycle}: an unfinished generation survived reopen"
+    );
+    if max_generation > 0 {
+        let current = snap.generation_id().expect("a generation was acknowledged");
+        assert!(current >= max_generation, "cycle {cycle}: publish of {max_generation} lost");
+        // The current generation is complete: every visible passage has its exact vector,
+        // or is pending (ingested after the publish).
+        let matrix = snap.vectors().unwrap();
+        for (i, &id) in matrix.ids.iter().enumerate() {
+            assert_eq!(matrix.row(i), vector(current, id), "cycle {cycle}: wrong row");
+        }
+        let visible = snap.passage_count().unwrap() as usize;
+        assert_eq!(matrix.rows() + snap.pending().unwrap().len(), visible);
+    }
+    max_generation
+}
