@@ -116,7 +116,7 @@ fn minilm_matches_sentence_transformers() {
         assert!(c >= 0.9999, "cosine {c} < 0.9999 for {:?}", r.text);
     }
     eprintln!(
-        "parity: {ids_matching}/{} input_ids identical, min cosine {min_cos:.7}",
+        "parity: {ids_matching}/{} input_ids identical, min cosine {min_cos:.9} (1 - min = {:e})",
         refs.len()
     );
 }
@@ -199,9 +199,14 @@ fn checkpoint_round_trip_is_exact() {
     assert_eq!(fingerprint, checkpoint_fingerprint(&bytes));
     assert_eq!(fingerprint.len(), 64);
 
-    let restored = Encoder::from_checkpoint_bytes(&bytes, None, EncoderConfig::default())
-        .expect("checkpoint loads");
-    assert_eq!(restored.max_len(), 64);
+    // Same batch size: batch composition changes float rounding (about 1e-8).
+    let restore_cfg = EncoderConfig {
+        max_len: 0,
+        ..cfg.clone()
+    };
+    let restored =
+        Encoder::from_checkpoint_bytes(&bytes, None, restore_cfg).expect("checkpoint loads");
+    assert_eq!(restored.max_len(), 64, "max_len 0 keeps the checkpoint's length");
     assert_eq!(restored.head(), encoder.head());
     assert_eq!(restored.bert_config(), encoder.bert_config());
     let after = restored.encode_docs(&docs).expect("encodes");

@@ -33,7 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1usize..4, proptest::option::of(0u8..4)).prop_map(|(count, ext)| Op::Insert { count, ext }),
         2 => any::<usize>().prop_map(Op::Delete),
         2 => Just(Op::Begin),
-        3 => (1usize..5).prop_map(Op::WriteSome),
+        4 => (1usize..12).prop_map(Op::WriteSome),
         3 => Just(Op::Commit),
         1 => Just(Op::Abort),
         2 => Just(Op::Append),
@@ -350,7 +350,7 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn storage_matches_the_oracle(ops in proptest::collection::vec(op(), 1..40)) {
