@@ -178,7 +178,10 @@ impl BertConfig {
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must lie in [0, 1), but it is {p}"));
@@ -271,15 +274,18 @@ impl BertEmbeddings {
         }
     }
 
-    fn forward_t(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
+    fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let seq_len = input_ids.size().last().copied().unwrap_or(0);
         let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
         let words = self.word_embeddings.forward(input_ids);
         let types = match token_type_ids {
             Some(t) => self.token_type_embeddings.forward(t),
-            None => self
-                .token_type_embeddings
-                .forward(&input_ids.zeros_like()),
+            None => self.token_type_embeddings.forward(&input_ids.zeros_like()),
         };
         let xs = words + self.position_embeddings.forward(&positions) + types;
         self.layer_norm.forward(&xs).dropout(self.dropout, train)
@@ -344,18 +350,10 @@ impl BertLayer {
         };
         let (q, k, v) = (heads(&self.query), heads(&self.key), heads(&self.value));
         let p = if train { self.attention_dropout } else { 0.0 };
-        let context = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(mask),
-            p,
-            false,
-            None,
-            false,
-        )
-        .transpose(1, 2)
-        .reshape([b, t, h]);
+        let context =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+                .transpose(1, 2)
+                .reshape([b, t, h]);
         let attended = self
             .attention_output
             .forward(&context)

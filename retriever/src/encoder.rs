@@ -253,6 +253,22 @@ impl Encoder {
                 reason: format!("its tokenizer JSON cannot be parsed ({e})"),
             })?,
         };
+        let file = SafeTensors::parse(sections.weights).map_err(|reason| Error::Checkpoint {
+            reason: format!("its weights section is malformed: {reason}"),
+        })?;
+        header.bert.validate().map_err(|reason| Error::Checkpoint {
+            reason: format!("its BERT configuration is invalid: {reason}"),
+        })?;
+        // Refuse before allocating: every parameter takes at least two bytes.
+        let needed = parameter_count(&header.bert, &header.head).saturating_mul(2);
+        if needed > sections.weights.len() as u128 {
+            return Err(Error::Checkpoint {
+                reason: format!(
+                    "its configuration needs at least {needed} bytes of weights but the weights section has {}",
+                    sections.weights.len()
+                ),
+            });
+        }
         let encoder = Self::build(
             header.bert,
             tokenizer,
@@ -261,9 +277,6 @@ impl Encoder {
             header.max_len,
             Some(header.pad_id),
         )?;
-        let file = SafeTensors::parse(sections.weights).map_err(|reason| Error::Checkpoint {
-            reason: format!("its weights section is malformed: {reason}"),
-        })?;
         let vars = encoder.vs.variables();
         if let Some(extra) = file.names().find(|name| !vars.contains_key(*name)) {
             return Err(Error::Checkpoint {
@@ -347,7 +360,9 @@ impl Encoder {
             Pooling::Mean { .. } => {
                 let weights = mask.unsqueeze(-1).to_kind(hidden.kind());
                 let summed = (&hidden * &weights).sum_dim_intlist(1, false, None::<Kind>);
-                let counts = weights.sum_dim_intlist(1, false, None::<Kind>).clamp_min(1e-9);
+                let counts = weights
+                    .sum_dim_intlist(1, false, None::<Kind>)
+                    .clamp_min(1e-9);
                 summed / counts
             }
             Pooling::Cls => hidden.select(1, 0),
@@ -358,9 +373,7 @@ impl Encoder {
         };
         match self.head.pooling {
             Pooling::Mean { normalize: true } => {
-                let norms = projected
-                    .norm_scalaropt_dim(2, [-1], true)
-                    .clamp_min(1e-12);
+                let norms = projected.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
                 projected / norms
             }
             _ => projected,
@@ -472,8 +485,9 @@ impl Encoder {
             path: weights_path.clone(),
             reason,
         };
-        let file = SafeTensors::parse(&bytes)
-            .map_err(|reason| model_file(format!("it is not a valid safetensors file: {reason}")))?;
+        let file = SafeTensors::parse(&bytes).map_err(|reason| {
+            model_file(format!("it is not a valid safetensors file: {reason}"))
+        })?;
         for (name, var) in encoder.vs.variables() {
             if name.starts_with("projection.") {
                 continue;
@@ -559,6 +573,12 @@ impl Encoder {
             )));
         }
         cfg.max_len = max_len;
+        if head.doc_format == DocFormat::Pair && bert_config.type_vocab_size < 2 {
+            return Err(invalid(format!(
+                "title/body pairs need two token types, but the model has {}",
+                bert_config.type_vocab_size
+            )));
+        }
 
         let vocab = tokenizer.get_vocab_size(true);
         if i64::try_from(vocab).map_or(true, |v| v > bert_config.vocab_size) {
@@ -633,9 +653,8 @@ impl Encoder {
                 vec![0.0; numel]
             } else {
                 let mut rng = SplitMix64::new(seed as u64 ^ fnv1a(name.as_bytes()));
-                let mut values: Vec<f32> = (0..numel)
-                    .map(|_| (rng.normal() * stdev) as f32)
-                    .collect();
+                let mut values: Vec<f32> =
+                    (0..numel).map(|_| (rng.normal() * stdev) as f32).collect();
                 if name.ends_with("word_embeddings.weight") {
                     let hidden = self.bert_config.hidden_size as usize;
                     let pad = self.bert_config.pad_token_id as usize;
@@ -663,7 +682,10 @@ impl Encoder {
                 .iter()
                 .map(|(title, body)| format!("{title} {body}").into())
                 .collect(),
-            DocFormat::Pair => docs.iter().map(|&(title, body)| (title, body).into()).collect(),
+            DocFormat::Pair => docs
+                .iter()
+                .map(|&(title, body)| (title, body).into())
+                .collect(),
         };
         self.tokenizer
             .encode_batch(inputs, true)
@@ -703,7 +725,9 @@ impl Encoder {
         let device = self.device();
         let shape = [rows as i64, cols as i64];
         let tensor = |v: &[i64]| -> Result<Tensor> {
-            Ok(Tensor::f_from_slice(v)?.f_view(shape)?.f_to_device(device)?)
+            Ok(Tensor::f_from_slice(v)?
+                .f_view(shape)?
+                .f_to_device(device)?)
         };
         Ok(TokenBatch {
             input_ids: tensor(&ids)?,
@@ -782,6 +806,36 @@ impl Encoder {
         out.extend_from_slice(&data);
         Ok(out)
     }
+}
+
+/// The number of scalar parameters of BERT plus the head (saturating, for untrusted configs).
+fn parameter_count(bert: &BertConfig, head: &EncoderHead) -> u128 {
+    let n = |v: i64| u128::try_from(v).unwrap_or(0);
+    let sum = |xs: &[u128]| xs.iter().fold(0u128, |a, &x| a.saturating_add(x));
+    let (h, i) = (n(bert.hidden_size), n(bert.intermediate_size));
+    let embeddings = sum(&[
+        n(bert.vocab_size).saturating_mul(h),
+        n(bert.max_position_embeddings).saturating_mul(h),
+        n(bert.type_vocab_size).saturating_mul(h),
+        h.saturating_mul(2),
+    ]);
+    // Q, K, V and attention output (weights and biases), two LayerNorms, the feed-forward.
+    let layer = sum(&[
+        h.saturating_mul(h).saturating_mul(4),
+        h.saturating_mul(4),
+        h.saturating_mul(4),
+        h.saturating_mul(i).saturating_mul(2),
+        i,
+        h,
+    ]);
+    let projection = head
+        .projection_dim
+        .map_or(0, |d| n(d).saturating_mul(h).saturating_add(n(d)));
+    sum(&[
+        embeddings,
+        layer.saturating_mul(n(bert.num_hidden_layers)),
+        projection,
+    ])
 }
 
 /// The hex SHA-256 of checkpoint bytes, as [`Encoder::fingerprint`] computes it.
@@ -872,6 +926,8 @@ struct PoolingFile {
 struct SentenceBertFile {
     #[serde(default)]
     max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
 }
 
 impl ModelFolder {
@@ -883,8 +939,16 @@ impl ModelFolder {
             Some(modules) => Self::head_from_modules(dir, &modules_path, &modules)?,
         };
         let bert = BertConfig::from_file(&root.join("config.json"))?;
-        let sbert: Option<SentenceBertFile> =
-            read_json_if_present(&root.join("sentence_bert_config.json"))?;
+        let sbert_path = root.join("sentence_bert_config.json");
+        let sbert: Option<SentenceBertFile> = read_json_if_present(&sbert_path)?;
+        if sbert.as_ref().is_some_and(|s| s.do_lower_case) {
+            return Err(Error::ModelFile {
+                path: sbert_path,
+                reason:
+                    "do_lower_case is true, and lower-casing outside the tokenizer is not supported"
+                        .to_owned(),
+            });
+        }
         let tokenizer = load_tokenizer(&root.join("tokenizer.json"))?;
         Ok(ModelFolder {
             root,
@@ -928,8 +992,7 @@ impl ModelFolder {
                 }
             }
         }
-        let root =
-            root.ok_or_else(|| unsupported("it lists no Transformer module".to_owned()))?;
+        let root = root.ok_or_else(|| unsupported("it lists no Transformer module".to_owned()))?;
         let pooling =
             pooling.ok_or_else(|| unsupported("it lists no Pooling module".to_owned()))?;
         let pooling = match pooling {
@@ -955,7 +1018,11 @@ fn pooling_from_file(file: &PoolingFile) -> Option<Pooling> {
         || file.pooling_mode_mean_sqrt_len_tokens
         || file.pooling_mode_weightedmean_tokens
         || file.pooling_mode_lasttoken;
-    match (file.pooling_mode_mean_tokens, file.pooling_mode_cls_token, others) {
+    match (
+        file.pooling_mode_mean_tokens,
+        file.pooling_mode_cls_token,
+        others,
+    ) {
         (true, false, false) => Some(Pooling::Mean { normalize: false }),
         (false, true, false) => Some(Pooling::Cls),
         _ => None,
@@ -1013,9 +1080,11 @@ impl<'a> CheckpointSections<'a> {
         let mut rest = rest;
         let mut sections = [&[][..]; 3];
         for (slot, name) in sections.iter_mut().zip(["header", "tokenizer", "weights"]) {
-            let (len, tail) = rest.split_first_chunk::<8>().ok_or_else(|| Error::Checkpoint {
-                reason: format!("it ends before the length of its {name} section"),
-            })?;
+            let (len, tail) = rest
+                .split_first_chunk::<8>()
+                .ok_or_else(|| Error::Checkpoint {
+                    reason: format!("it ends before the length of its {name} section"),
+                })?;
             let len = usize::try_from(u64::from_le_bytes(*len)).unwrap_or(usize::MAX);
             if len > tail.len() {
                 return Err(Error::Checkpoint {
@@ -1031,7 +1100,10 @@ impl<'a> CheckpointSections<'a> {
         }
         if !rest.is_empty() {
             return Err(Error::Checkpoint {
-                reason: format!("it has {} unexpected bytes after its last section", rest.len()),
+                reason: format!(
+                    "it has {} unexpected bytes after its last section",
+                    rest.len()
+                ),
             });
         }
         let [header, tokenizer, weights] = sections;

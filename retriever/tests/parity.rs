@@ -9,8 +9,7 @@ use std::path::PathBuf;
 
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::{
-    DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling, checkpoint_fingerprint,
-    load_tokenizer,
+    DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling, checkpoint_fingerprint, load_tokenizer,
 };
 use serde::Deserialize;
 use tch::Tensor;
@@ -74,7 +73,11 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -117,7 +120,8 @@ fn minilm_matches_sentence_transformers() {
     }
     eprintln!(
         "parity: {ids_matching}/{} input_ids identical, min cosine {min_cos:.9} (1 - min = {:e})",
-        refs.len()
+        refs.len(),
+        1.0 - min_cos
     );
 }
 
@@ -183,9 +187,15 @@ fn checkpoint_round_trip_is_exact() {
     assert_eq!(encoder.head().doc_format, DocFormat::Pair);
 
     let docs = [
-        ("Eiffel Tower", "The Eiffel Tower is a wrought-iron tower in Paris."),
+        (
+            "Eiffel Tower",
+            "The Eiffel Tower is a wrought-iron tower in Paris.",
+        ),
         ("", "An untitled passage."),
-        ("Moon", "Apollo 11 landed the first humans on the Moon in 1969."),
+        (
+            "Moon",
+            "Apollo 11 landed the first humans on the Moon in 1969.",
+        ),
     ];
     let batch = encoder.tokenize_docs(&docs[..1]).expect("tokenizes");
     let types = Vec::<i64>::try_from(batch.token_type_ids.view([-1])).expect("int64");
@@ -193,7 +203,9 @@ fn checkpoint_round_trip_is_exact() {
     assert_eq!(types.last(), Some(&1), "the body is segment 1");
 
     let before = encoder.encode_docs(&docs).expect("encodes");
-    let queries = encoder.encode(&["where is the eiffel tower"]).expect("encodes");
+    let queries = encoder
+        .encode(&["where is the eiffel tower"])
+        .expect("encodes");
     let bytes = encoder.to_checkpoint_bytes().expect("serializes");
     let fingerprint = encoder.fingerprint().expect("fingerprints");
     assert_eq!(fingerprint, checkpoint_fingerprint(&bytes));
@@ -206,19 +218,30 @@ fn checkpoint_round_trip_is_exact() {
     };
     let restored =
         Encoder::from_checkpoint_bytes(&bytes, None, restore_cfg).expect("checkpoint loads");
-    assert_eq!(restored.max_len(), 64, "max_len 0 keeps the checkpoint's length");
+    assert_eq!(
+        restored.max_len(),
+        64,
+        "max_len 0 keeps the checkpoint's length"
+    );
     assert_eq!(restored.head(), encoder.head());
     assert_eq!(restored.bert_config(), encoder.bert_config());
     let after = restored.encode_docs(&docs).expect("encodes");
     assert_eq!(max_abs_diff(&before, &after), 0.0);
-    let queries_after = restored.encode(&["where is the eiffel tower"]).expect("encodes");
+    let queries_after = restored
+        .encode(&["where is the eiffel tower"])
+        .expect("encodes");
     assert_eq!(max_abs_diff(&queries, &queries_after), 0.0);
     assert_eq!(restored.fingerprint().expect("fingerprints"), fingerprint);
     assert_eq!(restored.to_checkpoint_bytes().expect("serializes"), bytes);
 
-    let same_seed =
-        Encoder::random(BertConfig::tiny(vocab), tokenizer.clone(), head, cfg.clone(), 7)
-            .expect("random encoder builds");
+    let same_seed = Encoder::random(
+        BertConfig::tiny(vocab),
+        tokenizer.clone(),
+        head,
+        cfg.clone(),
+        7,
+    )
+    .expect("random encoder builds");
     assert_eq!(same_seed.fingerprint().expect("fingerprints"), fingerprint);
     let other_seed = Encoder::random(BertConfig::tiny(vocab), tokenizer, head, cfg, 8)
         .expect("random encoder builds");
@@ -238,7 +261,11 @@ fn checkpoint_round_trip_is_exact() {
 #[test]
 fn minilm_checkpoint_round_trip_keeps_parity() {
     let encoder = Encoder::load(&model_dir(), EncoderConfig::default()).expect("model loads");
-    let texts = ["The Eiffel Tower is in Paris.", "", "what is the capital city of australia"];
+    let texts = [
+        "The Eiffel Tower is in Paris.",
+        "",
+        "what is the capital city of australia",
+    ];
     let before = encoder.encode(&texts).expect("encodes");
     let bytes = encoder.to_checkpoint_bytes().expect("serializes");
     let restored = Encoder::from_checkpoint_bytes(&bytes, None, EncoderConfig::default())
@@ -265,7 +292,9 @@ fn training_forward_has_gradients() {
         3,
     )
     .expect("random encoder builds");
-    let batch = encoder.tokenize(&["first text", "a second, longer text"]).expect("tokenizes");
+    let batch = encoder
+        .tokenize(&["first text", "a second, longer text"])
+        .expect("tokenizes");
     let out = encoder.forward_t(&batch, true);
     assert_eq!(out.size(), [2, 32]);
     assert!(out.requires_grad());
@@ -273,4 +302,11 @@ fn training_forward_has_gradients() {
     let word = encoder.bert().word_embeddings();
     assert_eq!(word.size(), [vocab, 32]);
     assert!(word.grad().defined());
+}
+
+#[test]
+fn encoder_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Encoder>();
+    assert_send::<realm_retriever::encoder::TokenBatch>();
 }

@@ -19,6 +19,8 @@ enum Op {
     Begin,
     WriteSome(usize),
     Commit,
+    /// Begin (if needed), write every missing vector, commit: what an index builder does.
+    Build,
     Abort,
     Append,
     Snapshot,
@@ -35,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Begin),
         4 => (1usize..12).prop_map(Op::WriteSome),
         3 => Just(Op::Commit),
+        3 => Just(Op::Build),
         1 => Just(Op::Abort),
         2 => Just(Op::Append),
         3 => Just(Op::Snapshot),
@@ -241,6 +244,11 @@ impl Harness {
                     }
                     Err(e) => panic!("commit failed: {e}"),
                 }
+            }
+            Op::Build => {
+                self.apply(&Op::Begin);
+                self.apply(&Op::WriteSome(usize::MAX));
+                self.apply(&Op::Commit);
             }
             Op::Abort => {
                 if let Some(w) = self.writer.take() {
