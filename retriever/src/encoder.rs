@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -153,13 +154,13 @@ impl TokenBatch {
 /// A text encoder: tokenizer, BERT, pooling, optional projection. It owns its
 /// [`nn::VarStore`]; train it through [`Encoder::var_store`] and [`Encoder::forward_t`].
 ///
-/// The type is `Send` but not `Sync` (libtorch tensors are not `Sync`); share it across
-/// threads behind a mutex.
+/// The type is `Send` and `Sync`: the network sits behind a mutex (libtorch tensors are only
+/// `Send`), so concurrent calls to [`Encoder::forward_t`] and [`Encoder::encode`] take turns
+/// for the forward passes (each of which uses libtorch's intra-op threads).
 pub struct Encoder {
     vs: nn::VarStore,
-    bert: BertModel,
+    network: Mutex<Network>,
     bert_config: BertConfig,
-    projection: Option<nn::Linear>,
     head: EncoderHead,
     tokenizer: Tokenizer,
     pad_id: i64,
@@ -176,6 +177,13 @@ impl fmt::Debug for Encoder {
             .field("pad_id", &self.pad_id)
             .finish_non_exhaustive()
     }
+}
+
+/// The modules of an [`Encoder`].
+#[derive(Debug)]
+struct Network {
+    bert: BertModel,
+    projection: Option<nn::Linear>,
 }
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"REALMENC";
@@ -353,7 +361,8 @@ impl Encoder {
         let input_ids = batch.input_ids.to_device(device);
         let mask = batch.attention_mask.to_device(device);
         let token_types = batch.token_type_ids.to_device(device);
-        let hidden = self
+        let network = self.network.lock();
+        let hidden = network
             .bert
             .forward_t(&input_ids, &mask, Some(&token_types), train);
         let pooled = match self.head.pooling {
@@ -367,7 +376,7 @@ impl Encoder {
             }
             Pooling::Cls => hidden.select(1, 0),
         };
-        let projected = match &self.projection {
+        let projected = match &network.projection {
             Some(projection) => projection.forward(&pooled),
             None => pooled,
         };
@@ -424,9 +433,16 @@ impl Encoder {
         &mut self.vs
     }
 
-    /// The BERT network.
-    pub fn bert(&self) -> &BertModel {
-        &self.bert
+    /// Runs `f` on the BERT network (under the encoder's lock: calling the encoder's own
+    /// forward passes inside `f` deadlocks).
+    pub fn with_bert<R>(&self, f: impl FnOnce(&BertModel) -> R) -> R {
+        f(&self.network.lock().bert)
+    }
+
+    /// The word-embedding matrix, [vocab_size, hidden_size]: a handle on the variable itself
+    /// (same storage, same gradient), e.g. for a tied MLM output layer.
+    pub fn word_embeddings(&self) -> Tensor {
+        self.network.lock().bert.word_embeddings().shallow_clone()
     }
 
     /// The BERT configuration.
@@ -623,9 +639,8 @@ impl Encoder {
         });
         Ok(Encoder {
             vs,
-            bert,
+            network: Mutex::new(Network { bert, projection }),
             bert_config,
-            projection,
             head,
             tokenizer,
             pad_id,

@@ -37,6 +37,18 @@ pub enum Error {
     #[error("the input is invalid: {reason}")]
     InvalidInput { reason: String },
 
+    /// A generation records no encoder checkpoint, so text cannot be embedded for it.
+    #[error(
+        "generation {generation} records no encoder checkpoint, so text cannot be embedded for it; search it with vectors or build a generation from an encoder"
+    )]
+    NoEncoder { generation: u64 },
+
+    /// Concurrent changes kept an operation from completing.
+    #[error(
+        "the operation did not complete because the database kept changing ({reason}); retry it"
+    )]
+    Busy { reason: String },
+
     /// The storage layer reported an error.
     #[error("the store reported an error: {0}")]
     Storage(#[from] realm_storage::Error),

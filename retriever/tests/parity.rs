@@ -299,14 +299,42 @@ fn training_forward_has_gradients() {
     assert_eq!(out.size(), [2, 32]);
     assert!(out.requires_grad());
     out.sum(tch::Kind::Float).backward();
-    let word = encoder.bert().word_embeddings();
+    let word = encoder.word_embeddings();
     assert_eq!(word.size(), [vocab, 32]);
     assert!(word.grad().defined());
 }
 
 #[test]
-fn encoder_is_send() {
+fn encoder_is_send_and_sync() {
     fn assert_send<T: Send>() {}
+    fn assert_sync<T: Sync>() {}
     assert_send::<Encoder>();
+    assert_sync::<Encoder>();
     assert_send::<realm_retriever::encoder::TokenBatch>();
+}
+
+#[test]
+fn pretrained_bert_under_a_realm_head() {
+    let cfg = EncoderConfig::default();
+    let plain = Encoder::load(&model_dir(), cfg.clone()).expect("model loads");
+    let realm = Encoder::load_with_head(&model_dir(), EncoderHead::realm(Some(128)), cfg, 1)
+        .expect("model loads under a REALM head");
+    assert_eq!(realm.dim(), 128);
+    assert_eq!(realm.head().pooling, Pooling::Cls);
+    assert_eq!(
+        max_abs_diff(
+            &plain.word_embeddings(),
+            &realm.with_bert(|bert| bert.word_embeddings().shallow_clone())
+        ),
+        0.0
+    );
+    let long_body = "a body long enough to be truncated ".repeat(100);
+    let docs = [
+        ("Title", long_body.as_str()),
+        ("Paris", "The Eiffel Tower."),
+    ];
+    let batch = realm.tokenize_docs(&docs).expect("tokenizes");
+    assert_eq!(batch.seq_len(), 256, "pairs are truncated to max_len");
+    let out = realm.encode_docs(&docs).expect("encodes");
+    assert_eq!(out.size(), [2, 128]);
 }

@@ -331,22 +331,29 @@ impl Db {
     }
 
     /// Inserts passages and, in the same atomic write, their vectors in the current
-    /// generation `generation`, so they become searchable with no pending window. `vectors`
-    /// holds one row per passage (rows of duplicates are ignored). Fails with
-    /// [`Error::GenerationChanged`] if `generation` is no longer current.
+    /// generation `generation`, so they become searchable with no pending window.
+    /// `rows[i]` is passage `i`'s vector; a passage inserted without one (`None`, say because
+    /// the caller expected it to be a duplicate) is pending. Rows of duplicates are ignored.
+    /// Fails with [`Error::GenerationChanged`] if `generation` is no longer current.
     pub fn insert_with_vectors(
         &self,
         batch: &[NewPassage],
         generation: GenerationId,
-        vectors: &[f32],
+        rows: &[Option<&[f32]>],
     ) -> Result<Vec<InsertOutcome>> {
-        self.insert_inner(batch, Some((generation, vectors)))
+        if rows.len() != batch.len() {
+            return Err(Error::InvalidPassage {
+                index: rows.len().min(batch.len()),
+                reason: format!("{} passages came with {} vector rows", batch.len(), rows.len()),
+            });
+        }
+        self.insert_inner(batch, Some((generation, rows)))
     }
 
     fn insert_inner(
         &self,
         batch: &[NewPassage],
-        vectors: Option<(GenerationId, &[f32])>,
+        vectors: Option<(GenerationId, &[Option<&[f32]>])>,
     ) -> Result<Vec<InsertOutcome>> {
         self.check_writable()?;
         let records = batch
@@ -358,7 +365,7 @@ impl Db {
         let rocks = self.rocks();
         let mut manifest = match vectors {
             None => None,
-            Some((generation, values)) => {
+            Some((generation, rows)) => {
                 let current = read_current(&*rocks)?;
                 if current != Some(generation) {
                     return Err(Error::GenerationChanged {
@@ -367,7 +374,14 @@ impl Db {
                     });
                 }
                 let manifest = read_manifest(&*rocks, generation)?;
-                generation::check_rows(&manifest, batch.len(), values)?;
+                for (i, row) in rows.iter().enumerate() {
+                    if let Some(row) = row {
+                        generation::check_rows(&manifest, 1, row).map_err(|e| match e {
+                            Error::NonFinite { position, .. } => Error::NonFinite { row: i, position },
+                            other => other,
+                        })?;
+                    }
+                }
                 Some(manifest)
             }
         };
@@ -376,7 +390,8 @@ impl Db {
         let mut wb = rocks.batch();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut seen: HashMap<&str, PassageId> = HashMap::new();
-        let mut new_rows: Vec<usize> = Vec::new();
+        let mut new_ids: Vec<PassageId> = Vec::new();
+        let mut new_values: Vec<f32> = Vec::new();
         for (index, (passage, record)) in batch.iter().zip(&records).enumerate() {
             if let Some(ext) = passage.external_id.as_deref() {
                 if let Some(&id) = seen.get(ext) {
@@ -398,19 +413,19 @@ impl Db {
                 seen.insert(ext, id);
             }
             outcomes.push(InsertOutcome::Inserted(id));
-            new_rows.push(index);
+            if let Some(Some(row)) = vectors.map(|(_, rows)| rows[index]) {
+                new_ids.push(id);
+                new_values.extend_from_slice(row);
+            }
         }
         wb.put(Cf::Meta, META_NEXT_PASSAGE, &u64_key(next));
         wb.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(count));
-        if let (Some(manifest), Some((_, values))) = (manifest.as_mut(), vectors) {
-            let dim = manifest.spec.dim as usize;
-            let ids: Vec<PassageId> = new_rows.iter().map(|&i| outcomes[i].id()).collect();
-            let mut rows = Vec::with_capacity(ids.len() * dim);
-            for &i in &new_rows {
-                rows.extend_from_slice(&values[i * dim..(i + 1) * dim]);
+        if let Some(manifest) = manifest.as_mut() {
+            if !new_ids.is_empty() {
+                let block_rows = self.options().block_rows;
+                generation::stage_rows(&mut wb, manifest, &new_ids, &new_values, block_rows);
+                wb.put(Cf::Generations, &u64_key(manifest.id), &encode(&*manifest));
             }
-            generation::stage_rows(&mut wb, manifest, &ids, &rows, self.options().block_rows);
-            wb.put(Cf::Generations, &u64_key(manifest.id), &encode(manifest));
         }
         rocks.write(wb, self.options().sync_all_writes)?;
         Ok(outcomes)

@@ -29,6 +29,8 @@ pub struct VectorMatrix {
     pub values: Vec<f32>,
     /// Blocks `0..blocks_read` of the generation are reflected.
     pub blocks_read: u64,
+    /// Rows of each block read, in block order.
+    pub block_sizes: Vec<usize>,
 }
 
 impl VectorMatrix {
@@ -177,6 +179,7 @@ impl Snapshot {
                 (m.vector_count as usize).saturating_sub(from_block as usize) * dim,
             ),
             blocks_read: m.blocks,
+            block_sizes: Vec::new(),
         };
         let prefix = u64_key(m.id);
         let start = pair_key(m.id, from_block);
@@ -194,6 +197,7 @@ impl Snapshot {
             }
             expected += 1;
             let rows = codec::decode_block(&value, dim, m.id, block, &mut matrix.values)?;
+            matrix.block_sizes.push(rows.ids.len());
             matrix.ids.extend(rows.ids);
         }
         if expected < m.blocks {

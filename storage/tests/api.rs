@@ -215,14 +215,28 @@ fn incremental_ingestion_pending_and_deletes() {
     let snap = db.snapshot().unwrap();
     assert!(snap.pending().unwrap().is_empty());
     // Insert with vectors in one write.
+    let batch = [NewPassage::new("now", "now text"), NewPassage::new("no row", "text")];
     let out = db
-        .insert_with_vectors(&[NewPassage::new("now", "now text")], g, &[3.0, 3.0])
+        .insert_with_vectors(&batch, g, &[Some(&[3.0, 3.0]), None])
         .unwrap();
     let now = out[0].id();
-    assert_eq!(db.snapshot().unwrap().vector(now).unwrap(), Some(vec![3.0, 3.0]));
-    // A stale generation id is refused.
+    let snap = db.snapshot().unwrap();
+    assert_eq!(snap.vector(now).unwrap(), Some(vec![3.0, 3.0]));
+    // The passage inserted without a row is pending.
+    assert_eq!(snap.pending().unwrap(), vec![out[1].id()]);
+    db.delete(&[out[1].id()]).unwrap();
+    // Bad rows and a stale generation id are refused.
+    let one = [NewPassage::new("x", "y")];
     assert!(matches!(
-        db.insert_with_vectors(&[NewPassage::new("x", "y")], g + 7, &[1.0, 1.0]),
+        db.insert_with_vectors(&one, g, &[Some(&[1.0, 2.0, 3.0])]),
+        Err(Error::DimensionMismatch { .. })
+    ));
+    assert!(matches!(
+        db.insert_with_vectors(&one, g, &[Some(&[1.0, f32::NAN])]),
+        Err(Error::NonFinite { row: 0, position: 1 })
+    ));
+    assert!(matches!(
+        db.insert_with_vectors(&one, g + 7, &[Some(&[1.0, 1.0])]),
         Err(Error::GenerationChanged { .. })
     ));
     // Deleting hides the row from loads; unknown ids fail the whole delete.

@@ -1,0 +1,733 @@
+//! The in-database query path and index building.
+//!
+//! A [`Retriever`] wraps a [`Db`] with the encoders its generations were built with and a
+//! cache of generation matrices resident on the compute device. A [`SearchSnapshot`] pins a
+//! storage snapshot and searches it: tokenize → query encoder → exact inner-product top-k
+//! over the pinned generation's matrix → hits with scores and p(z|x).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use realm_storage::{
+    Db, Dtype, GenerationId, GenerationManifest, GenerationSpec, InsertOutcome, NewPassage,
+    Provenance, Snapshot,
+};
+use tch::{Device, Kind, Tensor};
+
+use crate::encoder::{Encoder, EncoderConfig};
+use crate::error::{Error, Result};
+
+/// Blob-name prefix of encoder checkpoints; the rest is the checkpoint's SHA-256.
+pub const ENCODER_BLOB_PREFIX: &str = "encoder/";
+
+/// Element type of the search matrix on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    /// Exact f32 inner products.
+    F32,
+    /// f16 matrix and queries (half the device memory); scores are accumulated by libtorch
+    /// in f16 on CPU and f32 on CUDA, then ranked in f32.
+    F16,
+}
+
+/// Settings of a [`Retriever`].
+#[derive(Clone, Debug)]
+pub struct RetrieverOptions {
+    /// Runtime settings for every encoder loaded from the database; `encoder.device` is also
+    /// where generation matrices live and inner products run.
+    pub encoder: EncoderConfig,
+    pub compute: Compute,
+    /// Passages embedded per batch while building a generation.
+    pub build_batch: usize,
+}
+
+impl Default for RetrieverOptions {
+    fn default() -> Self {
+        RetrieverOptions {
+            encoder: EncoderConfig {
+                device: Device::cuda_if_available(),
+                ..EncoderConfig::default()
+            },
+            compute: Compute::F32,
+            build_batch: 256,
+        }
+    }
+}
+
+/// One retrieved passage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// 1-based rank.
+    pub rank: usize,
+    pub passage_id: u64,
+    pub title: String,
+    pub text: String,
+    /// Inner product of query and passage vectors.
+    pub score: f32,
+    /// p(z|x): softmax of the scores over the returned candidates.
+    pub prob: f32,
+    pub generation: GenerationId,
+}
+
+/// Progress of a long operation, reported to a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Options of [`Retriever::build_generation`].
+pub struct BuildOptions<'a> {
+    pub provenance: Provenance,
+    pub dtype: Dtype,
+    /// Called after every batch.
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+}
+
+impl Default for BuildOptions<'_> {
+    fn default() -> Self {
+        BuildOptions {
+            provenance: Provenance::default(),
+            dtype: Dtype::F32,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BuildOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("provenance", &self.provenance)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// A generation's vectors on the device. Rows are in storage (block) order.
+#[derive(Debug)]
+pub struct DeviceMatrix {
+    generation: GenerationId,
+    tensor: Tensor,
+    ids: Vec<u64>,
+    /// `rows_after[b]`: rows in blocks `0..=b`.
+    rows_after: Vec<usize>,
+}
+
+impl DeviceMatrix {
+    /// Rows visible to a snapshot that sees `blocks` blocks.
+    fn rows_for(&self, blocks: u64) -> usize {
+        if blocks == 0 {
+            0
+        } else {
+            self.rows_after[blocks as usize - 1]
+        }
+    }
+
+    fn blocks(&self) -> u64 {
+        self.rows_after.len() as u64
+    }
+
+    /// Device memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
+#[derive(Default)]
+struct MatrixCache {
+    /// The current generation's matrix stays loaded between snapshots.
+    current: Option<Arc<DeviceMatrix>>,
+    /// Older generations live only while a snapshot uses them.
+    others: HashMap<GenerationId, Weak<DeviceMatrix>>,
+    loads: u64,
+}
+
+struct Inner {
+    db: Db,
+    options: RetrieverOptions,
+    matrices: Mutex<MatrixCache>,
+    encoders: Mutex<HashMap<String, Arc<Encoder>>>,
+}
+
+/// The database plus its retriever: encoders stored with it and device-resident matrices.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Retriever {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Retriever {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retriever")
+            .field("db", &self.inner.db)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Retriever {
+    /// Wraps an open database.
+    pub fn new(db: Db, options: RetrieverOptions) -> Self {
+        Retriever {
+            inner: Arc::new(Inner {
+                db,
+                options,
+                matrices: Mutex::new(MatrixCache::default()),
+                encoders: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The underlying store.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &RetrieverOptions {
+        &self.inner.options
+    }
+
+    /// How many times a generation matrix was loaded from storage (a cache-miss counter).
+    pub fn matrix_loads(&self) -> u64 {
+        self.inner.matrices.lock().loads
+    }
+
+    // ------------------------------------------------------------- encoders
+
+    /// Stores an encoder checkpoint with the database (idempotent) and returns its id, the
+    /// checkpoint's SHA-256.
+    pub fn store_encoder(&self, encoder: &Encoder) -> Result<String> {
+        let bytes = encoder.to_checkpoint_bytes()?;
+        let id = crate::encoder::checkpoint_fingerprint(&bytes);
+        let name = format!("{ENCODER_BLOB_PREFIX}{id}");
+        if !self.db().has_blob(&name)? {
+            self.db().put_blob(&name, &bytes)?;
+        }
+        Ok(id)
+    }
+
+    /// Loads a stored encoder checkpoint (cached).
+    pub fn encoder(&self, checkpoint_id: &str) -> Result<Arc<Encoder>> {
+        if let Some(e) = self.inner.encoders.lock().get(checkpoint_id) {
+            return Ok(e.clone());
+        }
+        let bytes = self
+            .db()
+            .get_blob(&format!("{ENCODER_BLOB_PREFIX}{checkpoint_id}"))?;
+        let encoder = Arc::new(Encoder::from_checkpoint_bytes(
+            &bytes,
+            None,
+            self.inner.options.encoder.clone(),
+        )?);
+        self.inner
+            .encoders
+            .lock()
+            .insert(checkpoint_id.to_string(), encoder.clone());
+        Ok(encoder)
+    }
+
+    /// The document encoder a generation was built with.
+    pub fn document_encoder(&self, manifest: &GenerationManifest) -> Result<Arc<Encoder>> {
+        let id = manifest
+            .spec
+            .provenance
+            .checkpoint_id
+            .as_deref()
+            .ok_or(Error::NoEncoder {
+                generation: manifest.id,
+            })?;
+        self.encoder(id)
+    }
+
+    /// The query encoder of a generation: its newest attached query-encoder version, else
+    /// its document encoder.
+    pub fn query_encoder(&self, manifest: &GenerationManifest) -> Result<Arc<Encoder>> {
+        match manifest.query_encoder() {
+            Some(q) => self.encoder(&q.checkpoint_id),
+            None => self.document_encoder(manifest),
+        }
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// Pins the current generation for searching.
+    pub fn snapshot(&self) -> Result<SearchSnapshot> {
+        Ok(self.wrap(self.db().snapshot()?))
+    }
+
+    /// Pins a retained older generation (time travel).
+    pub fn snapshot_at(&self, generation: GenerationId) -> Result<SearchSnapshot> {
+        Ok(self.wrap(self.db().snapshot_at(generation)?))
+    }
+
+    /// Makes a storage snapshot searchable.
+    pub fn wrap(&self, snapshot: Snapshot) -> SearchSnapshot {
+        SearchSnapshot {
+            retriever: self.clone(),
+            snapshot,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The device matrix for a snapshot's generation, loading or extending it as needed.
+    fn matrix_for(&self, snapshot: &Snapshot) -> Result<Arc<DeviceMatrix>> {
+        let manifest = snapshot.generation().ok_or(Error::Storage(
+            realm_storage::Error::NoCurrentGeneration,
+        ))?;
+        let generation = manifest.id;
+        let current = self.db().current_generation()? == Some(generation);
+        let mut cache = self.inner.matrices.lock();
+        let cached = match &cache.current {
+            Some(m) if m.generation == generation => Some(m.clone()),
+            _ => cache.others.get(&generation).and_then(Weak::upgrade),
+        };
+        let matrix = match cached {
+            Some(m) if m.blocks() >= manifest.blocks => return Ok(m),
+            Some(m) => self.extend(&m, snapshot)?,
+            None => self.load(snapshot)?,
+        };
+        cache.loads += 1;
+        let matrix = Arc::new(matrix);
+        if current {
+            if let Some(old) = cache.current.replace(matrix.clone()) {
+                if old.generation != generation {
+                    cache.others.insert(old.generation, Arc::downgrade(&old));
+                }
+            }
+        } else {
+            cache.others.insert(generation, Arc::downgrade(&matrix));
+        }
+        cache.others.retain(|_, w| w.strong_count() > 0);
+        Ok(matrix)
+    }
+
+    fn device_kind(&self) -> Kind {
+        match self.inner.options.compute {
+            Compute::F32 => Kind::Float,
+            Compute::F16 => Kind::Half,
+        }
+    }
+
+    fn load(&self, snapshot: &Snapshot) -> Result<DeviceMatrix> {
+        let raw = snapshot.vector_blocks(0)?;
+        let rows_after = block_rows(&[], &raw.block_sizes);
+        let tensor = Tensor::from_slice(&raw.values)
+            .view([raw.rows() as i64, raw.dim as i64])
+            .to_kind(self.device_kind())
+            .to_device(self.inner.options.encoder.device);
+        Ok(DeviceMatrix {
+            generation: raw.generation,
+            tensor,
+            ids: raw.ids,
+            rows_after,
+        })
+    }
+
+    fn extend(&self, base: &DeviceMatrix, snapshot: &Snapshot) -> Result<DeviceMatrix> {
+        let raw = snapshot.vector_blocks(base.blocks())?;
+        let rows_after = block_rows(&base.rows_after, &raw.block_sizes);
+        let more = Tensor::from_slice(&raw.values)
+            .view([raw.rows() as i64, raw.dim as i64])
+            .to_kind(self.device_kind())
+            .to_device(self.inner.options.encoder.device);
+        let tensor = Tensor::cat(&[&base.tensor, &more], 0);
+        let mut ids = base.ids.clone();
+        ids.extend(raw.ids);
+        Ok(DeviceMatrix {
+            generation: base.generation,
+            tensor,
+            ids,
+            rows_after,
+        })
+    }
+
+    // ---------------------------------------------------------- building
+
+    /// Embeds every passage with `encoder` into a new generation and publishes it. Streams
+    /// passages from a snapshot in batches (bounded memory), then catches up on passages
+    /// ingested meanwhile until the coverage check lets it commit. The encoder checkpoint is
+    /// stored with the database, so the generation records exactly which weights produced it.
+    pub fn build_generation(
+        &self,
+        encoder: &Encoder,
+        mut options: BuildOptions<'_>,
+    ) -> Result<GenerationId> {
+        let checkpoint = self.store_encoder(encoder)?;
+        let mut provenance = options.provenance.clone();
+        provenance.checkpoint_id = Some(checkpoint.clone());
+        let spec = GenerationSpec::new(checkpoint, encoder.dim() as u32, options.dtype)
+            .with_provenance(provenance);
+        let mut writer = self.db().begin_generation(spec)?;
+        let snapshot = self.db().snapshot()?;
+        let total = snapshot.passage_count()?;
+        let batch = self.inner.options.build_batch.max(1);
+        let mut done = 0u64;
+        let mut chunk = Vec::with_capacity(batch);
+        let report = |done: u64, total: u64, options: &mut BuildOptions<'_>| {
+            if let Some(p) = options.progress.as_mut() {
+                p(Progress { done, total });
+            }
+        };
+        for passage in snapshot.passages() {
+            chunk.push(passage?);
+            if chunk.len() == batch {
+                write_embedded(&mut writer, encoder, &chunk)?;
+                done += chunk.len() as u64;
+                chunk.clear();
+                report(done, total, &mut options);
+            }
+        }
+        write_embedded(&mut writer, encoder, &chunk)?;
+        done += chunk.len() as u64;
+        report(done, total.max(done), &mut options);
+        drop(snapshot);
+        loop {
+            let missing = writer.missing()?;
+            if !missing.is_empty() {
+                let snapshot = self.db().snapshot()?;
+                let mut passages = Vec::with_capacity(missing.len());
+                for id in missing {
+                    // A passage deleted since is simply skipped.
+                    if let Some(p) = snapshot.get(id)? {
+                        passages.push(p);
+                    }
+                }
+                for part in passages.chunks(batch) {
+                    match write_embedded(&mut writer, encoder, part) {
+                        Ok(()) | Err(Error::Storage(realm_storage::Error::UnknownPassage(_))) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            }
+            match writer.commit() {
+                Ok(generation) => return Ok(generation),
+                Err(realm_storage::Error::CoverageGap { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- ingestion
+
+    /// Inserts passages and embeds them with the current generation's document encoder in
+    /// the same atomic write, so they are searchable at once (no rebuild). Passages whose
+    /// external id is already stored are not embedded. Before any generation exists,
+    /// passages are stored pending and the first build embeds them.
+    pub fn ingest(&self, batch: &[NewPassage]) -> Result<Vec<InsertOutcome>> {
+        for _ in 0..3 {
+            let snapshot = self.db().snapshot()?;
+            let Some(manifest) = snapshot.generation().cloned() else {
+                return Ok(self.db().insert(batch)?);
+            };
+            let encoder = self.document_encoder(&manifest)?;
+            let mut fresh = Vec::new();
+            for (i, p) in batch.iter().enumerate() {
+                let known = match &p.external_id {
+                    Some(ext) => snapshot.get_by_external_id(ext)?.is_some(),
+                    None => false,
+                };
+                if !known && !p.text.trim().is_empty() {
+                    fresh.push(i);
+                }
+            }
+            let docs: Vec<(&str, &str)> = fresh
+                .iter()
+                .map(|&i| (batch[i].title.as_str(), batch[i].text.as_str()))
+                .collect();
+            let embedded = tensor_rows(&encoder.encode_docs(&docs)?)?;
+            let dim = encoder.dim() as usize;
+            let mut rows: Vec<Option<&[f32]>> = vec![None; batch.len()];
+            for (j, &i) in fresh.iter().enumerate() {
+                rows[i] = Some(&embedded[j * dim..(j + 1) * dim]);
+            }
+            match self.db().insert_with_vectors(batch, manifest.id, &rows) {
+                Ok(outcomes) => {
+                    // A passage that turned out new without a row (its external id was
+                    // deleted meanwhile) is pending; embed it now.
+                    let late: Vec<usize> = outcomes
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, o)| matches!(o, InsertOutcome::Inserted(_)) && rows[*i].is_none())
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !late.is_empty() {
+                        let docs: Vec<(&str, &str)> = late
+                            .iter()
+                            .map(|&i| (batch[i].title.as_str(), batch[i].text.as_str()))
+                            .collect();
+                        let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
+                        let ids: Vec<u64> = late.iter().map(|&i| outcomes[i].id()).collect();
+                        self.db().put_vectors(manifest.id, &ids, &values)?;
+                    }
+                    return Ok(outcomes);
+                }
+                Err(realm_storage::Error::GenerationChanged { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Busy {
+            reason: "the current generation changed three times during one ingest batch".into(),
+        })
+    }
+
+    /// Embeds the current generation's pending passages (inserted without vectors) with its
+    /// document encoder. Returns how many were embedded.
+    pub fn embed_pending(&self) -> Result<usize> {
+        let snapshot = self.db().snapshot()?;
+        let Some(manifest) = snapshot.generation().cloned() else {
+            return Ok(0);
+        };
+        let encoder = self.document_encoder(&manifest)?;
+        let pending = snapshot.pending()?;
+        let mut passages = Vec::with_capacity(pending.len());
+        for id in &pending {
+            if let Some(p) = snapshot.get(*id)? {
+                passages.push(p);
+            }
+        }
+        for part in passages.chunks(self.inner.options.build_batch.max(1)) {
+            let docs: Vec<(&str, &str)> = part
+                .iter()
+                .map(|p| (p.title.as_str(), p.text.as_str()))
+                .collect();
+            let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
+            let ids: Vec<u64> = part.iter().map(|p| p.id).collect();
+            self.db().put_vectors(manifest.id, &ids, &values)?;
+        }
+        Ok(passages.len())
+    }
+}
+
+/// Cumulative row counts after each block: `base` extended by freshly read block sizes.
+fn block_rows(base: &[usize], sizes: &[usize]) -> Vec<usize> {
+    let mut rows_after = base.to_vec();
+    let mut total = base.last().copied().unwrap_or(0);
+    for size in sizes {
+        total += size;
+        rows_after.push(total);
+    }
+    rows_after
+}
+
+fn write_embedded(
+    writer: &mut realm_storage::GenerationWriter,
+    encoder: &Encoder,
+    passages: &[realm_storage::Passage],
+) -> Result<()> {
+    if passages.is_empty() {
+        return Ok(());
+    }
+    let docs: Vec<(&str, &str)> = passages
+        .iter()
+        .map(|p| (p.title.as_str(), p.text.as_str()))
+        .collect();
+    let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
+    let ids: Vec<u64> = passages.iter().map(|p| p.id).collect();
+    writer.write(&ids, &values)?;
+    Ok(())
+}
+
+/// A [N, D] tensor as row-major f32 values on the CPU.
+pub fn tensor_rows(t: &Tensor) -> Result<Vec<f32>> {
+    let t = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view(-1);
+    Ok(Vec::<f32>::try_from(&t)?)
+}
+
+struct SearchState {
+    matrix: Arc<DeviceMatrix>,
+    rows: usize,
+    /// Rows of passages deleted before the snapshot, excluded from ranking.
+    dead: Option<Tensor>,
+}
+
+/// A pinned, searchable snapshot: every search through it uses the same generation and
+/// passage set.
+pub struct SearchSnapshot {
+    retriever: Retriever,
+    snapshot: Snapshot,
+    state: Mutex<Option<Arc<SearchState>>>,
+}
+
+impl std::fmt::Debug for SearchSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchSnapshot")
+            .field("generation", &self.snapshot.generation_id())
+            .finish()
+    }
+}
+
+impl SearchSnapshot {
+    /// The storage snapshot (passages, pending, vectors).
+    pub fn storage(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The pinned generation.
+    pub fn generation_id(&self) -> Option<GenerationId> {
+        self.snapshot.generation_id()
+    }
+
+    /// Moves forward to the current generation.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.snapshot.refresh()?;
+        *self.state.lock() = None;
+        Ok(())
+    }
+
+    /// The query encoder used by [`SearchSnapshot::search`].
+    pub fn query_encoder(&self) -> Result<Arc<Encoder>> {
+        let manifest = self
+            .snapshot
+            .generation()
+            .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
+        self.retriever.query_encoder(manifest)
+    }
+
+    fn state(&self) -> Result<Arc<SearchState>> {
+        let mut guard = self.state.lock();
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let matrix = self.retriever.matrix_for(&self.snapshot)?;
+        let manifest = self
+            .snapshot
+            .generation()
+            .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
+        let rows = matrix.rows_for(manifest.blocks);
+        let deleted = self.snapshot.deleted_vectors()?;
+        let dead = if deleted.is_empty() {
+            None
+        } else {
+            let mask: Vec<bool> = matrix.ids[..rows].iter().map(|id| deleted.contains(id)).collect();
+            Some(Tensor::from_slice(&mask).to_device(matrix.tensor.device()))
+        };
+        let state = Arc::new(SearchState { matrix, rows, dead });
+        *guard = Some(state.clone());
+        Ok(state)
+    }
+
+    /// Top-k passages for one query text.
+    pub fn search(&self, text: &str, k: usize) -> Result<Vec<Hit>> {
+        Ok(self.search_batch(&[text], k)?.pop().unwrap_or_default())
+    }
+
+    /// Top-k passages for each query text.
+    pub fn search_batch(&self, texts: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoder = self.query_encoder()?;
+        let queries = tch::no_grad(|| encoder.encode(texts))?;
+        self.search_vectors(&queries, k)
+    }
+
+    /// Top-k passages for query vectors `[B, D]`.
+    pub fn search_vectors(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<Hit>>> {
+        let ranked = self.top_k(queries, k)?;
+        let generation = self.generation_id().unwrap_or_default();
+        let mut out = Vec::with_capacity(ranked.len());
+        for row in ranked {
+            let probs = softmax(&row.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+            let mut hits = Vec::with_capacity(row.len());
+            for (rank, ((id, score), prob)) in row.into_iter().zip(probs).enumerate() {
+                let passage = self.snapshot.get(id)?.ok_or(Error::Storage(
+                    realm_storage::Error::UnknownPassage(id),
+                ))?;
+                hits.push(Hit {
+                    rank: rank + 1,
+                    passage_id: id,
+                    title: passage.title,
+                    text: passage.text,
+                    score,
+                    prob,
+                    generation,
+                });
+            }
+            out.push(hits);
+        }
+        Ok(out)
+    }
+
+    /// Exact MIPS: for each query row, the `k` best `(passage id, score)` pairs, by score
+    /// descending and then passage id ascending (a deterministic order for ties).
+    pub fn top_k(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
+        let state = self.state()?;
+        let matrix = &state.matrix;
+        let dim = matrix.tensor.size().get(1).copied().unwrap_or(0);
+        let qsize = queries.size();
+        if qsize.len() != 2 || qsize[1] != dim {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "query vectors have shape {qsize:?}, but generation {} stores {dim}-dimensional vectors",
+                    matrix.generation
+                ),
+            });
+        }
+        let batch = qsize[0] as usize;
+        let live = state.rows - state.dead.as_ref().map_or(0, |d| d.sum(Kind::Int64).int64_value(&[]) as usize);
+        let k = k.min(live);
+        if k == 0 || batch == 0 {
+            return Ok(vec![Vec::new(); batch]);
+        }
+        let scores = tch::no_grad(|| {
+            let m = matrix.tensor.narrow(0, 0, state.rows as i64);
+            let q = queries.to_device(m.device()).to_kind(m.kind());
+            let mut scores = q.matmul(&m.tr()).to_kind(Kind::Float);
+            if let Some(dead) = &state.dead {
+                scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
+            }
+            scores
+        });
+        let (values, _) = scores.topk(k as i64, -1, true, true);
+        // Everything scoring at least the k-th value is a candidate; ties at the boundary are
+        // resolved by passage id on the CPU.
+        let threshold = values.narrow(1, k as i64 - 1, 1);
+        let candidates = scores.ge_tensor(&threshold).to_device(Device::Cpu);
+        let scores_cpu = scores.to_device(Device::Cpu);
+        let mut out = Vec::with_capacity(batch);
+        for b in 0..batch as i64 {
+            let idx = candidates.get(b).nonzero().view(-1);
+            let idx: Vec<i64> = Vec::try_from(&idx)?;
+            let row_scores: Vec<f32> =
+                Vec::try_from(&scores_cpu.get(b).index_select(0, &Tensor::from_slice(&idx)))?;
+            let mut row: Vec<(u64, f32)> = idx
+                .iter()
+                .zip(row_scores)
+                .map(|(&i, s)| (matrix.ids[i as usize], s))
+                .collect();
+            // partial_cmp: 0.0 and -0.0 tie (scores are finite or -inf, never NaN).
+            row.sort_by(|a, b| {
+                b.1.partial_cmp(&a.1)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.0.cmp(&b.0))
+            });
+            row.truncate(k);
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// Device memory of the pinned generation's matrix, once loaded.
+    pub fn matrix_bytes(&self) -> Result<usize> {
+        Ok(self.state()?.matrix.bytes())
+    }
+
+    /// Passage ids deleted since their rows were written (excluded from results).
+    pub fn deleted(&self) -> Result<HashSet<u64>> {
+        Ok(self.snapshot.deleted_vectors()?)
+    }
+}
+
+fn softmax(scores: &[f32]) -> Vec<f32> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}

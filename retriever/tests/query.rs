@@ -1,0 +1,279 @@
+//! The in-database query path: exact MIPS against a brute-force oracle, deterministic ties,
+//! the per-generation matrix cache, incremental ingestion and checkpoints stored in the DB.
+
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use realm_retriever::bert::BertConfig;
+use realm_retriever::encoder::load_tokenizer;
+use realm_retriever::{
+    BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Error, Retriever, RetrieverOptions,
+};
+use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
+use tch::Tensor;
+
+fn cpu_options() -> RetrieverOptions {
+    RetrieverOptions {
+        encoder: EncoderConfig {
+            device: Device::Cpu,
+            ..EncoderConfig::default()
+        },
+        ..RetrieverOptions::default()
+    }
+}
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("REALM_DB_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps/models/all-MiniLM-L6-v2"))
+        })
+}
+
+/// A tiny randomly initialized encoder (real WordPiece tokenizer, normalized mean pooling).
+fn tiny_encoder(seed: i64) -> Encoder {
+    let tokenizer = load_tokenizer(&model_dir().join("tokenizer.json")).unwrap();
+    let config = BertConfig::tiny(tokenizer.get_vocab_size(true) as i64);
+    Encoder::random(
+        config,
+        tokenizer,
+        EncoderHead::mean(true),
+        EncoderConfig {
+            max_len: 64,
+            ..EncoderConfig::default()
+        },
+        seed,
+    )
+    .unwrap()
+}
+
+/// Writes `vectors` (one row per live passage, in id order, inserting passages as needed) as
+/// a committed generation without an encoder.
+fn generation_from(db: &Db, dim: usize, vectors: &[Vec<f32>]) -> u64 {
+    let existing = db.snapshot().unwrap().passage_count().unwrap() as usize;
+    if existing < vectors.len() {
+        let batch: Vec<NewPassage> = (existing..vectors.len())
+            .map(|i| NewPassage::new(format!("p{i}"), format!("passage {i}")))
+            .collect();
+        db.insert(&batch).unwrap();
+    }
+    let mut w = db
+        .begin_generation(GenerationSpec::new("raw", dim as u32, Dtype::F32))
+        .unwrap();
+    let ids = w.missing().unwrap();
+    assert_eq!(ids.len(), vectors.len(), "one vector per live passage");
+    let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
+    // Several small blocks, so that the matrix is assembled across blocks.
+    for (chunk_ids, chunk) in ids.chunks(5).zip(flat.chunks(5 * dim)) {
+        w.write(chunk_ids, chunk).unwrap();
+    }
+    w.commit().unwrap()
+}
+
+/// Brute force: scores in f64, sorted by score descending then id ascending.
+fn oracle(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<(u64, f32)> {
+    let mut scored: Vec<(u64, f64)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let s: f64 = v.iter().zip(query).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+            (i as u64, s)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+    scored.truncate(k);
+    scored.into_iter().map(|(i, s)| (i, s as f32)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Small integer coordinates make exact ties common; the ranking must still equal the
+    /// oracle's, ties broken by passage id.
+    #[test]
+    fn top_k_equals_brute_force(
+        dim in 1usize..6,
+        rows in 1usize..40,
+        k in 1usize..12,
+        seed in any::<u64>(),
+    ) {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 5) as f32 - 2.0
+        };
+        let vectors: Vec<Vec<f32>> = (0..rows).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        let queries: Vec<Vec<f32>> = (0..3).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(dir.path()).unwrap();
+        generation_from(&db, dim, &vectors);
+        let retriever = Retriever::new(db, cpu_options());
+        let snap = retriever.snapshot().unwrap();
+        let flat: Vec<f32> = queries.iter().flatten().copied().collect();
+        let q = Tensor::from_slice(&flat).view([3, dim as i64]);
+        let got = snap.top_k(&q, k).unwrap();
+        for (query, row) in queries.iter().zip(got) {
+            prop_assert_eq!(row, oracle(&vectors, query, k));
+        }
+    }
+}
+
+#[test]
+fn hits_carry_passages_probabilities_and_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(dir.path()).unwrap();
+    let vectors = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.7, 0.7], vec![-1.0, 0.0]];
+    let g = generation_from(&db, 2, &vectors);
+    let retriever = Retriever::new(db, cpu_options());
+    let snap = retriever.snapshot().unwrap();
+    let hits = snap
+        .search_vectors(&Tensor::from_slice(&[1.0f32, 0.1]).view([1, 2]), 3)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        hits.iter().map(|h| h.passage_id).collect::<Vec<_>>(),
+        vec![0, 2, 1]
+    );
+    assert_eq!(hits[0].rank, 1);
+    assert_eq!(hits[0].title, "p0");
+    assert_eq!(hits[0].generation, g);
+    let total: f32 = hits.iter().map(|h| h.prob).sum();
+    assert!((total - 1.0).abs() < 1e-5);
+    assert!(hits[0].prob > hits[1].prob && hits[1].prob > hits[2].prob);
+    // k beyond the corpus returns every passage; a wrong query dimension is an error.
+    let all = snap.top_k(&Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]), 99).unwrap();
+    assert_eq!(all[0].len(), 4);
+    let err = snap
+        .top_k(&Tensor::from_slice(&[1.0f32, 0.0, 0.0]).view([1, 3]), 2)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    // A generation without an encoder cannot embed text, and says so.
+    assert!(matches!(snap.search("text", 2), Err(Error::NoEncoder { .. })));
+}
+
+#[test]
+fn matrices_are_cached_per_generation_and_extended_on_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(dir.path()).unwrap();
+    let g1 = generation_from(&db, 2, &[vec![1.0, 0.0], vec![0.0, 1.0]]);
+    let retriever = Retriever::new(db.clone(), cpu_options());
+    let q = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
+
+    let s1 = retriever.snapshot().unwrap();
+    s1.top_k(&q, 1).unwrap();
+    assert_eq!(retriever.matrix_loads(), 1);
+    // A second snapshot of the same generation reuses the resident matrix.
+    let s2 = retriever.snapshot().unwrap();
+    s2.top_k(&q, 1).unwrap();
+    assert_eq!(retriever.matrix_loads(), 1);
+    drop(s2);
+
+    // Incremental ingestion: a new passage with a row in the current generation.
+    let out = db
+        .insert_with_vectors(&[NewPassage::new("new", "new text")], g1, &[Some(&[5.0, 5.0])])
+        .unwrap();
+    let s3 = retriever.snapshot().unwrap();
+    assert_eq!(s3.top_k(&q, 1).unwrap()[0][0].0, out[0].id());
+    assert_eq!(retriever.matrix_loads(), 2, "the matrix is extended once");
+    // The older snapshot still ranks without the new row.
+    assert_eq!(s1.top_k(&q, 3).unwrap()[0].len(), 2);
+
+    // Deleted passages leave the results of later snapshots only.
+    db.delete(&[out[0].id()]).unwrap();
+    let s4 = retriever.snapshot().unwrap();
+    assert!(s4.top_k(&q, 3).unwrap()[0].iter().all(|(id, _)| *id != out[0].id()));
+    assert_eq!(s3.top_k(&q, 1).unwrap()[0][0].0, out[0].id());
+
+    // Publish generation 2: new snapshots use it; s1 keeps generation 1.
+    let g2 = generation_from(&db, 2, &[vec![-1.0, 0.0], vec![0.0, -1.0], vec![0.0, 0.0]]);
+    let s5 = retriever.snapshot().unwrap();
+    assert_eq!(s5.generation_id(), Some(g2));
+    // Live passages are 0, 1 and 3 (2 was deleted); 3 has the vector [0, 0].
+    assert_eq!(s5.top_k(&q, 1).unwrap()[0][0].0, 3);
+    assert_eq!(s1.generation_id(), Some(g1));
+    assert_eq!(s1.top_k(&q, 1).unwrap()[0][0].0, 0);
+    let loads = retriever.matrix_loads();
+    // While s1 lives, time travel to generation 1 shares its matrix...
+    let travel = retriever.snapshot_at(g1).unwrap();
+    travel.top_k(&q, 1).unwrap();
+    assert_eq!(retriever.matrix_loads(), loads);
+    drop(travel);
+    // ...and once every user of generation 1 is gone, its matrix is freed: a later
+    // time-travel search has to load it again.
+    drop((s1, s3, s4));
+    let travel = retriever.snapshot_at(g1).unwrap();
+    travel.top_k(&q, 1).unwrap();
+    assert_eq!(retriever.matrix_loads(), loads + 1);
+}
+
+#[test]
+fn build_ingest_and_reopen_without_the_model_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let texts = [
+        ("Volcano", "Mount Etna is an active volcano on the east coast of Sicily."),
+        ("Enzyme", "Amylase is an enzyme that catalyses the hydrolysis of starch."),
+        ("Dynasty", "The Tang dynasty ruled China from 618 to 907."),
+        ("Orbit", "A geostationary orbit lies 35,786 kilometres above the equator."),
+    ];
+    let encoder = tiny_encoder(7);
+    let generation;
+    {
+        let db = Db::create(&path).unwrap();
+        let retriever = Retriever::new(db.clone(), cpu_options());
+        // Before any generation exists, ingest stores passages as pending.
+        let batch: Vec<NewPassage> = texts.iter().map(|(t, x)| NewPassage::new(*t, *x)).collect();
+        retriever.ingest(&batch).unwrap();
+        assert_eq!(db.snapshot().unwrap().pending().unwrap().len(), 4);
+        let mut seen = Vec::new();
+        let mut progress = |p: realm_retriever::Progress| seen.push(p.done);
+        generation = retriever
+            .build_generation(
+                &encoder,
+                BuildOptions {
+                    progress: Some(&mut progress),
+                    ..BuildOptions::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(seen.last(), Some(&4));
+        let snap = retriever.snapshot().unwrap();
+        assert!(snap.storage().pending().unwrap().is_empty());
+        // The stored vector equals a fresh embedding of the same document.
+        let expected = encoder.encode_docs(&[(texts[2].0, texts[2].1)]).unwrap();
+        let stored = snap.storage().vector(2).unwrap().unwrap();
+        let stored = Tensor::from_slice(&stored).view([1, -1]);
+        assert!(f64::try_from((expected - stored).abs().max()).unwrap() < 1e-6);
+        // Identical text gives the identical (normalized) vector: the top hit.
+        let hits = snap.search(&format!("{} {}", texts[1].0, texts[1].1), 2).unwrap();
+        assert_eq!(hits[0].passage_id, 1);
+        assert!((hits[0].score - 1.0).abs() < 1e-4);
+        // Incremental ingestion embeds with the generation's encoder: searchable at once.
+        let fresh = NewPassage::new("Glacier", "The Aletsch Glacier is the largest glacier in the Alps.")
+            .with_external_id("glacier");
+        let out = retriever.ingest(std::slice::from_ref(&fresh)).unwrap();
+        let again = retriever.ingest(std::slice::from_ref(&fresh)).unwrap();
+        assert_eq!(out[0].id(), again[0].id(), "re-ingesting an external id is idempotent");
+        let snap = retriever.snapshot().unwrap();
+        assert_eq!(snap.generation_id(), Some(generation), "no rebuild");
+        assert!(snap.storage().pending().unwrap().is_empty());
+        let hits = snap.search(&format!("{} {}", fresh.title, fresh.text), 1).unwrap();
+        assert_eq!(hits[0].passage_id, out[0].id());
+    }
+    // Reopen: the encoder comes from the checkpoint stored in the database.
+    let db = Db::open(&path).unwrap();
+    let manifest = db.generation(generation).unwrap();
+    assert_eq!(
+        manifest.spec.provenance.checkpoint_id.as_deref(),
+        Some(encoder.fingerprint().unwrap().as_str())
+    );
+    let retriever = Retriever::new(db, cpu_options());
+    let hits = retriever
+        .snapshot()
+        .unwrap()
+        .search(&format!("{} {}", texts[3].0, texts[3].1), 1)
+        .unwrap();
+    assert_eq!(hits[0].passage_id, 3);
+}
