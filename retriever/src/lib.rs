@@ -14,10 +14,12 @@ pub mod bert;
 pub mod encoder;
 mod error;
 pub mod index;
+mod model;
 
 pub use encoder::{DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling};
 pub use error::{Error, Result};
 pub use index::{
     BuildOptions, Compute, Hit, Progress, Retriever, RetrieverOptions, SearchSnapshot,
 };
+pub use model::default_model_dir;
 pub use tch::Device;
