@@ -40,6 +40,9 @@ pub struct RetrieverOptions {
     pub compute: Compute,
     /// Passages embedded per batch while building a generation.
     pub build_batch: usize,
+    /// Matrix rows scored per step of a search; 0 picks a cache-sized chunk on CPU and the
+    /// whole matrix on CUDA.
+    pub score_chunk_rows: usize,
 }
 
 impl Default for RetrieverOptions {
@@ -51,6 +54,7 @@ impl Default for RetrieverOptions {
             },
             compute: Compute::F32,
             build_batch: 256,
+            score_chunk_rows: 0,
         }
     }
 }
@@ -671,47 +675,80 @@ impl SearchSnapshot {
             });
         }
         let batch = qsize[0] as usize;
-        let live = state.rows - state.dead.as_ref().map_or(0, |d| d.sum(Kind::Int64).int64_value(&[]) as usize);
+        let live = state.rows
+            - state
+                .dead
+                .as_ref()
+                .map_or(0, |d| d.sum(Kind::Int64).int64_value(&[]) as usize);
         let k = k.min(live);
         if k == 0 || batch == 0 {
             return Ok(vec![Vec::new(); batch]);
         }
-        let scores = tch::no_grad(|| {
-            let m = matrix.tensor.narrow(0, 0, state.rows as i64);
-            let q = queries.to_device(m.device()).to_kind(m.kind());
-            let mut scores = q.matmul(&m.tr()).to_kind(Kind::Float);
-            if let Some(dead) = &state.dead {
-                scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
+        let chunk_rows = self.chunk_rows(batch, matrix);
+        let mut candidates: Vec<Vec<(u64, f32)>> = vec![Vec::new(); batch];
+        tch::no_grad(|| -> Result<()> {
+            let device = matrix.tensor.device();
+            let on_cpu_f16 = device == Device::Cpu && matrix.tensor.kind() == Kind::Half;
+            let compute_kind = if on_cpu_f16 { Kind::Float } else { matrix.tensor.kind() };
+            let q = queries.to_device(device).to_kind(compute_kind);
+            let mut start = 0usize;
+            while start < state.rows {
+                let len = chunk_rows.min(state.rows - start);
+                let mut m = matrix.tensor.narrow(0, start as i64, len as i64);
+                if on_cpu_f16 {
+                    // CPUs have no fast half GEMM: widen one cache-sized chunk at a time.
+                    m = m.to_kind(Kind::Float);
+                }
+                let mut scores = q.matmul(&m.tr()).to_kind(Kind::Float);
+                if let Some(dead) = &state.dead {
+                    let dead = dead.narrow(0, start as i64, len as i64);
+                    scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
+                }
+                // Every row scoring at least this chunk's k-th value is a candidate: the
+                // union over chunks holds the global top-k including all ties at its edge.
+                let kc = k.min(len) as i64;
+                let (values, _) = scores.topk(kc, -1, true, false);
+                let threshold = values.narrow(1, kc - 1, 1);
+                let hits = scores.ge_tensor(&threshold).logical_and(&scores.isfinite());
+                let nz = hits.nonzero();
+                let (rows, cols) = (nz.select(1, 0), nz.select(1, 1));
+                let picked = scores.index(&[Some(&rows), Some(&cols)]);
+                let rows: Vec<i64> = Vec::try_from(&rows.to_device(Device::Cpu).contiguous())?;
+                let cols: Vec<i64> = Vec::try_from(&cols.to_device(Device::Cpu).contiguous())?;
+                let picked: Vec<f32> = Vec::try_from(&picked.to_device(Device::Cpu))?;
+                for ((b, c), s) in rows.into_iter().zip(cols).zip(picked) {
+                    candidates[b as usize].push((matrix.ids[start + c as usize], s));
+                }
+                start += len;
             }
-            scores
-        });
-        let (values, _) = scores.topk(k as i64, -1, true, true);
-        // Everything scoring at least the k-th value is a candidate; ties at the boundary are
-        // resolved by passage id on the CPU.
-        let threshold = values.narrow(1, k as i64 - 1, 1);
-        let candidates = scores.ge_tensor(&threshold).to_device(Device::Cpu);
-        let scores_cpu = scores.to_device(Device::Cpu);
-        let mut out = Vec::with_capacity(batch);
-        for b in 0..batch as i64 {
-            let idx = candidates.get(b).nonzero().view(-1);
-            let idx: Vec<i64> = Vec::try_from(&idx)?;
-            let row_scores: Vec<f32> =
-                Vec::try_from(&scores_cpu.get(b).index_select(0, &Tensor::from_slice(&idx)))?;
-            let mut row: Vec<(u64, f32)> = idx
-                .iter()
-                .zip(row_scores)
-                .map(|(&i, s)| (matrix.ids[i as usize], s))
-                .collect();
-            // partial_cmp: 0.0 and -0.0 tie (scores are finite or -inf, never NaN).
+            Ok(())
+        })?;
+        for row in candidates.iter_mut() {
+            // partial_cmp: 0.0 and -0.0 tie (scores here are finite).
             row.sort_by(|a, b| {
                 b.1.partial_cmp(&a.1)
                     .unwrap_or(std::cmp::Ordering::Equal)
                     .then(a.0.cmp(&b.0))
             });
             row.truncate(k);
-            out.push(row);
         }
-        Ok(out)
+        Ok(candidates)
+    }
+
+    /// Rows per scoring chunk: the [batch, chunk] score block and, for f16 on CPU, the
+    /// widened chunk stay around the size of a last-level cache.
+    fn chunk_rows(&self, batch: usize, matrix: &DeviceMatrix) -> usize {
+        let fixed = self.retriever.inner.options.score_chunk_rows;
+        if fixed > 0 {
+            return fixed;
+        }
+        if matrix.tensor.device() != Device::Cpu {
+            return matrix.ids.len().max(1);
+        }
+        let dim = matrix.tensor.size().get(1).copied().unwrap_or(1).max(1) as usize;
+        let budget = 8 << 20; // bytes
+        let per_row = 4 * batch + if matrix.tensor.kind() == Kind::Half { 4 * dim } else { 0 };
+        (budget / per_row.max(1)).clamp(1024, 1 << 20)
     }
 
     /// Device memory of the pinned generation's matrix, once loaded.

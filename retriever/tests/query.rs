@@ -86,7 +86,7 @@ fn oracle(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<(u64, f32)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Small integer coordinates make exact ties common; the ranking must still equal the
     /// oracle's, ties broken by passage id.
@@ -95,6 +95,7 @@ proptest! {
         dim in 1usize..6,
         rows in 1usize..40,
         k in 1usize..12,
+        chunk in 0usize..8,
         seed in any::<u64>(),
     ) {
         let mut state = seed | 1;
@@ -109,7 +110,9 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::create(dir.path()).unwrap();
         generation_from(&db, dim, &vectors);
-        let retriever = Retriever::new(db, cpu_options());
+        // Chunks of 1..7 rows put ties on chunk edges; 0 is the automatic size.
+        let options = RetrieverOptions { score_chunk_rows: chunk, ..cpu_options() };
+        let retriever = Retriever::new(db, options);
         let snap = retriever.snapshot().unwrap();
         let flat: Vec<f32> = queries.iter().flatten().copied().collect();
         let q = Tensor::from_slice(&flat).view([3, dim as i64]);
