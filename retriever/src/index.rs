@@ -108,11 +108,30 @@ impl std::fmt::Debug for BuildOptions<'_> {
     }
 }
 
+/// A tensor that is never written after construction, shared by searching threads.
+#[derive(Debug)]
+struct ReadOnlyTensor(Tensor);
+
+// Safety: libtorch tensors may be read from several threads at once. A `ReadOnlyTensor` is
+// only ever an input of out-of-place operations (narrow, matmul, masked_fill, to_kind,
+// to_device), which allocate their results and never write to their inputs, and the wrapper
+// hands out no mutable access after construction.
+#[allow(unsafe_code)]
+unsafe impl Sync for ReadOnlyTensor {}
+
+impl std::ops::Deref for ReadOnlyTensor {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
 /// A generation's vectors on the device. Rows are in storage (block) order.
 #[derive(Debug)]
 pub struct DeviceMatrix {
     generation: GenerationId,
-    tensor: Tensor,
+    tensor: ReadOnlyTensor,
     ids: Vec<u64>,
     /// `rows_after[b]`: rows in blocks `0..=b`.
     rows_after: Vec<usize>,
@@ -323,7 +342,7 @@ impl Retriever {
             .to_device(self.inner.options.encoder.device);
         Ok(DeviceMatrix {
             generation: raw.generation,
-            tensor,
+            tensor: ReadOnlyTensor(tensor),
             ids: raw.ids,
             rows_after,
         })
@@ -336,12 +355,12 @@ impl Retriever {
             .view([raw.rows() as i64, raw.dim as i64])
             .to_kind(self.device_kind())
             .to_device(self.inner.options.encoder.device);
-        let tensor = Tensor::cat(&[&base.tensor, &more], 0);
+        let tensor = Tensor::cat(&[&*base.tensor, &more], 0);
         let mut ids = base.ids.clone();
         ids.extend(raw.ids);
         Ok(DeviceMatrix {
             generation: base.generation,
-            tensor,
+            tensor: ReadOnlyTensor(tensor),
             ids,
             rows_after,
         })
@@ -548,7 +567,7 @@ struct SearchState {
     matrix: Arc<DeviceMatrix>,
     rows: usize,
     /// Rows of passages deleted before the snapshot, excluded from ranking.
-    dead: Option<Tensor>,
+    dead: Option<ReadOnlyTensor>,
 }
 
 /// A pinned, searchable snapshot: every search through it uses the same generation and
@@ -610,7 +629,9 @@ impl SearchSnapshot {
             None
         } else {
             let mask: Vec<bool> = matrix.ids[..rows].iter().map(|id| deleted.contains(id)).collect();
-            Some(Tensor::from_slice(&mask).to_device(matrix.tensor.device()))
+            Some(ReadOnlyTensor(
+                Tensor::from_slice(&mask).to_device(matrix.tensor.device()),
+            ))
         };
         let state = Arc::new(SearchState { matrix, rows, dead });
         *guard = Some(state.clone());
@@ -767,4 +788,14 @@ fn softmax(scores: &[f32]) -> Vec<f32> {
     let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retriever_and_snapshots_are_shareable_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Retriever>();
+        shareable::<super::SearchSnapshot>();
+    }
 }

@@ -1,0 +1,216 @@
+//! Exact top-k MIPS through the public query path, side by side in one run with:
+//! the memory-bandwidth bound measured on this machine, plain libtorch (one matmul + topk),
+//! FAISS `IndexFlatIP` (Python, `pip install faiss-cpu numpy`), and f16 storage (with its
+//! recall@k against exact f32).
+//!
+//! `cargo bench -p realm-retriever --bench mips -- [--sizes 100000,1000000] [--dim 384] [--k 10]`
+
+use std::time::Instant;
+
+use realm_retriever::{Compute, Device, EncoderConfig, Retriever, RetrieverOptions};
+use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
+use tch::Tensor;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Deterministic uniform values in [-1, 1).
+fn random_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Read bandwidth of a plain multi-threaded sum over `data`, best of 3, in bytes/s.
+fn bandwidth(data: &[f32]) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .chunks(data.len().div_ceil(threads))
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut acc = [0f32; 16];
+                        for c in part.chunks_exact(16) {
+                            for i in 0..16 {
+                                acc[i] += c[i];
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max(std::mem::size_of_val(data) as f64 / start.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn qps(batch: usize, rounds: usize, mut f: impl FnMut(usize)) -> f64 {
+    f(0); // warm-up (and matrix load)
+    let start = Instant::now();
+    for r in 0..rounds {
+        f(r + 1);
+    }
+    (batch * rounds) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn options(compute: Compute) -> RetrieverOptions {
+    RetrieverOptions {
+        encoder: EncoderConfig {
+            device: Device::cuda_if_available(),
+            ..EncoderConfig::default()
+        },
+        compute,
+        ..RetrieverOptions::default()
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = arg("--sizes")
+        .unwrap_or_else(|| "100000,1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let dim: usize = arg("--dim").and_then(|s| s.parse().ok()).unwrap_or(384);
+    let k: usize = arg("--k").and_then(|s| s.parse().ok()).unwrap_or(10);
+    println!(
+        "mips: exact top-{k}, {dim}-d, device {:?}, {} libtorch threads",
+        Device::cuda_if_available(),
+        tch::get_num_threads()
+    );
+    let queries = random_values(64 * 8 * dim, 99);
+    for n in sizes {
+        let values = random_values(n * dim, n as u64);
+        let bytes = (n * dim * 4) as f64;
+        let bw = bandwidth(&values);
+        let bound = bw / bytes;
+        println!(
+            "\n{n} x {dim}: read bandwidth {:.1} GB/s, so the f32 bandwidth bound is {bound:.2} QPS at batch 1",
+            bw / 1e9
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::create(dir.path()).expect("create");
+        let start = Instant::now();
+        for part in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let batch: Vec<NewPassage> =
+                part.iter().map(|i| NewPassage::new("", format!("p{i}"))).collect();
+            db.insert(&batch).expect("insert");
+        }
+        let mut w = db
+            .begin_generation(GenerationSpec::new("bench", dim as u32, Dtype::F32))
+            .expect("begin");
+        let ids: Vec<u64> = (0..n as u64).collect();
+        for (i, c) in ids.chunks(4096).zip(values.chunks(4096 * dim)) {
+            w.write(i, c).expect("write");
+        }
+        w.commit().expect("commit");
+        println!("  built the database in {:.1} s", start.elapsed().as_secs_f64());
+
+        let qt = |batch: usize, r: usize| {
+            let off = (r * batch * dim) % (queries.len() - batch * dim + 1);
+            Tensor::from_slice(&queries[off..off + batch * dim]).view([batch as i64, dim as i64])
+        };
+        let exact = Retriever::new(db.clone(), options(Compute::F32));
+        let snap = exact.snapshot().expect("snapshot");
+        let plain = Tensor::from_slice(&values).view([n as i64, dim as i64]);
+        let half = Retriever::new(db.clone(), options(Compute::F16));
+        let half_snap = half.snapshot().expect("snapshot");
+        let mut rows = Vec::new();
+        for (batch, rounds) in [(1usize, 20usize), (64, 3)] {
+            let ours = qps(batch, rounds, |r| {
+                std::hint::black_box(snap.top_k(&qt(batch, r), k).expect("search"));
+            });
+            let torch = qps(batch, rounds, |r| {
+                let q = qt(batch, r);
+                let scores = tch::no_grad(|| q.matmul(&plain.tr()));
+                std::hint::black_box(scores.topk(k as i64, -1, true, true));
+            });
+            let f16 = qps(batch, rounds, |r| {
+                std::hint::black_box(half_snap.top_k(&qt(batch, r), k).expect("search"));
+            });
+            rows.push((batch, ours, torch, f16));
+        }
+        // f16 recall@k against exact f32 on 256 queries.
+        let q = Tensor::from_slice(&queries[..256 * dim]).view([256, dim as i64]);
+        let truth = snap.top_k(&q, k).expect("search");
+        let approx = half_snap.top_k(&q, k).expect("search");
+        let mut found = 0usize;
+        for (t, a) in truth.iter().zip(&approx) {
+            found += a.iter().filter(|(id, _)| t.iter().any(|(x, _)| x == id)).count();
+        }
+        let recall = found as f64 / (256 * k) as f64;
+
+        let faiss = run_faiss(&values, &queries, dim, k);
+        for (batch, ours, torch, f16) in rows {
+            let mut line = format!(
+                "  batch {batch:>2}: realm-db {ours:>7.2} QPS | libtorch matmul+topk {torch:>7.2} ({:.2}x) | f16 {f16:>7.2} ({:.2}x)",
+                ours / torch,
+                f16 / ours
+            );
+            if let Some(f) = faiss.iter().find(|(b, _)| *b == batch).map(|(_, q)| *q) {
+                line += &format!(" | faiss IndexFlatIP {f:>7.2} ({:.2}x)", ours / f);
+            }
+            if batch == 1 {
+                line += &format!(
+                    " | bandwidth bound {bound:.2} (realm-db at {:.0}%, f16 at {:.0}% of the f32 bound)",
+                    100.0 * ours / bound,
+                    100.0 * f16 / bound
+                );
+            }
+            println!("{line}");
+        }
+        println!("  f16 recall@{k} against exact f32: {recall:.4}");
+    }
+}
+
+/// Runs FAISS on the same data in a Python subprocess; empty if FAISS is unavailable.
+fn run_faiss(values: &[f32], queries: &[f32], dim: usize, k: usize) -> Vec<(usize, f64)> {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(_) => return Vec::new(),
+    };
+    let write = |name: &str, data: &[f32]| {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).map(|_| path)
+    };
+    let (Ok(m), Ok(q)) = (write("m.f32", values), write("q.f32", queries)) else {
+        return Vec::new();
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faiss_flat.py");
+    let out = std::process::Command::new("python3")
+        .args([script, &m.to_string_lossy(), &q.to_string_lossy()])
+        .arg(dim.to_string())
+        .arg(k.to_string())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let b = l.split("batch=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+                let q = l.split("qps=").nth(1)?.trim().parse().ok()?;
+                Some((b, q))
+            })
+            .collect(),
+        _ => {
+            println!("  faiss: not run (python3 with faiss-cpu and numpy is needed)");
+            Vec::new()
+        }
+    }
+}

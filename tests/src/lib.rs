@@ -1,1 +1,0 @@
-//! Cross-crate integration tests of realm-db live in `tests/tests/`.

@@ -1,0 +1,143 @@
+//! Incremental ingestion under load: one thread ingests batches (embedding them in the same
+//! atomic write), another publishes new generations, and several threads search. Every
+//! result belongs wholly to its snapshot, and passages become visible to every snapshot
+//! taken after their ingest call returned.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use realm_db::retriever::bert::BertConfig;
+use realm_db::retriever::encoder::load_tokenizer;
+use realm_db::{
+    BuildOptions, Db, Device, Encoder, EncoderConfig, NewPassage, Retriever, RetrieverOptions,
+};
+use realm_db::retriever::EncoderHead;
+
+fn tiny_encoder(seed: i64) -> Encoder {
+    let dir = realm_db::default_model_dir().expect("set-up installs the default model");
+    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer");
+    let config = BertConfig::tiny(tokenizer.get_vocab_size(true) as i64);
+    let cfg = EncoderConfig {
+        max_len: 32,
+        ..EncoderConfig::default()
+    };
+    Encoder::random(config, tokenizer, EncoderHead::mean(true), cfg, seed).expect("encoder")
+}
+
+fn passage(i: u64) -> NewPassage {
+    NewPassage::new(format!("topic {i}"), format!("passage number {i} about subject {}", i * 7919 % 1000))
+        .with_external_id(format!("p{i}"))
+}
+
+#[test]
+fn ingest_publish_and_search_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RetrieverOptions {
+        encoder: EncoderConfig {
+            device: Device::Cpu,
+            ..EncoderConfig::default()
+        },
+        build_batch: 16,
+        ..RetrieverOptions::default()
+    };
+    let retriever = Retriever::new(Db::create(dir.path()).unwrap(), options);
+    retriever.ingest(&(0..20).map(passage).collect::<Vec<_>>()).unwrap();
+    retriever
+        .build_generation(&tiny_encoder(1), BuildOptions::default())
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Highest passage index whose ingest call has returned.
+    let acknowledged = Arc::new(AtomicU64::new(19));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let searches = Arc::new(AtomicU64::new(0));
+
+    std::thread::scope(|s| {
+        let ingester = {
+            let (retriever, acknowledged) = (retriever.clone(), acknowledged.clone());
+            s.spawn(move || {
+                for round in 0..12u64 {
+                    let batch: Vec<NewPassage> =
+                        (20 + round * 5..20 + (round + 1) * 5).map(passage).collect();
+                    retriever.ingest(&batch).unwrap();
+                    acknowledged.store(20 + (round + 1) * 5 - 1, Ordering::SeqCst);
+                }
+            })
+        };
+        let publisher = {
+            let retriever = retriever.clone();
+            s.spawn(move || {
+                for seed in 2..4 {
+                    retriever
+                        .build_generation(&tiny_encoder(seed), BuildOptions::default())
+                        .unwrap();
+                }
+            })
+        };
+        for t in 0..3u64 {
+            let (retriever, stop, acknowledged, failures, searches) = (
+                retriever.clone(),
+                stop.clone(),
+                acknowledged.clone(),
+                failures.clone(),
+                searches.clone(),
+            );
+            s.spawn(move || {
+                let fail = |m: String| failures.lock().unwrap().push(m);
+                let mut i = t;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 3;
+                    let visible_before = acknowledged.load(Ordering::SeqCst);
+                    let snap = retriever.snapshot().unwrap();
+                    let generation = snap.generation_id();
+                    // Visibility: everything acknowledged before the snapshot is in it, with
+                    // a vector (ingest embeds in the same write).
+                    let probe = visible_before - (i % 10);
+                    let ext = format!("p{probe}");
+                    match snap.storage().get_by_external_id(&ext).unwrap() {
+                        None => fail(format!("{ext} acknowledged but invisible")),
+                        Some(p) if snap.storage().vector(p.id).unwrap().is_none() => {
+                            fail(format!("{ext} visible without a vector"))
+                        }
+                        Some(_) => {}
+                    }
+                    let query = passage(probe);
+                    let text = format!("{} {}", query.title, query.text);
+                    let encoder = snap.query_encoder().unwrap();
+                    let q = encoder.encode(&[text.as_str()]).unwrap();
+                    let hits = snap.search_vectors(&q, 5).unwrap().remove(0);
+                    let qv: Vec<f32> = Vec::try_from(&q.view(-1)).unwrap();
+                    for hit in &hits {
+                        if hit.generation != generation.unwrap() {
+                            fail(format!("hit from generation {} in a snapshot of {generation:?}", hit.generation));
+                        }
+                        // The score must come from this snapshot's generation's vector.
+                        match snap.storage().vector(hit.passage_id).unwrap() {
+                            None => fail(format!("hit {} has no vector in its snapshot", hit.passage_id)),
+                            Some(v) => {
+                                let dot: f32 = v.iter().zip(&qv).map(|(a, b)| a * b).sum();
+                                if (dot - hit.score).abs() > 1e-4 {
+                                    fail(format!("hit {} scored {} but its vector gives {dot}", hit.passage_id, hit.score));
+                                }
+                            }
+                        }
+                    }
+                    if hits.first().map(|h| h.title.as_str()) != Some(query.title.as_str()) {
+                        fail(format!("the exact text of {ext} did not rank first"));
+                    }
+                    searches.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        ingester.join().unwrap();
+        publisher.join().unwrap();
+        stop.store(true, Ordering::SeqCst);
+    });
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(searches.load(Ordering::SeqCst) > 10);
+    let snap = retriever.snapshot().unwrap();
+    assert_eq!(snap.storage().passage_count().unwrap(), 80);
+    assert!(snap.storage().pending().unwrap().is_empty());
+    assert!(retriever.db().verify().unwrap().problems.is_empty());
+}
