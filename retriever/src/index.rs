@@ -469,21 +469,14 @@ impl Retriever {
             match self.db().insert_with_vectors(batch, manifest.id, &rows) {
                 Ok(outcomes) => {
                     // A passage that turned out new without a row (its external id was
-                    // deleted meanwhile) is pending; embed it now.
-                    let late: Vec<usize> = outcomes
+                    // deleted meanwhile) is pending: embed it now, in whatever generation is
+                    // current by then.
+                    let late = outcomes
                         .iter()
-                        .enumerate()
-                        .filter(|(i, o)| matches!(o, InsertOutcome::Inserted(_)) && rows[*i].is_none())
-                        .map(|(i, _)| i)
-                        .collect();
-                    if !late.is_empty() {
-                        let docs: Vec<(&str, &str)> = late
-                            .iter()
-                            .map(|&i| (batch[i].title.as_str(), batch[i].text.as_str()))
-                            .collect();
-                        let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
-                        let ids: Vec<u64> = late.iter().map(|&i| outcomes[i].id()).collect();
-                        self.db().put_vectors(manifest.id, &ids, &values)?;
+                        .zip(&rows)
+                        .any(|(o, r)| matches!(o, InsertOutcome::Inserted(_)) && r.is_none());
+                    if late {
+                        self.embed_pending()?;
                     }
                     return Ok(outcomes);
                 }
@@ -497,8 +490,24 @@ impl Retriever {
     }
 
     /// Embeds the current generation's pending passages (inserted without vectors) with its
-    /// document encoder. Returns how many were embedded.
+    /// document encoder, retrying if a publish intervenes. Returns how many were embedded.
     pub fn embed_pending(&self) -> Result<usize> {
+        for _ in 0..3 {
+            match self.embed_pending_once() {
+                Err(Error::Storage(
+                    realm_storage::Error::NotWritable { .. }
+                    | realm_storage::Error::UnknownGeneration(_)
+                    | realm_storage::Error::DuplicateVector { .. },
+                )) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Busy {
+            reason: "the current generation changed three times while pending passages were embedded".into(),
+        })
+    }
+
+    fn embed_pending_once(&self) -> Result<usize> {
         let snapshot = self.db().snapshot()?;
         let Some(manifest) = snapshot.generation().cloned() else {
             return Ok(0);
@@ -518,7 +527,11 @@ impl Retriever {
                 .collect();
             let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
             let ids: Vec<u64> = part.iter().map(|p| p.id).collect();
-            self.db().put_vectors(manifest.id, &ids, &values)?;
+            match self.db().put_vectors(manifest.id, &ids, &values) {
+                // Deleted since the snapshot: skip this part, the rest still gets embedded.
+                Err(realm_storage::Error::UnknownPassage(_)) => {}
+                other => other?,
+            }
         }
         Ok(passages.len())
     }

@@ -129,9 +129,12 @@ fn ingest_publish_and_search_concurrently() {
                 }
             });
         }
-        ingester.join().unwrap();
-        publisher.join().unwrap();
+        // Stop the searchers whatever happened, then report a writer's panic.
+        let ingested = ingester.join();
+        let published = publisher.join();
         stop.store(true, Ordering::SeqCst);
+        ingested.expect("the ingesting thread panicked");
+        published.expect("the publishing thread panicked");
     });
     let failures = failures.lock().unwrap();
     assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
