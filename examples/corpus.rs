@@ -81,7 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if tenth > last_tenth {
             last_tenth = tenth;
             let secs = start.elapsed().as_secs_f64();
-            eprintln!("  embedded {}/{} ({:.1} passages/s)", p.done, p.total, p.done as f64 / secs);
+            eprintln!(
+                "  embedded {}/{} ({:.1} passages/s)",
+                p.done,
+                p.total,
+                p.done as f64 / secs
+            );
         }
     };
     let generation = retriever.build_generation(

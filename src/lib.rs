@@ -44,8 +44,8 @@ pub use realm_retriever::{
     RetrieverOptions, SearchSnapshot, default_model_dir,
 };
 
-/// The error of the storage layer (without the `torch` feature, every error).
-pub use realm_storage::Error as StorageError;
 /// The error of the retriever, which wraps storage errors.
 #[cfg(feature = "torch")]
 pub use realm_retriever::Error;
+/// The error of the storage layer (without the `torch` feature, every error).
+pub use realm_storage::Error as StorageError;

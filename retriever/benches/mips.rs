@@ -108,8 +108,10 @@ fn main() {
         let db = Db::create(dir.path()).expect("create");
         let start = Instant::now();
         for part in (0..n).collect::<Vec<_>>().chunks(10_000) {
-            let batch: Vec<NewPassage> =
-                part.iter().map(|i| NewPassage::new("", format!("p{i}"))).collect();
+            let batch: Vec<NewPassage> = part
+                .iter()
+                .map(|i| NewPassage::new("", format!("p{i}")))
+                .collect();
             db.insert(&batch).expect("insert");
         }
         let mut w = db
@@ -120,7 +122,10 @@ fn main() {
             w.write(i, c).expect("write");
         }
         w.commit().expect("commit");
-        println!("  built the database in {:.1} s", start.elapsed().as_secs_f64());
+        println!(
+            "  built the database in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
 
         let qt = |batch: usize, r: usize| {
             let off = (r * batch * dim) % (queries.len() - batch * dim + 1);
@@ -139,7 +144,7 @@ fn main() {
             let torch = qps(batch, rounds, |r| {
                 let q = qt(batch, r);
                 let scores = tch::no_grad(|| q.matmul(&plain.tr()));
-                std::hint::black_box(scores.topk(k as i64, -1, true, true));
+                let _ = std::hint::black_box(scores.topk(k as i64, -1, true, true));
             });
             let f16 = qps(batch, rounds, |r| {
                 std::hint::black_box(half_snap.top_k(&qt(batch, r), k).expect("search"));
@@ -152,7 +157,10 @@ fn main() {
         let approx = half_snap.top_k(&q, k).expect("search");
         let mut found = 0usize;
         for (t, a) in truth.iter().zip(&approx) {
-            found += a.iter().filter(|(id, _)| t.iter().any(|(x, _)| x == id)).count();
+            found += a
+                .iter()
+                .filter(|(id, _)| t.iter().any(|(x, _)| x == id))
+                .count();
         }
         let recall = found as f64 / (256 * k) as f64;
 
@@ -203,7 +211,13 @@ fn run_faiss(values: &[f32], queries: &[f32], dim: usize, k: usize) -> Vec<(usiz
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter_map(|l| {
-                let b = l.split("batch=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+                let b = l
+                    .split("batch=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
                 let q = l.split("qps=").nth(1)?.trim().parse().ok()?;
                 Some((b, q))
             })

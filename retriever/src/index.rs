@@ -296,9 +296,9 @@ impl Retriever {
 
     /// The device matrix for a snapshot's generation, loading or extending it as needed.
     fn matrix_for(&self, snapshot: &Snapshot) -> Result<Arc<DeviceMatrix>> {
-        let manifest = snapshot.generation().ok_or(Error::Storage(
-            realm_storage::Error::NoCurrentGeneration,
-        ))?;
+        let manifest = snapshot
+            .generation()
+            .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
         let generation = manifest.id;
         let current = self.db().current_generation()? == Some(generation);
         let mut cache = self.inner.matrices.lock();
@@ -314,10 +314,10 @@ impl Retriever {
         cache.loads += 1;
         let matrix = Arc::new(matrix);
         if current {
-            if let Some(old) = cache.current.replace(matrix.clone()) {
-                if old.generation != generation {
-                    cache.others.insert(old.generation, Arc::downgrade(&old));
-                }
+            if let Some(old) = cache.current.replace(matrix.clone())
+                && old.generation != generation
+            {
+                cache.others.insert(old.generation, Arc::downgrade(&old));
             }
         } else {
             cache.others.insert(generation, Arc::downgrade(&matrix));
@@ -503,7 +503,9 @@ impl Retriever {
             }
         }
         Err(Error::Busy {
-            reason: "the current generation changed three times while pending passages were embedded".into(),
+            reason:
+                "the current generation changed three times while pending passages were embedded"
+                    .into(),
         })
     }
 
@@ -641,7 +643,10 @@ impl SearchSnapshot {
         let dead = if deleted.is_empty() {
             None
         } else {
-            let mask: Vec<bool> = matrix.ids[..rows].iter().map(|id| deleted.contains(id)).collect();
+            let mask: Vec<bool> = matrix.ids[..rows]
+                .iter()
+                .map(|id| deleted.contains(id))
+                .collect();
             Some(ReadOnlyTensor(
                 Tensor::from_slice(&mask).to_device(matrix.tensor.device()),
             ))
@@ -675,9 +680,10 @@ impl SearchSnapshot {
             let probs = softmax(&row.iter().map(|(_, s)| *s).collect::<Vec<_>>());
             let mut hits = Vec::with_capacity(row.len());
             for (rank, ((id, score), prob)) in row.into_iter().zip(probs).enumerate() {
-                let passage = self.snapshot.get(id)?.ok_or(Error::Storage(
-                    realm_storage::Error::UnknownPassage(id),
-                ))?;
+                let passage = self
+                    .snapshot
+                    .get(id)?
+                    .ok_or(Error::Storage(realm_storage::Error::UnknownPassage(id)))?;
                 hits.push(Hit {
                     rank: rank + 1,
                     passage_id: id,
@@ -723,7 +729,11 @@ impl SearchSnapshot {
         tch::no_grad(|| -> Result<()> {
             let device = matrix.tensor.device();
             let on_cpu_f16 = device == Device::Cpu && matrix.tensor.kind() == Kind::Half;
-            let compute_kind = if on_cpu_f16 { Kind::Float } else { matrix.tensor.kind() };
+            let compute_kind = if on_cpu_f16 {
+                Kind::Float
+            } else {
+                matrix.tensor.kind()
+            };
             let q = queries.to_device(device).to_kind(compute_kind);
             let mut start = 0usize;
             while start < state.rows {
@@ -781,7 +791,12 @@ impl SearchSnapshot {
         }
         let dim = matrix.tensor.size().get(1).copied().unwrap_or(1).max(1) as usize;
         let budget = 8 << 20; // bytes
-        let per_row = 4 * batch + if matrix.tensor.kind() == Kind::Half { 4 * dim } else { 0 };
+        let per_row = 4 * batch
+            + if matrix.tensor.kind() == Kind::Half {
+                4 * dim
+            } else {
+                0
+            };
         (budget / per_row.max(1)).clamp(1024, 1 << 20)
     }
 

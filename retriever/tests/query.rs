@@ -26,7 +26,10 @@ fn model_dir() -> PathBuf {
     std::env::var_os("REALM_DB_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps/models/all-MiniLM-L6-v2"))
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.deps/models/all-MiniLM-L6-v2"
+            ))
         })
 }
 
@@ -76,7 +79,11 @@ fn oracle(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<(u64, f32)> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let s: f64 = v.iter().zip(query).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+            let s: f64 = v
+                .iter()
+                .zip(query)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
             (i as u64, s)
         })
         .collect();
@@ -127,7 +134,12 @@ proptest! {
 fn hits_carry_passages_probabilities_and_generation() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::create(dir.path()).unwrap();
-    let vectors = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.7, 0.7], vec![-1.0, 0.0]];
+    let vectors = vec![
+        vec![1.0, 0.0],
+        vec![0.0, 1.0],
+        vec![0.7, 0.7],
+        vec![-1.0, 0.0],
+    ];
     let g = generation_from(&db, 2, &vectors);
     let retriever = Retriever::new(db, cpu_options());
     let snap = retriever.snapshot().unwrap();
@@ -146,14 +158,19 @@ fn hits_carry_passages_probabilities_and_generation() {
     assert!((total - 1.0).abs() < 1e-5);
     assert!(hits[0].prob > hits[1].prob && hits[1].prob > hits[2].prob);
     // k beyond the corpus returns every passage; a wrong query dimension is an error.
-    let all = snap.top_k(&Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]), 99).unwrap();
+    let all = snap
+        .top_k(&Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]), 99)
+        .unwrap();
     assert_eq!(all[0].len(), 4);
     let err = snap
         .top_k(&Tensor::from_slice(&[1.0f32, 0.0, 0.0]).view([1, 3]), 2)
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     // A generation without an encoder cannot embed text, and says so.
-    assert!(matches!(snap.search("text", 2), Err(Error::NoEncoder { .. })));
+    assert!(matches!(
+        snap.search("text", 2),
+        Err(Error::NoEncoder { .. })
+    ));
 }
 
 #[test]
@@ -175,7 +192,11 @@ fn matrices_are_cached_per_generation_and_extended_on_ingest() {
 
     // Incremental ingestion: a new passage with a row in the current generation.
     let out = db
-        .insert_with_vectors(&[NewPassage::new("new", "new text")], g1, &[Some(&[5.0, 5.0])])
+        .insert_with_vectors(
+            &[NewPassage::new("new", "new text")],
+            g1,
+            &[Some(&[5.0, 5.0])],
+        )
         .unwrap();
     let s3 = retriever.snapshot().unwrap();
     assert_eq!(s3.top_k(&q, 1).unwrap()[0][0].0, out[0].id());
@@ -186,7 +207,11 @@ fn matrices_are_cached_per_generation_and_extended_on_ingest() {
     // Deleted passages leave the results of later snapshots only.
     db.delete(&[out[0].id()]).unwrap();
     let s4 = retriever.snapshot().unwrap();
-    assert!(s4.top_k(&q, 3).unwrap()[0].iter().all(|(id, _)| *id != out[0].id()));
+    assert!(
+        s4.top_k(&q, 3).unwrap()[0]
+            .iter()
+            .all(|(id, _)| *id != out[0].id())
+    );
     assert_eq!(s3.top_k(&q, 1).unwrap()[0][0].0, out[0].id());
 
     // Publish generation 2: new snapshots use it; s1 keeps generation 1.
@@ -216,10 +241,19 @@ fn build_ingest_and_reopen_without_the_model_folder() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let texts = [
-        ("Volcano", "Mount Etna is an active volcano on the east coast of Sicily."),
-        ("Enzyme", "Amylase is an enzyme that catalyses the hydrolysis of starch."),
+        (
+            "Volcano",
+            "Mount Etna is an active volcano on the east coast of Sicily.",
+        ),
+        (
+            "Enzyme",
+            "Amylase is an enzyme that catalyses the hydrolysis of starch.",
+        ),
         ("Dynasty", "The Tang dynasty ruled China from 618 to 907."),
-        ("Orbit", "A geostationary orbit lies 35,786 kilometres above the equator."),
+        (
+            "Orbit",
+            "A geostationary orbit lies 35,786 kilometres above the equator.",
+        ),
     ];
     let encoder = tiny_encoder(7);
     let generation;
@@ -250,19 +284,30 @@ fn build_ingest_and_reopen_without_the_model_folder() {
         let stored = Tensor::from_slice(&stored).view([1, -1]);
         assert!(f64::try_from((expected - stored).abs().max()).unwrap() < 1e-6);
         // Identical text gives the identical (normalized) vector: the top hit.
-        let hits = snap.search(&format!("{} {}", texts[1].0, texts[1].1), 2).unwrap();
+        let hits = snap
+            .search(&format!("{} {}", texts[1].0, texts[1].1), 2)
+            .unwrap();
         assert_eq!(hits[0].passage_id, 1);
         assert!((hits[0].score - 1.0).abs() < 1e-4);
         // Incremental ingestion embeds with the generation's encoder: searchable at once.
-        let fresh = NewPassage::new("Glacier", "The Aletsch Glacier is the largest glacier in the Alps.")
-            .with_external_id("glacier");
+        let fresh = NewPassage::new(
+            "Glacier",
+            "The Aletsch Glacier is the largest glacier in the Alps.",
+        )
+        .with_external_id("glacier");
         let out = retriever.ingest(std::slice::from_ref(&fresh)).unwrap();
         let again = retriever.ingest(std::slice::from_ref(&fresh)).unwrap();
-        assert_eq!(out[0].id(), again[0].id(), "re-ingesting an external id is idempotent");
+        assert_eq!(
+            out[0].id(),
+            again[0].id(),
+            "re-ingesting an external id is idempotent"
+        );
         let snap = retriever.snapshot().unwrap();
         assert_eq!(snap.generation_id(), Some(generation), "no rebuild");
         assert!(snap.storage().pending().unwrap().is_empty());
-        let hits = snap.search(&format!("{} {}", fresh.title, fresh.text), 1).unwrap();
+        let hits = snap
+            .search(&format!("{} {}", fresh.title, fresh.text), 1)
+            .unwrap();
         assert_eq!(hits[0].passage_id, out[0].id());
     }
     // Reopen: the encoder comes from the checkpoint stored in the database.

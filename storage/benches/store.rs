@@ -24,11 +24,27 @@ fn main() {
 
     // A deterministic pseudo-random text of about 60 words per passage.
     let words = [
-        "river", "empire", "quantum", "protein", "orchestra", "glacier", "senate", "algebra",
-        "harbor", "novel", "volcano", "enzyme", "dynasty", "satellite", "theorem", "cathedral",
+        "river",
+        "empire",
+        "quantum",
+        "protein",
+        "orchestra",
+        "glacier",
+        "senate",
+        "algebra",
+        "harbor",
+        "novel",
+        "volcano",
+        "enzyme",
+        "dynasty",
+        "satellite",
+        "theorem",
+        "cathedral",
     ];
     let passage = |i: usize| {
-        let text: Vec<&str> = (0..60).map(|j| words[(i * 7 + j * 13) % words.len()]).collect();
+        let text: Vec<&str> = (0..60)
+            .map(|j| words[(i * 7 + j * 13) % words.len()])
+            .collect();
         NewPassage::new(format!("Article {i}"), text.join(" ")).with_external_id(format!("doc-{i}"))
     };
 
@@ -38,7 +54,10 @@ fn main() {
         db.insert(&batch).expect("insert");
     }
     let ingest = start.elapsed().as_secs_f64();
-    println!("ingest: {n} passages in {ingest:.2} s = {:.0} passages/s (no embedding, batches of 1000)", n as f64 / ingest);
+    println!(
+        "ingest: {n} passages in {ingest:.2} s = {:.0} passages/s (no embedding, batches of 1000)",
+        n as f64 / ingest
+    );
 
     for dtype in [Dtype::F32, Dtype::F16] {
         let mut w = db

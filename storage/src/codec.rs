@@ -61,7 +61,9 @@ pub(crate) fn pair_key(a: u64, b: u64) -> [u8; 16] {
 }
 
 pub(crate) fn decode_u64(bytes: &[u8], what: &dyn Fn() -> String) -> Result<u64> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Corrupt { what: what() })?;
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt { what: what() })?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -161,7 +163,9 @@ mod tests {
         assert_eq!(rows.ids, ids);
         assert_eq!(out, values);
         bytes[12] ^= 0x40;
-        let err = decode_block(&bytes, 2, 1, 0, &mut Vec::new()).err().unwrap();
+        let err = decode_block(&bytes, 2, 1, 0, &mut Vec::new())
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 

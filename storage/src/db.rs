@@ -344,7 +344,11 @@ impl Db {
         if rows.len() != batch.len() {
             return Err(Error::InvalidPassage {
                 index: rows.len().min(batch.len()),
-                reason: format!("{} passages came with {} vector rows", batch.len(), rows.len()),
+                reason: format!(
+                    "{} passages came with {} vector rows",
+                    batch.len(),
+                    rows.len()
+                ),
             });
         }
         self.insert_inner(batch, Some((generation, rows)))
@@ -377,7 +381,9 @@ impl Db {
                 for (i, row) in rows.iter().enumerate() {
                     if let Some(row) = row {
                         generation::check_rows(&manifest, 1, row).map_err(|e| match e {
-                            Error::NonFinite { position, .. } => Error::NonFinite { row: i, position },
+                            Error::NonFinite { position, .. } => {
+                                Error::NonFinite { row: i, position }
+                            }
                             other => other,
                         })?;
                     }
@@ -420,12 +426,12 @@ impl Db {
         }
         wb.put(Cf::Meta, META_NEXT_PASSAGE, &u64_key(next));
         wb.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(count));
-        if let Some(manifest) = manifest.as_mut() {
-            if !new_ids.is_empty() {
-                let block_rows = self.options().block_rows;
-                generation::stage_rows(&mut wb, manifest, &new_ids, &new_values, block_rows);
-                wb.put(Cf::Generations, &u64_key(manifest.id), &encode(&*manifest));
-            }
+        if let Some(manifest) = manifest.as_mut()
+            && !new_ids.is_empty()
+        {
+            let block_rows = self.options().block_rows;
+            generation::stage_rows(&mut wb, manifest, &new_ids, &new_values, block_rows);
+            wb.put(Cf::Generations, &u64_key(manifest.id), &encode(&*manifest));
         }
         rocks.write(wb, self.options().sync_all_writes)?;
         Ok(outcomes)
@@ -451,12 +457,12 @@ impl Db {
                 opts.max_title_bytes
             )));
         }
-        if let Some(ext) = &p.external_id {
-            if ext.is_empty() || ext.len() > 1024 {
-                return Err(reject(
-                    "its external id must be between 1 and 1024 bytes long".into(),
-                ));
-            }
+        if let Some(ext) = &p.external_id
+            && (ext.is_empty() || ext.len() > 1024)
+        {
+            return Err(reject(
+                "its external id must be between 1 and 1024 bytes long".into(),
+            ));
         }
         let meta = serde_json::to_string(&p.meta).map_err(|e| reject(e.to_string()))?;
         if meta.len() > opts.max_meta_bytes {
@@ -553,7 +559,10 @@ impl Db {
             if rocks.get(Cf::Passages, &u64_key(id))?.is_none() {
                 return Err(Error::UnknownPassage(id));
             }
-            if !unique.insert(id) || rocks.get(Cf::VectorIndex, &pair_key(manifest.id, id))?.is_some()
+            if !unique.insert(id)
+                || rocks
+                    .get(Cf::VectorIndex, &pair_key(manifest.id, id))?
+                    .is_some()
             {
                 return Err(Error::DuplicateVector {
                     generation: manifest.id,
@@ -681,7 +690,7 @@ impl Db {
             .into_iter()
             .filter(|m| m.state == GenerationState::Retired)
             .collect();
-        retired.sort_by(|a, b| b.id.cmp(&a.id));
+        retired.sort_by_key(|m| std::cmp::Reverse(m.id));
         let mut report = GcReport::default();
         let mut wb = rocks.batch();
         for (rank, manifest) in retired.iter().enumerate() {
@@ -744,14 +753,15 @@ impl Db {
         let rocks = self.rocks();
         let prefix = blob_prefix(name);
         let what = || format!("blob {name:?}");
-        let header: BlobHeader = match rocks.get(Cf::Blobs, &blob_key(&prefix, BLOB_HEADER_CHUNK))? {
-            Some(bytes) => decode(&bytes, &what)?,
-            None => {
-                return Err(Error::UnknownBlob {
-                    name: name.to_string(),
-                });
-            }
-        };
+        let header: BlobHeader =
+            match rocks.get(Cf::Blobs, &blob_key(&prefix, BLOB_HEADER_CHUNK))? {
+                Some(bytes) => decode(&bytes, &what)?,
+                None => {
+                    return Err(Error::UnknownBlob {
+                        name: name.to_string(),
+                    });
+                }
+            };
         let mut out = Vec::with_capacity(header.len as usize);
         for i in 0..header.chunks {
             let bytes = rocks

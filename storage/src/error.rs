@@ -11,7 +11,9 @@ use crate::{GenerationId, GenerationState, PassageId};
 #[non_exhaustive]
 pub enum Error {
     /// `open` found no database at the path, and the options did not ask to create one.
-    #[error("no realm-db database exists at {path}; create one first (for example with `Db::create`)")]
+    #[error(
+        "no realm-db database exists at {path}; create one first (for example with `Db::create`)"
+    )]
     NotFound { path: PathBuf },
 
     /// `create` found an existing database at the path.
@@ -19,7 +21,9 @@ pub enum Error {
     AlreadyExists { path: PathBuf },
 
     /// The directory holds a RocksDB database that realm-db did not create.
-    #[error("the directory {path} holds a database that realm-db did not write (its format record is missing)")]
+    #[error(
+        "the directory {path} holds a database that realm-db did not write (its format record is missing)"
+    )]
     NotARealmDb { path: PathBuf },
 
     /// The database was written by a newer (or unknown) version of realm-db.
@@ -59,7 +63,9 @@ pub enum Error {
     Corrupt { what: String },
 
     /// A passage in an insert batch was rejected; nothing of the batch was written.
-    #[error("passage {index} of the batch was rejected, and nothing of the batch was written: {reason}")]
+    #[error(
+        "passage {index} of the batch was rejected, and nothing of the batch was written: {reason}"
+    )]
     InvalidPassage { index: usize, reason: String },
 
     /// No passage has this id (it never existed, or it was deleted).
@@ -86,7 +92,9 @@ pub enum Error {
     },
 
     /// A vector held NaN or an infinity.
-    #[error("row {row} of the vectors holds a non-finite value (NaN or infinity) at position {position}")]
+    #[error(
+        "row {row} of the vectors holds a non-finite value (NaN or infinity) at position {position}"
+    )]
     NonFinite { row: usize, position: usize },
 
     /// The generation's state forbids writing.
@@ -97,7 +105,9 @@ pub enum Error {
     },
 
     /// The passage already has a vector in this generation.
-    #[error("passage {passage} already has a vector in generation {generation}; vectors are immutable once written")]
+    #[error(
+        "passage {passage} already has a vector in generation {generation}; vectors are immutable once written"
+    )]
     DuplicateVector {
         generation: GenerationId,
         passage: PassageId,
@@ -121,7 +131,9 @@ pub enum Error {
     },
 
     /// The current generation changed between embedding and writing.
-    #[error("the current generation changed from {expected} to {found:?} while the batch was being prepared; retry it")]
+    #[error(
+        "the current generation changed from {expected} to {found:?} while the batch was being prepared; retry it"
+    )]
     GenerationChanged {
         expected: GenerationId,
         found: Option<GenerationId>,
@@ -132,7 +144,9 @@ pub enum Error {
     NoCurrentGeneration,
 
     /// A write was attempted through a read-only follower.
-    #[error("this handle is a read-only follower of {path}; writes must go through the process that holds it for writing")]
+    #[error(
+        "this handle is a read-only follower of {path}; writes must go through the process that holds it for writing"
+    )]
     ReadOnly { path: PathBuf },
 
     /// A named blob (an encoder checkpoint, trainer state) does not exist.

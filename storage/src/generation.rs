@@ -20,7 +20,10 @@ impl GenerationWriter {
         db.check_writable()?;
         if spec.dim == 0 || spec.dim > 65_536 {
             return Err(Error::InvalidSpec {
-                reason: format!("the dimension must be between 1 and 65536, not {}", spec.dim),
+                reason: format!(
+                    "the dimension must be between 1 and 65536, not {}",
+                    spec.dim
+                ),
             });
         }
         if spec.model_fingerprint.trim().is_empty() {
@@ -31,7 +34,8 @@ impl GenerationWriter {
         let id = {
             let _guard = db.inner.write_lock.lock();
             let rocks = db.rocks();
-            let id = crate::db::read_meta_u64(&*rocks, crate::db::META_NEXT_GENERATION)?.unwrap_or(1);
+            let id =
+                crate::db::read_meta_u64(&*rocks, crate::db::META_NEXT_GENERATION)?.unwrap_or(1);
             let mut spec = spec;
             if spec.provenance.parent.is_none() {
                 spec.provenance.parent = read_current(&*rocks)?;

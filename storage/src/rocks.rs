@@ -115,22 +115,19 @@ impl Rocks {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_background_jobs(2);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
         let (db, follower) = match mode {
             OpenMode::Writer { create } => {
                 opts.create_if_missing(create);
-                (rocksdb::DB::open_cf_descriptors(&opts, path, cfs), false)
+                (
+                    rocksdb::DB::open_cf_descriptors(&opts, path, descriptors()),
+                    false,
+                )
             }
             OpenMode::Follower => {
                 // Every table file stays open, so files the writer compacts away meanwhile
                 // remain readable for as long as this frozen view lives.
                 opts.set_max_open_files(-1);
-                (
-                    rocksdb::DB::open_cf_descriptors_read_only(&opts, path, cfs, false),
-                    true,
-                )
+                (open_read_only(&opts, path), true)
             }
         };
         let db = db.map_err(|source| classify_open_error(path, source))?;
@@ -174,7 +171,9 @@ impl Rocks {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db.write_opt(batch.inner, &opts).map_err(|e| self.err(e))
+        self.db
+            .write_opt(batch.inner, &opts)
+            .map_err(|e| self.err(e))
     }
 
     /// Asks RocksDB to compact `[from, to)` so that deleted data frees its disk space.
@@ -198,7 +197,28 @@ impl Rocks {
             .map_err(|e| self.err(e))?;
         Ok(value.unwrap_or(0))
     }
+}
 
+fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
+    Cf::ALL
+        .iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()))
+}
+
+/// Opens a read-only instance. The writer may delete a table file between our reading its
+/// MANIFEST and opening the file (a finished compaction); that race surfaces as a missing
+/// file, and a fresh attempt reads the newer MANIFEST.
+fn open_read_only(opts: &Options, path: &Path) -> std::result::Result<rocksdb::DB, rocksdb::Error> {
+    let mut attempt = 0u32;
+    loop {
+        match rocksdb::DB::open_cf_descriptors_read_only(opts, path, descriptors(), false) {
+            Err(e) if attempt < 8 && e.to_string().contains("No such file") => {
+                std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn scan_options(prefix: &[u8], start: &[u8]) -> (ReadOptions, Vec<u8>) {

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use crate::codec::{self, pair_key, u64_key};
-use crate::db::{Db, META_PASSAGE_COUNT, decode_passage, read_current, read_meta_u64, read_passage};
+use crate::db::{
+    Db, META_PASSAGE_COUNT, decode_passage, read_current, read_meta_u64, read_passage,
+};
 use crate::error::{Error, Result};
 use crate::generation::missing_in;
 use crate::rocks::{Cf, Reader, SnapshotReader};
@@ -186,7 +188,8 @@ impl Snapshot {
         let mut expected = from_block;
         for entry in self.rs.scan(Cf::Vectors, &prefix, &start) {
             let (key, value) = entry?;
-            let block = codec::pair_second(&key, &|| format!("a vector key of generation {}", m.id))?;
+            let block =
+                codec::pair_second(&key, &|| format!("a vector key of generation {}", m.id))?;
             if block >= m.blocks {
                 break;
             }
@@ -226,7 +229,9 @@ impl Snapshot {
         let m = self.pinned()?;
         let block = match self.rs.get(Cf::VectorIndex, &pair_key(m.id, id))? {
             None => return Ok(None),
-            Some(bytes) => codec::decode_u64(&bytes, &|| format!("the index entry of passage {id}"))?,
+            Some(bytes) => {
+                codec::decode_u64(&bytes, &|| format!("the index entry of passage {id}"))?
+            }
         };
         let bytes = self
             .rs

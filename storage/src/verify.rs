@@ -49,10 +49,8 @@ impl Db {
                 passages.len()
             ));
         }
-        let manifests: BTreeMap<u64, GenerationManifest> = read_manifests(r)?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
+        let manifests: BTreeMap<u64, GenerationManifest> =
+            read_manifests(r)?.into_iter().map(|m| (m.id, m)).collect();
         let current = read_current(r)?;
         let committed: Vec<u64> = manifests
             .values()
@@ -79,7 +77,9 @@ impl Db {
             let (key, value) = entry?;
             let generation = decode_u64(&key[..8.min(key.len())], &|| "a vector key".into())?;
             let Some(m) = manifests.get(&generation) else {
-                problem(format!("vector data of unknown generation {generation} is left"));
+                problem(format!(
+                    "vector data of unknown generation {generation} is left"
+                ));
                 continue;
             };
             let block = pair_second(&key, &|| "a vector key".into())?;
@@ -100,7 +100,9 @@ impl Db {
                 let (key, _) = entry?;
                 let generation = decode_u64(&key[..8.min(key.len())], &|| "an index key".into())?;
                 if !manifests.contains_key(&generation) {
-                    problem(format!("{what} entries of unknown generation {generation} are left"));
+                    problem(format!(
+                        "{what} entries of unknown generation {generation} are left"
+                    ));
                 } else if cf == Cf::VectorIndex {
                     *index_entries.entry(generation).or_default() += 1;
                 }

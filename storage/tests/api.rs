@@ -34,7 +34,10 @@ fn create_open_and_format_errors() {
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     assert!(err.to_string().contains("follower"));
     drop(db);
-    assert!(matches!(Db::create(&path), Err(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        Db::create(&path),
+        Err(Error::AlreadyExists { .. })
+    ));
     Db::open(&path).unwrap();
 }
 
@@ -82,7 +85,10 @@ fn invalid_passages_reject_the_whole_batch() {
     for (bad, needle) in [
         (NewPassage::new("t", "   "), "empty"),
         (NewPassage::new("t", huge.as_str()), "over the limit"),
-        (NewPassage::new("t", "ok").with_external_id(""), "external id"),
+        (
+            NewPassage::new("t", "ok").with_external_id(""),
+            "external id",
+        ),
     ] {
         let batch = vec![NewPassage::new("good", "good text"), bad];
         let err = db.insert(&batch).unwrap_err();
@@ -108,11 +114,23 @@ fn generation_lifecycle_and_bad_vectors() {
     assert_eq!(w.missing().unwrap(), vec![0, 1, 2]);
     // Wrong dimension.
     let err = w.write(&[0], &[1.0, 2.0, 3.0]).unwrap_err();
-    assert!(matches!(err, Error::DimensionMismatch { expected: 2, .. }), "{err}");
+    assert!(
+        matches!(err, Error::DimensionMismatch { expected: 2, .. }),
+        "{err}"
+    );
     // NaN and infinity.
     for bad in [f32::NAN, f32::INFINITY] {
         let err = w.write(&[0], &[1.0, bad]).unwrap_err();
-        assert!(matches!(err, Error::NonFinite { row: 0, position: 1 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::NonFinite {
+                    row: 0,
+                    position: 1
+                }
+            ),
+            "{err}"
+        );
     }
     // Unknown passage.
     assert!(matches!(
@@ -127,7 +145,10 @@ fn generation_lifecycle_and_bad_vectors() {
     ));
     // Passage 2 has no vector: commit refuses and the writer stays usable.
     let err = w.commit().unwrap_err();
-    assert!(matches!(err, Error::CoverageGap { missing: 1, .. }), "{err}");
+    assert!(
+        matches!(err, Error::CoverageGap { missing: 1, .. }),
+        "{err}"
+    );
     // Not visible while building.
     assert_eq!(db.snapshot().unwrap().generation_id(), None);
     w.write(&[2], &[0.5, 0.5]).unwrap();
@@ -135,7 +156,13 @@ fn generation_lifecycle_and_bad_vectors() {
     // Writing through the writer after commit: the generation is committed.
     let err = w.write(&[2], &[0.5, 0.5]).unwrap_err();
     assert!(
-        matches!(err, Error::NotWritable { state: GenerationState::Committed, .. }),
+        matches!(
+            err,
+            Error::NotWritable {
+                state: GenerationState::Committed,
+                ..
+            }
+        ),
         "{err}"
     );
     // Rewriting a committed vector is refused too.
@@ -195,8 +222,14 @@ fn publish_retires_old_generation_and_snapshots_keep_theirs() {
     assert_eq!(report.retained, vec![g1]);
     let report = db.gc(0).unwrap();
     assert_eq!(report.collected, vec![g1]);
-    assert!(matches!(db.snapshot_at(g1), Err(Error::UnknownGeneration(_))));
-    assert!(matches!(db.put_vectors(g1, &[0], &[1.0, 1.0]), Err(Error::UnknownGeneration(_))));
+    assert!(matches!(
+        db.snapshot_at(g1),
+        Err(Error::UnknownGeneration(_))
+    ));
+    assert!(matches!(
+        db.put_vectors(g1, &[0], &[1.0, 1.0]),
+        Err(Error::UnknownGeneration(_))
+    ));
 }
 
 #[test]
@@ -211,11 +244,17 @@ fn incremental_ingestion_pending_and_deletes() {
     let snap = db.snapshot().unwrap();
     assert_eq!(snap.pending().unwrap(), vec![late]);
     db.put_vectors(g, &[late], &[7.0, 7.0]).unwrap();
-    assert!(snap.vector(late).unwrap().is_none(), "held snapshot changed");
+    assert!(
+        snap.vector(late).unwrap().is_none(),
+        "held snapshot changed"
+    );
     let snap = db.snapshot().unwrap();
     assert!(snap.pending().unwrap().is_empty());
     // Insert with vectors in one write.
-    let batch = [NewPassage::new("now", "now text"), NewPassage::new("no row", "text")];
+    let batch = [
+        NewPassage::new("now", "now text"),
+        NewPassage::new("no row", "text"),
+    ];
     let out = db
         .insert_with_vectors(&batch, g, &[Some(&[3.0, 3.0]), None])
         .unwrap();
@@ -233,14 +272,20 @@ fn incremental_ingestion_pending_and_deletes() {
     ));
     assert!(matches!(
         db.insert_with_vectors(&one, g, &[Some(&[1.0, f32::NAN])]),
-        Err(Error::NonFinite { row: 0, position: 1 })
+        Err(Error::NonFinite {
+            row: 0,
+            position: 1
+        })
     ));
     assert!(matches!(
         db.insert_with_vectors(&one, g + 7, &[Some(&[1.0, 1.0])]),
         Err(Error::GenerationChanged { .. })
     ));
     // Deleting hides the row from loads; unknown ids fail the whole delete.
-    assert!(matches!(db.delete(&[late, 12345]), Err(Error::UnknownPassage(12345))));
+    assert!(matches!(
+        db.delete(&[late, 12345]),
+        Err(Error::UnknownPassage(12345))
+    ));
     db.delete(&[late]).unwrap();
     let m = db.snapshot().unwrap().vectors().unwrap();
     assert!(!m.ids.contains(&late));
@@ -249,7 +294,16 @@ fn incremental_ingestion_pending_and_deletes() {
     // A retired generation cannot be written.
     let g2 = commit_all(&db);
     let err = db.put_vectors(g, &[now], &[1.0, 1.0]).unwrap_err();
-    assert!(matches!(err, Error::NotWritable { state: GenerationState::Retired, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::NotWritable {
+                state: GenerationState::Retired,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(db.current_generation().unwrap(), Some(g2));
 }
 
@@ -261,8 +315,11 @@ fn f16_generations_store_half_the_bytes() {
     let mut w = db
         .begin_generation(GenerationSpec::new("enc", 4, Dtype::F16))
         .unwrap();
-    w.write(&[0, 1, 2], &[0.1, 0.2, 0.3, 0.4, 1.0, -1.0, 0.5, 0.25, 0.0, 0.0, 0.0, 1.0])
-        .unwrap();
+    w.write(
+        &[0, 1, 2],
+        &[0.1, 0.2, 0.3, 0.4, 1.0, -1.0, 0.5, 0.25, 0.0, 0.0, 0.0, 1.0],
+    )
+    .unwrap();
     w.commit().unwrap();
     let m = db.snapshot().unwrap().vectors().unwrap();
     assert!((m.row(0)[0] - 0.1).abs() < 1e-3);
@@ -294,7 +351,10 @@ fn blobs_round_trip_across_chunks() {
     assert_eq!(db.get_blob("ckpt/abc").unwrap(), big);
     db.put_blob("ckpt/abc", b"small").unwrap();
     assert_eq!(db.get_blob("ckpt/abc").unwrap(), b"small");
-    assert!(matches!(db.get_blob("nope"), Err(Error::UnknownBlob { .. })));
+    assert!(matches!(
+        db.get_blob("nope"),
+        Err(Error::UnknownBlob { .. })
+    ));
 }
 
 #[test]

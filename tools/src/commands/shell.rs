@@ -1,0 +1,251 @@
+//! `realm-db shell`: an interactive query loop over a pinned snapshot.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use realm_db::{Retriever, SearchSnapshot};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+
+use super::Env;
+use super::generations::write_generations;
+use super::search::{pin, write_hits};
+use crate::cli::ShellArgs;
+use crate::error::{render, user};
+use crate::open::{self, Access};
+
+const HELP: &str = "\
+Type a question to search the pinned generation, or a command:
+  .help            show this help
+  .k N             return N passages per query
+  .json on|off     print hits as JSON lines, or as a table
+  .generations     list the generations
+  .use G           pin generation G (time travel to a retained older generation)
+  .refresh         move to the current generation and the newest passages
+  .quit            leave (Ctrl-D works too)";
+
+/// What the loop does after a line.
+enum Flow {
+    Continue,
+    Quit,
+}
+
+struct Shell {
+    retriever: Retriever,
+    access: Access,
+    snapshot: Option<SearchSnapshot>,
+    k: usize,
+    json: bool,
+    /// Pinned on purpose to a generation that is not the current one (`.use`).
+    time_travel: bool,
+    /// The user has been told that a newer generation exists.
+    told_stale: bool,
+}
+
+/// Where the line history lives: `$REALM_DB_HISTORY`, else `~/.realm_db_history`.
+fn history_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("REALM_DB_HISTORY") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".realm_db_history"))
+}
+
+pub fn run(args: &ShellArgs, env: &Env) -> Result<()> {
+    let (retriever, access) = open::open_reader(&args.dir, env.retriever_options()?, false)?;
+    let snapshot = open::follower_retry(retriever.db(), || Ok(retriever.snapshot()?))?;
+    let snapshot = snapshot.generation_id().is_some().then_some(snapshot);
+    let mut shell = Shell {
+        retriever,
+        access,
+        snapshot,
+        k: args.k as usize,
+        json: args.json,
+        time_travel: false,
+        told_stale: false,
+    };
+    let mut editor = DefaultEditor::new()?;
+    let history = history_path();
+    if let Some(path) = &history {
+        // A missing history file is normal on first use.
+        let _ = editor.load_history(path);
+    }
+    shell.banner(&args.dir)?;
+    loop {
+        match editor.readline("realm-db> ") {
+            Ok(line) => {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                // A history that cannot grow is not worth stopping the session for.
+                let _ = editor.add_history_entry(line);
+                match shell.handle(line) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Quit) => break,
+                    Err(e) => eprintln!("error: {}", render(&e)),
+                }
+            }
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(path) = &history
+        && let Err(e) = editor.save_history(path)
+    {
+        eprintln!(
+            "note: the shell history could not be saved to {}: {e}.",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Prints to stdout and flushes.
+fn print(text: impl std::fmt::Display) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+impl Shell {
+    fn banner(&self, dir: &std::path::Path) -> Result<()> {
+        let mode = match self.access {
+            Access::Writer => "",
+            Access::Follower => {
+                ", read-only: another process holds the database for writing, so this shell follows it"
+            }
+        };
+        let pinned = match &self.snapshot {
+            Some(s) => format!(
+                "generation {}, {} passages",
+                s.generation_id().unwrap_or_default(),
+                s.storage().passage_count()?
+            ),
+            None => "no generation yet".into(),
+        };
+        print(format_args!(
+            "realm-db shell on {} ({pinned}{mode}). Type .help for commands.",
+            dir.display()
+        ))
+    }
+
+    fn handle(&mut self, line: &str) -> Result<Flow> {
+        let Some(command) = line.strip_prefix('.') else {
+            self.query(line)?;
+            return Ok(Flow::Continue);
+        };
+        let mut words = command.split_whitespace();
+        let name = words.next().unwrap_or_default();
+        let arg = words.next();
+        match (name, arg) {
+            ("quit" | "exit" | "q", _) => return Ok(Flow::Quit),
+            ("help" | "h", _) => print(HELP)?,
+            ("k", Some(n)) => match n.parse::<usize>() {
+                Ok(k) if k > 0 => {
+                    self.k = k;
+                    let noun = if k == 1 { "passage" } else { "passages" };
+                    print(format_args!("Queries now return {k} {noun}."))?;
+                }
+                _ => {
+                    return Err(user(format!(
+                        "`.k` takes a positive whole number, not {n:?}"
+                    )));
+                }
+            },
+            ("json", Some("on")) => {
+                self.json = true;
+                print("JSON output is on.")?;
+            }
+            ("json", Some("off")) => {
+                self.json = false;
+                print("JSON output is off.")?;
+            }
+            ("generations" | "gens", _) => {
+                let mut out = std::io::stdout().lock();
+                write_generations(self.retriever.db(), self.json, &mut out)?;
+                out.flush()?;
+            }
+            ("use", Some(g)) => {
+                let generation: u64 = g
+                    .parse()
+                    .map_err(|_| user(format!("`.use` takes a generation id, not {g:?}")))?;
+                self.use_generation(generation)?;
+            }
+            ("refresh", _) => self.refresh()?,
+            _ => {
+                return Err(user(format!(
+                    "`.{command}` is not a shell command; type .help for the list"
+                )));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn use_generation(&mut self, generation: u64) -> Result<()> {
+        let snapshot = open::follower_retry(self.retriever.db(), || {
+            pin(&self.retriever, Some(generation))
+        })?;
+        let current = self.retriever.db().current_generation()?;
+        self.time_travel = current != Some(generation);
+        self.told_stale = false;
+        self.snapshot = Some(snapshot);
+        if self.time_travel {
+            print(format_args!(
+                "Pinned generation {generation} (time travel; `.refresh` returns to the current generation)."
+            ))
+        } else {
+            print(format_args!(
+                "Pinned generation {generation}, the current one."
+            ))
+        }
+    }
+
+    fn refresh(&mut self) -> Result<()> {
+        let snapshot =
+            open::follower_retry(self.retriever.db(), || Ok(self.retriever.snapshot()?))?;
+        self.time_travel = false;
+        self.told_stale = false;
+        match snapshot.generation_id() {
+            Some(g) => {
+                let passages = snapshot.storage().passage_count()?;
+                self.snapshot = Some(snapshot);
+                print(format_args!(
+                    "Now on generation {g} with {passages} passages."
+                ))
+            }
+            None => {
+                self.snapshot = None;
+                print("The database still has no generation.")
+            }
+        }
+    }
+
+    fn query(&mut self, text: &str) -> Result<()> {
+        let Some(snapshot) = &self.snapshot else {
+            return Err(user(
+                "the database has no generation to search yet; build one (realm-db reindex) and type .refresh",
+            ));
+        };
+        let db = self.retriever.db();
+        if !self.time_travel
+            && !self.told_stale
+            && open::follower_retry(db, || Ok(snapshot.storage().is_stale()?))?
+        {
+            self.told_stale = true;
+            let current = self.retriever.db().current_generation()?;
+            print(format_args!(
+                "note: generation {} has been published since this shell pinned generation {}; type .refresh to move to it.",
+                current.map_or_else(|| "?".into(), |g| g.to_string()),
+                snapshot.generation_id().unwrap_or_default()
+            ))?;
+        }
+        let hits = open::follower_retry(db, || Ok(snapshot.search(text, self.k)?))?;
+        let mut out = std::io::stdout().lock();
+        write_hits(snapshot, &hits, self.json, &mut out)?;
+        out.flush()?;
+        Ok(())
+    }
+}

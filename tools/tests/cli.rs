@@ -1,0 +1,624 @@
+//! End-to-end tests of the `realm-db` binary, with the default MiniLM encoder
+//! (`REALM_DB_MODEL`) and corpora of a few passages.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_realm-db");
+
+const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the river Seine."}
+{"id": "oslo", "title": "Oslo", "text": "Oslo is the capital and most populous city of Norway."}
+{"id": "everest", "title": "Mount Everest", "text": "Mount Everest is Earth's highest mountain above sea level, in the Himalayas."}
+{"id": 42, "title": "Photosynthesis", "text": "Photosynthesis is the process by which green plants turn sunlight, water and carbon dioxide into sugar.", "meta": {"topic": "biology"}}
+{"id": "dna", "title": "DNA", "text": "Deoxyribonucleic acid (DNA) is the molecule that carries the genetic instructions of all known organisms."}
+{"id": "pacific", "title": "Pacific Ocean", "text": "The Pacific Ocean is the largest and deepest of Earth's five oceanic divisions."}
+"#;
+
+/// A command for the binary, with the shell history kept out of the user's home.
+fn realm(home: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("REALM_DB_HISTORY", home.join("history"))
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// A temporary directory holding `db` (initialized, the corpus ingested) and `corpus.jsonl`.
+struct Fixture {
+    tmp: TempDir,
+}
+
+impl Fixture {
+    fn empty() -> Fixture {
+        Fixture {
+            tmp: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    fn new() -> Fixture {
+        let f = Fixture::empty();
+        f.write("corpus.jsonl", CORPUS);
+        f.cmd().args(["init"]).arg(f.db()).assert().success();
+        f.cmd()
+            .arg("ingest")
+            .arg(f.db())
+            .arg(f.path("corpus.jsonl"))
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(
+                "6 inserted, 0 duplicate, 0 rejected",
+            ));
+        f
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path("db")
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, content).expect("writing a test input");
+        path
+    }
+
+    fn cmd(&self) -> Command {
+        realm(self.tmp.path())
+    }
+
+    /// Runs `realm-db ARGS... ` successfully and returns stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// `search DB QUERY --json ...` parsed.
+    fn search_json(&self, query: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+        let db = self.db();
+        let mut args = vec!["search", db.to_str().expect("UTF-8 path"), query, "--json"];
+        args.extend_from_slice(extra);
+        json_lines(&self.run(&args))
+    }
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Asserts that a failed command wrote exactly one line, `error: ...`, to stderr.
+fn assert_one_line_error(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note:")).collect();
+    assert_eq!(lines.len(), 1, "stderr: {stderr}");
+    assert!(lines[0].starts_with("error: "), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+    lines[0].to_string()
+}
+
+#[test]
+fn ingest_keeps_good_lines_lists_bad_ones_and_reports_duplicates() {
+    let f = Fixture::empty();
+    f.cmd().arg("init").arg(f.db()).assert().success().stdout(
+        predicate::str::contains("with generation 1")
+            .and(predicate::str::contains("384 dimensions")),
+    );
+    let long = "x".repeat((1 << 20) + 1);
+    let input = format!(
+        "{}{}\n{}\n{}\n{}\n{}\n",
+        CORPUS,
+        r#"{"id": "broken", "title": "Broken" "text": "no comma"}"#,
+        r#"{"id": "notext", "title": "No text"}"#,
+        r#"{"id": "blank", "title": "Blank", "text": "   "}"#,
+        r#"{"id": "numtext", "text": 17}"#,
+        format_args!(r#"{{"id": "long", "text": "{long}"}}"#),
+    );
+    let file = f.write("mixed.jsonl", &input);
+    let out = f
+        .cmd()
+        .arg("ingest")
+        .arg(f.db())
+        .arg(&file)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("6 inserted, 0 duplicate, 5 rejected"),
+        "{stdout}"
+    );
+    for (line, reason) in [
+        (7, "not valid JSON"),
+        (8, "\"text\" field is missing"),
+        (9, "text is empty"),
+        (10, "must be a string, but it is a number"),
+        (11, "over the limit"),
+    ] {
+        let expected = format!("mixed.jsonl:{line}: ");
+        let listed = stdout
+            .lines()
+            .find(|l| l.contains(&expected))
+            .unwrap_or_else(|| panic!("line {line} is not listed in:\n{stdout}"));
+        assert!(listed.contains(reason), "{listed}");
+    }
+
+    // Records with ids are idempotent: ingesting again only finds duplicates.
+    let again = f.run(&[
+        "ingest",
+        f.db().to_str().expect("UTF-8 path"),
+        file.to_str().expect("UTF-8 path"),
+        "--json",
+    ]);
+    let records = json_lines(&again);
+    let summary = records.last().expect("a summary line");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["inserted"], 0);
+    assert_eq!(summary["duplicate"], 6);
+    assert_eq!(summary["rejected"], 5);
+    let rejected: Vec<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "rejected")
+        .map(|r| r["line"].as_u64().expect("a line number"))
+        .collect();
+    assert_eq!(rejected, [7, 8, 9, 10, 11]);
+}
+
+#[test]
+fn search_ranks_the_obvious_passage_first_in_table_and_json() {
+    let f = Fixture::new();
+    let db = f.db();
+    let table = f.run(&[
+        "search",
+        db.to_str().expect("UTF-8 path"),
+        "What is the capital of Norway?",
+        "-k",
+        "3",
+    ]);
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    for column in ["rank", "id", "score", "prob", "gen", "title", "snippet"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let first = lines.next().expect("a first hit");
+    assert!(first.contains("Oslo"), "{table}");
+    assert_eq!(lines.count(), 2);
+
+    let hits = f.search_json("which ocean is the largest", &["-k", "2"]);
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0]["rank"], 1);
+    assert_eq!(hits[0]["title"], "Pacific Ocean");
+    assert_eq!(hits[0]["external_id"], "pacific");
+    assert_eq!(hits[0]["generation"], 1);
+    assert!(
+        hits[0]["snippet"]
+            .as_str()
+            .expect("a snippet")
+            .starts_with("The Pacific")
+    );
+    let (s0, s1) = (
+        hits[0]["score"].as_f64().expect("a score"),
+        hits[1]["score"].as_f64().expect("a score"),
+    );
+    assert!(s0 >= s1);
+    let p: f64 = hits
+        .iter()
+        .map(|h| h["prob"].as_f64().expect("a prob"))
+        .sum();
+    assert!((p - 1.0).abs() < 1e-4, "probabilities sum to {p}");
+}
+
+#[test]
+fn tsv_and_plain_text_files_are_ingested() {
+    let f = Fixture::empty();
+    f.cmd().arg("init").arg(f.db()).assert().success();
+    let tsv = f.write(
+        "facts.tsv",
+        "id\ttitle\ttext\nnile\tNile\tThe Nile is a major river flowing north through Africa into the Mediterranean.\nAmazon\tThe Amazon rainforest covers much of the Amazon basin in South America.\nonly one column\n",
+    );
+    let sentence = "The violin is a wooden string instrument played with a bow. ";
+    let text = f.write(
+        "violin.txt",
+        &format!("{}\n\n{}\n", sentence.repeat(12), sentence.repeat(4)),
+    );
+    let out = f.run(&[
+        "ingest",
+        f.db().to_str().expect("UTF-8 path"),
+        tsv.to_str().expect("UTF-8 path"),
+        text.to_str().expect("UTF-8 path"),
+    ]);
+    // Two TSV rows, and 16 sentences of 11 words: passages of 99 and 77 words.
+    assert!(
+        out.contains("Ingested 2 files: 4 inserted, 0 duplicate, 1 rejected."),
+        "{out}"
+    );
+    assert!(
+        out.contains("facts.tsv:4: The line has 1 tab-separated columns"),
+        "{out}"
+    );
+    let hits = f.search_json("a river in Africa", &["-k", "1"]);
+    assert_eq!(hits[0]["title"], "Nile");
+    assert_eq!(hits[0]["external_id"], "nile");
+    let hits = f.search_json("string instrument played with a bow", &["-k", "1"]);
+    assert_eq!(hits[0]["title"], "violin");
+}
+
+#[test]
+fn reindex_time_travel_and_gc() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    let out = f.run(&["reindex", db, "--note", "second build"]);
+    assert!(out.starts_with("Published generation 2:"), "{out}");
+
+    let generations = json_lines(&f.run(&["generations", db, "--json"]));
+    assert_eq!(generations.len(), 2);
+    assert_eq!(generations[0]["id"], 1);
+    assert_eq!(generations[0]["state"], "retired");
+    assert_eq!(generations[0]["current"], false);
+    assert_eq!(generations[1]["id"], 2);
+    assert_eq!(generations[1]["state"], "committed");
+    assert_eq!(generations[1]["current"], true);
+    assert_eq!(generations[1]["parent"], 1);
+    assert_eq!(generations[1]["note"], "second build");
+    assert_eq!(generations[1]["vectors"], 6);
+    let table = f.run(&["generations", db]);
+    let current = table
+        .lines()
+        .find(|l| l.starts_with('*'))
+        .expect("a current marker");
+    assert!(
+        current.contains("committed") && current.contains("second build"),
+        "{table}"
+    );
+
+    // Time travel: the retired generation is still searchable.
+    let old = f.search_json("highest mountain", &["-k", "1", "--generation", "1"]);
+    assert_eq!(old[0]["generation"], 1);
+    assert_eq!(old[0]["title"], "Mount Everest");
+    let new = f.search_json("highest mountain", &["-k", "1"]);
+    assert_eq!(new[0]["generation"], 2);
+
+    // The default keeps one retired generation; --keep 0 collects it.
+    let kept = f.run(&["gc", db]);
+    assert!(kept.contains("Collected no generations."), "{kept}");
+    let report = json_lines(&f.run(&["gc", db, "--keep", "0", "--json"]));
+    assert_eq!(report[0]["collected"], serde_json::json!([1]));
+    let out = f
+        .cmd()
+        .args(["search", db, "highest mountain", "--generation", "1"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let line = assert_one_line_error(&out.stderr);
+    assert!(line.contains("no generation has id 1"), "{line}");
+    f.cmd().args(["check", db]).assert().success();
+}
+
+/// Spawns `realm-db shell DIR` with piped stdin/stdout and waits for its banner, so the
+/// database is open when this returns.
+fn spawn_shell(f: &Fixture) -> (Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child = std::process::Command::new(BIN)
+        .arg("shell")
+        .arg(f.db())
+        .env("REALM_DB_HISTORY", f.path("history"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the shell");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).expect("reading the banner");
+    assert!(banner.starts_with("realm-db shell on"), "{banner}");
+    (child, stdout, banner)
+}
+
+#[test]
+fn readers_fall_back_to_a_follower_while_a_shell_holds_the_database() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    let (mut child, shell_out, banner) = spawn_shell(&f);
+    assert!(!banner.contains("read-only"), "{banner}");
+
+    // The shell holds the write lock: reads go through a follower, writes are refused.
+    let out = f
+        .cmd()
+        .args(["search", db, "capital of Norway", "-k", "1", "--json"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("read-only follower"))
+        .get_output()
+        .clone();
+    let hits = json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(hits[0]["title"], "Oslo");
+    let stats = json_lines(&f.run(&["stats", db, "--json"]));
+    assert_eq!(stats[0]["follower"], true);
+    assert_eq!(stats[0]["passages"], 6);
+    f.cmd().args(["generations", db]).assert().success();
+    f.cmd().args(["check", db]).assert().success();
+    let out = f
+        .cmd()
+        .args(["ingest", db])
+        .arg(f.path("corpus.jsonl"))
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let line = assert_one_line_error(&out.stderr);
+    assert!(line.contains("holds the database"), "{line}");
+
+    // The shell itself still answers, then leaves at end of input.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, ".k 1\nhighest mountain on Earth\n.quit").expect("writing to the shell");
+    drop(stdin);
+    let mut rest = String::new();
+    for line in shell_out.lines() {
+        rest.push_str(&line.expect("shell output"));
+        rest.push('\n');
+    }
+    assert!(child.wait().expect("the shell exits").success());
+    assert!(rest.contains("Mount Everest"), "{rest}");
+}
+
+#[test]
+fn shell_follower_is_told_about_a_newer_generation_and_refreshes() {
+    let f = Fixture::new();
+    // This test process holds the database for writing; the shell becomes a follower.
+    let retriever = realm_db::Retriever::new(
+        realm_db::Db::open(f.db()).expect("opening the database"),
+        realm_db::RetrieverOptions::default(),
+    );
+    let (mut child, shell_out, banner) = spawn_shell(&f);
+    assert!(
+        banner.contains("generation 1") && banner.contains("read-only"),
+        "{banner}"
+    );
+
+    let manifest = retriever
+        .db()
+        .generation(1)
+        .expect("generation 1's manifest");
+    let encoder = retriever
+        .document_encoder(&manifest)
+        .expect("the stored encoder");
+    let published = retriever
+        .build_generation(&encoder, Default::default())
+        .expect("publishing generation 2");
+    assert_eq!(published, 2);
+
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(
+        stdin,
+        ".k 1\n.json on\nlargest ocean\nlargest ocean\n.refresh\nlargest ocean\n.use 1\n.k 2\nlargest ocean\n.generations\n.quit"
+    )
+    .expect("writing to the shell");
+    drop(stdin);
+    let output: Vec<String> = shell_out
+        .lines()
+        .collect::<Result<_, _>>()
+        .expect("shell output");
+    let mut errors = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut errors)
+        .expect("shell errors");
+    assert!(child.wait().expect("the shell exits").success());
+    let text = format!("{}\nstderr:\n{errors}", output.join("\n"));
+    let notes: Vec<&String> = output
+        .iter()
+        .filter(|l| l.contains("generation 2 has been published"))
+        .collect();
+    assert_eq!(notes.len(), 1, "told once:\n{text}");
+    assert!(notes[0].contains(".refresh"), "{text}");
+    let hits: Vec<serde_json::Value> = output
+        .iter()
+        .filter(|l| l.starts_with('{') && l.contains("\"rank\""))
+        .map(|l| serde_json::from_str(l).expect("a JSON hit"))
+        .collect();
+    let generations: Vec<u64> = hits
+        .iter()
+        .map(|h| h["generation"].as_u64().expect("a generation"))
+        .collect();
+    // Two queries on the pinned generation 1, one after .refresh on 2, then two hits on 1.
+    assert_eq!(generations[..3], [1, 1, 2], "{text}");
+    assert_eq!(generations[3..], [1, 1], "{text}");
+    assert!(
+        hits.iter()
+            .all(|h| h["rank"] != 1 || h["title"] == "Pacific Ocean"),
+        "{text}"
+    );
+    assert!(text.contains("Now on generation 2"), "{text}");
+    assert!(text.contains("Pinned generation 1 (time travel"), "{text}");
+}
+
+#[test]
+fn user_errors_exit_1_with_one_line() {
+    let f = Fixture::empty();
+    let missing = f.path("nowhere");
+    let missing = missing.to_str().expect("UTF-8 path");
+    for args in [
+        vec!["search", missing, "anything"],
+        vec!["generations", missing],
+        vec!["stats", missing],
+        vec!["check", missing],
+        vec!["ingest", missing, "no-such-file.jsonl"],
+        vec!["frobnicate"],
+        vec!["search"],
+        vec!["search", missing, "q", "-k", "zero"],
+        vec!["embed", missing, "--model", missing],
+        vec!["init", missing, "--model", missing],
+    ] {
+        let out = f.cmd().args(&args).assert().code(1).get_output().clone();
+        let line = assert_one_line_error(&out.stderr);
+        assert!(line.ends_with('.'), "{args:?}: {line}");
+    }
+    let out = f
+        .cmd()
+        .args(["search", missing, "q"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("realm-db init"));
+    // The bad --model left nothing behind.
+    assert!(!Path::new(missing).exists());
+    f.cmd().arg("--help").assert().success();
+}
+
+#[test]
+fn user_errors_on_an_existing_database_exit_1() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    for args in [
+        vec!["init", db],
+        vec!["search", db, "q", "--generation", "7"],
+        vec!["export", db, "--generation", "7"],
+    ] {
+        let out = f.cmd().args(&args).assert().code(1).get_output().clone();
+        assert_one_line_error(&out.stderr);
+    }
+    let out = f
+        .cmd()
+        .args(["ingest", db, "missing.jsonl"])
+        .current_dir(f.tmp.path())
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let line = assert_one_line_error(&out.stderr);
+    assert!(line.contains("missing.jsonl"), "{line}");
+}
+
+#[test]
+fn check_stats_and_export_on_a_healthy_database() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    f.cmd()
+        .args(["check", db])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "is sound: 6 passages, 1 generation",
+        ));
+    let check = json_lines(&f.run(&["check", db, "--json"]));
+    assert_eq!(check[0]["problems"], serde_json::json!([]));
+
+    let stats = json_lines(&f.run(&["stats", db, "--json"]));
+    assert_eq!(stats[0]["passages"], 6);
+    assert_eq!(stats[0]["current_generation"], 1);
+    assert_eq!(stats[0]["generations"], 1);
+    assert_eq!(stats[0]["pending"], 0);
+    assert!(stats[0]["disk_bytes"]["vectors"].as_u64().expect("bytes") > 0);
+    let table = f.run(&["stats", db]);
+    assert!(table.contains("disk bytes: passages"), "{table}");
+
+    let exported = json_lines(&f.run(&["export", db, "--vectors"]));
+    assert_eq!(exported.len(), 6);
+    let photo = exported
+        .iter()
+        .find(|p| p["external_id"] == "42")
+        .expect("the passage with numeric id 42");
+    assert_eq!(photo["title"], "Photosynthesis");
+    assert_eq!(photo["meta"], serde_json::json!({"topic": "biology"}));
+    for passage in &exported {
+        let v = passage["embedding"].as_array().expect("an embedding");
+        assert_eq!(v.len(), 384);
+    }
+    let plain = json_lines(&f.run(&["export", db]));
+    assert!(plain.iter().all(|p| p.get("embedding").is_none()));
+}
+
+#[test]
+fn embed_writes_384_dimensional_vectors() {
+    let f = Fixture::new();
+    let db = f.db();
+    let texts = "What is the capital of Norway?\nphotosynthesis\n";
+    let from_db = f
+        .cmd()
+        .arg("embed")
+        .arg(&db)
+        .write_stdin(texts)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let from_db = json_lines(&String::from_utf8_lossy(&from_db.stdout));
+    let from_model = f
+        .cmd()
+        .arg("embed")
+        .write_stdin(texts)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let from_model = json_lines(&String::from_utf8_lossy(&from_model.stdout));
+    assert_eq!(from_db.len(), 2);
+    assert_eq!(from_db[0]["text"], "What is the capital of Norway?");
+    for (a, b) in from_db.iter().zip(&from_model) {
+        let a: Vec<f64> = a["embedding"]
+            .as_array()
+            .expect("an embedding")
+            .iter()
+            .map(|x| x.as_f64().expect("a number"))
+            .collect();
+        let b: Vec<f64> = b["embedding"]
+            .as_array()
+            .expect("an embedding")
+            .iter()
+            .map(|x| x.as_f64().expect("a number"))
+            .collect();
+        assert_eq!(a.len(), 384);
+        let norm: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(
+            (norm - 1.0).abs() < 1e-3,
+            "MiniLM vectors are normalized: {norm}"
+        );
+        // The database's stored encoder is the default model.
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-5, "{diff}");
+    }
+}
+
+#[test]
+fn a_damaged_database_is_an_internal_error() {
+    let f = Fixture::empty();
+    let dir = f.path("damaged");
+    std::fs::create_dir(&dir).expect("a directory");
+    // RocksDB's CURRENT names a MANIFEST that does not exist.
+    std::fs::write(dir.join("CURRENT"), "MANIFEST-000099\n").expect("writing CURRENT");
+    let out = f
+        .cmd()
+        .arg("stats")
+        .arg(&dir)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let line = assert_one_line_error(&out.stderr);
+    assert!(line.contains("MANIFEST-000099"), "{line}");
+}
