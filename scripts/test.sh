@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/realm-db/target}"
 bash scripts/setup.sh
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --lib --bins --tests --examples "$@"
 cargo test --workspace --doc "$@"

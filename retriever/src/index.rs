@@ -127,11 +127,60 @@ impl std::ops::Deref for ReadOnlyTensor {
     }
 }
 
+/// A CPU matrix's rows in host memory, which its tensor aliases.
+#[derive(Debug)]
+enum HostRows {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl HostRows {
+    fn new(compute: Compute, values: Vec<f32>) -> Self {
+        match compute {
+            Compute::F32 => HostRows::F32(values),
+            Compute::F16 => HostRows::F16(values.iter().map(|v| half::f16::from_f32(*v)).collect()),
+        }
+    }
+
+    fn extended(&self, more: &[f32]) -> Self {
+        match self {
+            HostRows::F32(v) => HostRows::F32([v.as_slice(), more].concat()),
+            HostRows::F16(v) => {
+                let mut out = Vec::with_capacity(v.len() + more.len());
+                out.extend_from_slice(v);
+                out.extend(more.iter().map(|x| half::f16::from_f32(*x)));
+                HostRows::F16(out)
+            }
+        }
+    }
+
+    /// A tensor viewing these rows without copying them.
+    fn view(&self, rows: usize, dim: usize) -> Tensor {
+        let (ptr, kind) = match self {
+            HostRows::F32(v) => (v.as_ptr().cast::<u8>(), Kind::Float),
+            HostRows::F16(v) => (v.as_ptr().cast::<u8>(), Kind::Half),
+        };
+        let (rows, dim) = (rows as i64, dim as i64);
+        // Safety: `ptr` points at `rows * dim` initialized elements of `kind`, contiguous and
+        // row-major. The buffer is never written or reallocated after this point, and the
+        // tensor is stored next to it in a `DeviceMatrix` whose field order drops the tensor
+        // (and with it every view libtorch made of it inside this crate) before the buffer.
+        #[allow(unsafe_code)]
+        unsafe {
+            Tensor::from_blob(ptr, &[rows, dim], &[dim, 1], kind, Device::Cpu)
+        }
+    }
+}
+
 /// A generation's vectors on the device. Rows are in storage (block) order.
 #[derive(Debug)]
 pub struct DeviceMatrix {
     generation: GenerationId,
+    /// Declared before `host`, so it is dropped before the rows it may alias.
     tensor: ReadOnlyTensor,
+    /// On the CPU, the rows themselves (the tensor is a view of them).
+    host: Option<HostRows>,
+    dim: usize,
     ids: Vec<u64>,
     /// `rows_after[b]`: rows in blocks `0..=b`.
     rows_after: Vec<usize>,
@@ -336,13 +385,13 @@ impl Retriever {
     fn load(&self, snapshot: &Snapshot) -> Result<DeviceMatrix> {
         let raw = snapshot.vector_blocks(0)?;
         let rows_after = block_rows(&[], &raw.block_sizes);
-        let tensor = Tensor::from_slice(&raw.values)
-            .view([raw.rows() as i64, raw.dim as i64])
-            .to_kind(self.device_kind())
-            .to_device(self.inner.options.encoder.device);
+        let rows = raw.rows();
+        let (tensor, host) = self.place(None, raw.values, rows, raw.dim);
         Ok(DeviceMatrix {
             generation: raw.generation,
-            tensor: ReadOnlyTensor(tensor),
+            tensor,
+            host,
+            dim: raw.dim,
             ids: raw.ids,
             rows_after,
         })
@@ -351,19 +400,46 @@ impl Retriever {
     fn extend(&self, base: &DeviceMatrix, snapshot: &Snapshot) -> Result<DeviceMatrix> {
         let raw = snapshot.vector_blocks(base.blocks())?;
         let rows_after = block_rows(&base.rows_after, &raw.block_sizes);
-        let more = Tensor::from_slice(&raw.values)
-            .view([raw.rows() as i64, raw.dim as i64])
-            .to_kind(self.device_kind())
-            .to_device(self.inner.options.encoder.device);
-        let tensor = Tensor::cat(&[&*base.tensor, &more], 0);
         let mut ids = base.ids.clone();
         ids.extend(raw.ids);
+        let (tensor, host) = self.place(Some(base), raw.values, ids.len(), raw.dim);
         Ok(DeviceMatrix {
             generation: base.generation,
-            tensor: ReadOnlyTensor(tensor),
+            tensor,
+            host,
+            dim: raw.dim,
             ids,
             rows_after,
         })
+    }
+
+    /// Puts rows on the device: on the CPU as host rows plus a tensor view of them, else as a
+    /// device tensor. `base` holds the rows that come first, if any.
+    fn place(
+        &self,
+        base: Option<&DeviceMatrix>,
+        more: Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> (ReadOnlyTensor, Option<HostRows>) {
+        let device = self.inner.options.encoder.device;
+        if device == Device::Cpu {
+            let host = match base.and_then(|b| b.host.as_ref()) {
+                Some(h) => h.extended(&more),
+                None => HostRows::new(self.inner.options.compute, more),
+            };
+            let tensor = host.view(rows, dim);
+            return (ReadOnlyTensor(tensor), Some(host));
+        }
+        let fresh = Tensor::from_slice(&more)
+            .view([(more.len() / dim.max(1)) as i64, dim as i64])
+            .to_kind(self.device_kind())
+            .to_device(device);
+        let tensor = match base {
+            Some(b) => Tensor::cat(&[&*b.tensor, &fresh], 0),
+            None => fresh,
+        };
+        (ReadOnlyTensor(tensor), None)
     }
 
     // ---------------------------------------------------------- building
@@ -583,6 +659,7 @@ struct SearchState {
     rows: usize,
     /// Rows of passages deleted before the snapshot, excluded from ranking.
     dead: Option<ReadOnlyTensor>,
+    dead_host: Option<Vec<bool>>,
 }
 
 /// A pinned, searchable snapshot: every search through it uses the same generation and
@@ -640,18 +717,22 @@ impl SearchSnapshot {
             .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
         let rows = matrix.rows_for(manifest.blocks);
         let deleted = self.snapshot.deleted_vectors()?;
-        let dead = if deleted.is_empty() {
-            None
+        let (dead, dead_host) = if deleted.is_empty() {
+            (None, None)
         } else {
             let mask: Vec<bool> = matrix.ids[..rows]
                 .iter()
                 .map(|id| deleted.contains(id))
                 .collect();
-            Some(ReadOnlyTensor(
-                Tensor::from_slice(&mask).to_device(matrix.tensor.device()),
-            ))
+            let tensor = Tensor::from_slice(&mask).to_device(matrix.tensor.device());
+            (Some(ReadOnlyTensor(tensor)), Some(mask))
         };
-        let state = Arc::new(SearchState { matrix, rows, dead });
+        let state = Arc::new(SearchState {
+            matrix,
+            rows,
+            dead,
+            dead_host,
+        });
         *guard = Some(state.clone());
         Ok(state)
     }
@@ -723,6 +804,23 @@ impl SearchSnapshot {
         let k = k.min(live);
         if k == 0 || batch == 0 {
             return Ok(vec![Vec::new(); batch]);
+        }
+        if let Some(host) = &matrix.host
+            && batch <= HOST_SCAN_MAX_BATCH
+        {
+            let q = queries
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
+            let q: Vec<f32> = Vec::try_from(&q.view(-1))?;
+            let scan = HostScan {
+                rows: host,
+                dim: matrix.dim,
+                len: state.rows,
+                ids: &matrix.ids,
+                dead: state.dead_host.as_deref(),
+            };
+            return Ok(scan.top_k(&q, k));
         }
         let chunk_rows = self.chunk_rows(batch, matrix);
         let mut candidates: Vec<Vec<(u64, f32)>> = vec![Vec::new(); batch];
@@ -809,6 +907,136 @@ impl SearchSnapshot {
     pub fn deleted(&self) -> Result<HashSet<u64>> {
         Ok(self.snapshot.deleted_vectors()?)
     }
+}
+
+/// Batches up to this size are scored by [`HostScan`] on the CPU: one memory-bound pass
+/// over the rows with the top-k fused in; larger batches are compute-bound and go to GEMM.
+const HOST_SCAN_MAX_BATCH: usize = 4;
+
+/// Exact top-k by scanning host rows with all cores, each keeping a bounded heap.
+struct HostScan<'a> {
+    rows: &'a HostRows,
+    dim: usize,
+    /// Rows visible to the snapshot.
+    len: usize,
+    ids: &'a [u64],
+    dead: Option<&'a [bool]>,
+}
+
+/// A scored row, ordered so that greater is better: higher score, then lower passage id.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Candidate {
+    score: f32,
+    id: u64,
+}
+
+impl Eq for Candidate {}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score
+            .partial_cmp(&other.score)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(other.id.cmp(&self.id))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl HostScan<'_> {
+    fn top_k(&self, queries: &[f32], k: usize) -> Vec<Vec<(u64, f32)>> {
+        let batch = queries.len() / self.dim.max(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.len.div_ceil(threads).max(1);
+        let partial: Vec<Vec<Vec<Candidate>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.len)
+                .step_by(per)
+                .map(|start| {
+                    let end = (start + per).min(self.len);
+                    s.spawn(move || self.scan(queries, batch, start..end, k))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        (0..batch)
+            .map(|b| {
+                let mut all: Vec<Candidate> = partial.iter().flat_map(|p| p[b].clone()).collect();
+                all.sort_by(|a, b| b.cmp(a));
+                all.truncate(k);
+                all.into_iter().map(|c| (c.id, c.score)).collect()
+            })
+            .collect()
+    }
+
+    fn scan(
+        &self,
+        queries: &[f32],
+        batch: usize,
+        range: std::ops::Range<usize>,
+        k: usize,
+    ) -> Vec<Vec<Candidate>> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let dim = self.dim;
+        let mut heaps: Vec<BinaryHeap<Reverse<Candidate>>> = (0..batch)
+            .map(|_| BinaryHeap::with_capacity(k + 1))
+            .collect();
+        let mut widened = vec![0f32; dim];
+        for r in range {
+            if self.dead.is_some_and(|d| d[r]) {
+                continue;
+            }
+            let row: &[f32] = match self.rows {
+                HostRows::F32(v) => &v[r * dim..(r + 1) * dim],
+                HostRows::F16(v) => {
+                    use half::slice::HalfFloatSliceExt;
+                    v[r * dim..(r + 1) * dim].convert_to_f32_slice(&mut widened);
+                    &widened
+                }
+            };
+            for (b, heap) in heaps.iter_mut().enumerate() {
+                let c = Candidate {
+                    score: dot(row, &queries[b * dim..(b + 1) * dim]),
+                    id: self.ids[r],
+                };
+                if heap.len() < k {
+                    heap.push(Reverse(c));
+                } else if heap.peek().is_some_and(|worst| c > worst.0) {
+                    heap.pop();
+                    heap.push(Reverse(c));
+                }
+            }
+        }
+        heaps
+            .into_iter()
+            .map(|h| h.into_iter().map(|Reverse(c)| c).collect())
+            .collect()
+    }
+}
+
+/// Inner product with 16 independent accumulators, which the compiler vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a16.zip(b16) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn softmax(scores: &[f32]) -> Vec<f32> {

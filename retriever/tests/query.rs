@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::load_tokenizer;
 use realm_retriever::{
-    BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Error, Retriever, RetrieverOptions,
+    BuildOptions, Compute, Device, Encoder, EncoderConfig, EncoderHead, Error, Retriever,
+    RetrieverOptions,
 };
 use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
 use tch::Tensor;
@@ -93,7 +94,7 @@ fn oracle(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<(u64, f32)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Small integer coordinates make exact ties common; the ranking must still equal the
     /// oracle's, ties broken by passage id.
@@ -103,6 +104,8 @@ proptest! {
         rows in 1usize..40,
         k in 1usize..12,
         chunk in 0usize..8,
+        nq in prop_oneof![Just(1usize), Just(3), Just(9)],
+        half in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let mut state = seed | 1;
@@ -113,16 +116,19 @@ proptest! {
             (state % 5) as f32 - 2.0
         };
         let vectors: Vec<Vec<f32>> = (0..rows).map(|_| (0..dim).map(|_| next()).collect()).collect();
-        let queries: Vec<Vec<f32>> = (0..3).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        // 1 and 3 queries take the host scan, 9 the chunked GEMM path.
+        let queries: Vec<Vec<f32>> = (0..nq).map(|_| (0..dim).map(|_| next()).collect()).collect();
         let dir = tempfile::tempdir().unwrap();
         let db = Db::create(dir.path()).unwrap();
         generation_from(&db, dim, &vectors);
         // Chunks of 1..7 rows put ties on chunk edges; 0 is the automatic size.
-        let options = RetrieverOptions { score_chunk_rows: chunk, ..cpu_options() };
+        // Small integers are exact in f16 too, so f16 must match the oracle exactly.
+        let compute = if half { Compute::F16 } else { Compute::F32 };
+        let options = RetrieverOptions { score_chunk_rows: chunk, compute, ..cpu_options() };
         let retriever = Retriever::new(db, options);
         let snap = retriever.snapshot().unwrap();
         let flat: Vec<f32> = queries.iter().flatten().copied().collect();
-        let q = Tensor::from_slice(&flat).view([3, dim as i64]);
+        let q = Tensor::from_slice(&flat).view([nq as i64, dim as i64]);
         let got = snap.top_k(&q, k).unwrap();
         for (query, row) in queries.iter().zip(got) {
             prop_assert_eq!(row, oracle(&vectors, query, k));
