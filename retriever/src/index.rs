@@ -823,15 +823,11 @@ impl SearchSnapshot {
             return Ok(scan.top_k(&q, k));
         }
         let chunk_rows = self.chunk_rows(batch, matrix);
-        let mut candidates: Vec<Vec<(u64, f32)>> = vec![Vec::new(); batch];
+        let mut heaps: Vec<TopK> = (0..batch).map(|_| TopK::new(k)).collect();
         tch::no_grad(|| -> Result<()> {
             let device = matrix.tensor.device();
             let on_cpu_f16 = device == Device::Cpu && matrix.tensor.kind() == Kind::Half;
-            let compute_kind = if on_cpu_f16 {
-                Kind::Float
-            } else {
-                matrix.tensor.kind()
-            };
+            let compute_kind = if on_cpu_f16 { Kind::Float } else { matrix.tensor.kind() };
             let q = queries.to_device(device).to_kind(compute_kind);
             let mut start = 0usize;
             while start < state.rows {
@@ -846,11 +842,17 @@ impl SearchSnapshot {
                     let dead = dead.narrow(0, start as i64, len as i64);
                     scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
                 }
-                // Every row scoring at least this chunk's k-th value is a candidate: the
-                // union over chunks holds the global top-k including all ties at its edge.
-                let kc = k.min(len) as i64;
-                let (values, _) = scores.topk(kc, -1, true, false);
-                let threshold = values.narrow(1, kc - 1, 1);
+                // A row can enter a query's top-k only if it scores at least the query's
+                // current k-th best. Until every heap is full, the chunk's own k-th best
+                // stands in. Ties at the threshold are kept and ordered by id in the heap.
+                let threshold = if heaps.iter().all(TopK::is_full) {
+                    let t: Vec<f32> = heaps.iter().map(TopK::threshold).collect();
+                    Tensor::from_slice(&t).view([batch as i64, 1]).to_device(device)
+                } else {
+                    let kc = k.min(len) as i64;
+                    let (values, _) = scores.topk(kc, -1, true, false);
+                    values.narrow(1, kc - 1, 1)
+                };
                 let hits = scores.ge_tensor(&threshold).logical_and(&scores.isfinite());
                 let nz = hits.nonzero();
                 let (rows, cols) = (nz.select(1, 0), nz.select(1, 1));
@@ -858,23 +860,17 @@ impl SearchSnapshot {
                 let rows: Vec<i64> = Vec::try_from(&rows.to_device(Device::Cpu).contiguous())?;
                 let cols: Vec<i64> = Vec::try_from(&cols.to_device(Device::Cpu).contiguous())?;
                 let picked: Vec<f32> = Vec::try_from(&picked.to_device(Device::Cpu))?;
-                for ((b, c), s) in rows.into_iter().zip(cols).zip(picked) {
-                    candidates[b as usize].push((matrix.ids[start + c as usize], s));
+                for ((b, c), score) in rows.into_iter().zip(cols).zip(picked) {
+                    heaps[b as usize].offer(Candidate {
+                        score,
+                        id: matrix.ids[start + c as usize],
+                    });
                 }
                 start += len;
             }
             Ok(())
         })?;
-        for row in candidates.iter_mut() {
-            // partial_cmp: 0.0 and -0.0 tie (scores here are finite).
-            row.sort_by(|a, b| {
-                b.1.partial_cmp(&a.1)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.0.cmp(&b.0))
-            });
-            row.truncate(k);
-        }
-        Ok(candidates)
+        Ok(heaps.into_iter().map(TopK::into_sorted).collect())
     }
 
     /// Rows per scoring chunk: the [batch, chunk] score block and, for f16 on CPU, the
@@ -947,12 +943,56 @@ impl PartialOrd for Candidate {
     }
 }
 
+/// The best `k` candidates seen so far, under [`Candidate`]'s order.
+struct TopK {
+    k: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Candidate>>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: std::collections::BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn offer(&mut self, c: Candidate) {
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse(c));
+        } else if self.heap.peek().is_some_and(|worst| c > worst.0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(c));
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.heap.len() >= self.k
+    }
+
+    /// The k-th best score (the bar a new candidate must reach).
+    fn threshold(&self) -> f32 {
+        self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score)
+    }
+
+    fn into_candidates(self) -> impl Iterator<Item = Candidate> {
+        self.heap.into_iter().map(|std::cmp::Reverse(c)| c)
+    }
+
+    /// Best first, as `(passage id, score)`.
+    fn into_sorted(self) -> Vec<(u64, f32)> {
+        let mut all: Vec<Candidate> = self.into_candidates().collect();
+        all.sort_by(|a, b| b.cmp(a));
+        all.into_iter().map(|c| (c.id, c.score)).collect()
+    }
+}
+
 impl HostScan<'_> {
     fn top_k(&self, queries: &[f32], k: usize) -> Vec<Vec<(u64, f32)>> {
         let batch = queries.len() / self.dim.max(1);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per = self.len.div_ceil(threads).max(1);
-        let partial: Vec<Vec<Vec<Candidate>>> = std::thread::scope(|s| {
+        let partial: Vec<Vec<TopK>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..self.len)
                 .step_by(per)
                 .map(|start| {
@@ -965,14 +1005,13 @@ impl HostScan<'_> {
                 .map(|h| h.join().unwrap_or_default())
                 .collect()
         });
-        (0..batch)
-            .map(|b| {
-                let mut all: Vec<Candidate> = partial.iter().flat_map(|p| p[b].clone()).collect();
-                all.sort_by(|a, b| b.cmp(a));
-                all.truncate(k);
-                all.into_iter().map(|c| (c.id, c.score)).collect()
-            })
-            .collect()
+        let mut merged: Vec<TopK> = (0..batch).map(|_| TopK::new(k)).collect();
+        for part in partial {
+            for (into, from) in merged.iter_mut().zip(part) {
+                from.into_candidates().for_each(|c| into.offer(c));
+            }
+        }
+        merged.into_iter().map(TopK::into_sorted).collect()
     }
 
     fn scan(
@@ -981,13 +1020,9 @@ impl HostScan<'_> {
         batch: usize,
         range: std::ops::Range<usize>,
         k: usize,
-    ) -> Vec<Vec<Candidate>> {
-        use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
+    ) -> Vec<TopK> {
         let dim = self.dim;
-        let mut heaps: Vec<BinaryHeap<Reverse<Candidate>>> = (0..batch)
-            .map(|_| BinaryHeap::with_capacity(k + 1))
-            .collect();
+        let mut heaps: Vec<TopK> = (0..batch).map(|_| TopK::new(k)).collect();
         let mut widened = vec![0f32; dim];
         for r in range {
             if self.dead.is_some_and(|d| d[r]) {
@@ -1002,22 +1037,13 @@ impl HostScan<'_> {
                 }
             };
             for (b, heap) in heaps.iter_mut().enumerate() {
-                let c = Candidate {
+                heap.offer(Candidate {
                     score: dot(row, &queries[b * dim..(b + 1) * dim]),
                     id: self.ids[r],
-                };
-                if heap.len() < k {
-                    heap.push(Reverse(c));
-                } else if heap.peek().is_some_and(|worst| c > worst.0) {
-                    heap.pop();
-                    heap.push(Reverse(c));
-                }
+                });
             }
         }
         heaps
-            .into_iter()
-            .map(|h| h.into_iter().map(|Reverse(c)| c).collect())
-            .collect()
     }
 }
 
