@@ -837,7 +837,9 @@ impl SearchSnapshot {
                     // CPUs have no fast half GEMM: widen one cache-sized chunk at a time.
                     m = m.to_kind(Kind::Float);
                 }
-                let mut scores = q.matmul(&m.tr()).to_kind(Kind::Float);
+                // [chunk, B] = M·qᵀ: a tall-skinny GEMM over row-major M, which BLAS runs
+                // faster than q·Mᵀ; its transpose is the [B, chunk] score block.
+                let mut scores = m.matmul(&q.tr()).to_kind(Kind::Float).tr();
                 if let Some(dead) = &state.dead {
                     let dead = dead.narrow(0, start as i64, len as i64);
                     scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
