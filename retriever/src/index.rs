@@ -827,7 +827,11 @@ impl SearchSnapshot {
         tch::no_grad(|| -> Result<()> {
             let device = matrix.tensor.device();
             let on_cpu_f16 = device == Device::Cpu && matrix.tensor.kind() == Kind::Half;
-            let compute_kind = if on_cpu_f16 { Kind::Float } else { matrix.tensor.kind() };
+            let compute_kind = if on_cpu_f16 {
+                Kind::Float
+            } else {
+                matrix.tensor.kind()
+            };
             let q = queries.to_device(device).to_kind(compute_kind);
             let mut start = 0usize;
             while start < state.rows {
@@ -849,7 +853,9 @@ impl SearchSnapshot {
                 // stands in. Ties at the threshold are kept and ordered by id in the heap.
                 let threshold = if heaps.iter().all(TopK::is_full) {
                     let t: Vec<f32> = heaps.iter().map(TopK::threshold).collect();
-                    Tensor::from_slice(&t).view([batch as i64, 1]).to_device(device)
+                    Tensor::from_slice(&t)
+                        .view([batch as i64, 1])
+                        .to_device(device)
                 } else {
                     let kc = k.min(len) as i64;
                     let (values, _) = scores.topk(kc, -1, true, false);
