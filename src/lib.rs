@@ -49,3 +49,8 @@ pub use realm_retriever::{
 pub use realm_retriever::Error;
 /// The error of the storage layer (without the `torch` feature, every error).
 pub use realm_storage::Error as StorageError;
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(all(doctest, feature = "torch"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -485,14 +485,7 @@ impl Retriever {
         loop {
             let missing = writer.missing()?;
             if !missing.is_empty() {
-                let snapshot = self.db().snapshot()?;
-                let mut passages = Vec::with_capacity(missing.len());
-                for id in missing {
-                    // A passage deleted since is simply skipped.
-                    if let Some(p) = snapshot.get(id)? {
-                        passages.push(p);
-                    }
-                }
+                let passages = visible_passages(&self.db().snapshot()?, &missing)?;
                 for part in passages.chunks(batch) {
                     match write_embedded(&mut writer, encoder, part) {
                         Ok(()) | Err(Error::Storage(realm_storage::Error::UnknownPassage(_))) => {}
@@ -591,20 +584,9 @@ impl Retriever {
             return Ok(0);
         };
         let encoder = self.document_encoder(&manifest)?;
-        let pending = snapshot.pending()?;
-        let mut passages = Vec::with_capacity(pending.len());
-        for id in &pending {
-            if let Some(p) = snapshot.get(*id)? {
-                passages.push(p);
-            }
-        }
+        let passages = visible_passages(&snapshot, &snapshot.pending()?)?;
         for part in passages.chunks(self.inner.options.build_batch.max(1)) {
-            let docs: Vec<(&str, &str)> = part
-                .iter()
-                .map(|p| (p.title.as_str(), p.text.as_str()))
-                .collect();
-            let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
-            let ids: Vec<u64> = part.iter().map(|p| p.id).collect();
+            let (ids, values) = embed_passages(&encoder, part)?;
             match self.db().put_vectors(manifest.id, &ids, &values) {
                 // Deleted since the snapshot: skip this part, the rest still gets embedded.
                 Err(realm_storage::Error::UnknownPassage(_)) => {}
@@ -626,6 +608,30 @@ fn block_rows(base: &[usize], sizes: &[usize]) -> Vec<usize> {
     rows_after
 }
 
+/// Embeds passages as documents: their ids and their rows, row-major.
+fn embed_passages(
+    encoder: &Encoder,
+    passages: &[realm_storage::Passage],
+) -> Result<(Vec<u64>, Vec<f32>)> {
+    let docs: Vec<(&str, &str)> = passages
+        .iter()
+        .map(|p| (p.title.as_str(), p.text.as_str()))
+        .collect();
+    let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
+    Ok((passages.iter().map(|p| p.id).collect(), values))
+}
+
+/// The passages with these ids that the snapshot still sees (deleted ones are skipped).
+fn visible_passages(snapshot: &Snapshot, ids: &[u64]) -> Result<Vec<realm_storage::Passage>> {
+    let mut passages = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if let Some(p) = snapshot.get(id)? {
+            passages.push(p);
+        }
+    }
+    Ok(passages)
+}
+
 fn write_embedded(
     writer: &mut realm_storage::GenerationWriter,
     encoder: &Encoder,
@@ -634,12 +640,7 @@ fn write_embedded(
     if passages.is_empty() {
         return Ok(());
     }
-    let docs: Vec<(&str, &str)> = passages
-        .iter()
-        .map(|p| (p.title.as_str(), p.text.as_str()))
-        .collect();
-    let values = tensor_rows(&encoder.encode_docs(&docs)?)?;
-    let ids: Vec<u64> = passages.iter().map(|p| p.id).collect();
+    let (ids, values) = embed_passages(encoder, passages)?;
     writer.write(&ids, &values)?;
     Ok(())
 }
