@@ -43,6 +43,10 @@ pub struct RetrieverOptions {
     /// Matrix rows scored per step of a search; 0 picks a cache-sized chunk on CPU and the
     /// whole matrix on CUDA.
     pub score_chunk_rows: usize,
+    /// On the CPU, keep matrices as host rows and scan small batches directly (default).
+    /// When off, the CPU takes the same device-tensor path as CUDA, which lets CPU-only
+    /// machines test that path.
+    pub host_scan: bool,
 }
 
 impl Default for RetrieverOptions {
@@ -55,6 +59,7 @@ impl Default for RetrieverOptions {
             compute: Compute::F32,
             build_batch: 256,
             score_chunk_rows: 0,
+            host_scan: true,
         }
     }
 }
@@ -423,7 +428,7 @@ impl Retriever {
         dim: usize,
     ) -> (ReadOnlyTensor, Option<HostRows>) {
         let device = self.inner.options.encoder.device;
-        if device == Device::Cpu {
+        if device == Device::Cpu && self.inner.options.host_scan {
             let host = match base.and_then(|b| b.host.as_ref()) {
                 Some(h) => h.extended(&more),
                 None => HostRows::new(self.inner.options.compute, more),
@@ -889,7 +894,8 @@ impl SearchSnapshot {
         if fixed > 0 {
             return fixed;
         }
-        if matrix.tensor.device() != Device::Cpu {
+        if matrix.host.is_none() {
+            // A device tensor (CUDA): one GEMM over the whole matrix.
             return matrix.ids.len().max(1);
         }
         let dim = matrix.tensor.size().get(1).copied().unwrap_or(1).max(1) as usize;

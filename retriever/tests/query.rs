@@ -106,6 +106,7 @@ proptest! {
         chunk in 0usize..8,
         nq in prop_oneof![Just(1usize), Just(3), Just(9)],
         half in any::<bool>(),
+        host_scan in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let mut state = seed | 1;
@@ -124,7 +125,8 @@ proptest! {
         // Chunks of 1..7 rows put ties on chunk edges; 0 is the automatic size.
         // Small integers are exact in f16 too, so f16 must match the oracle exactly.
         let compute = if half { Compute::F16 } else { Compute::F32 };
-        let options = RetrieverOptions { score_chunk_rows: chunk, compute, ..cpu_options() };
+        // host_scan off takes the device-tensor path that CUDA uses, here on the CPU.
+        let options = RetrieverOptions { score_chunk_rows: chunk, compute, host_scan, ..cpu_options() };
         let retriever = Retriever::new(db, options);
         let snap = retriever.snapshot().unwrap();
         let flat: Vec<f32> = queries.iter().flatten().copied().collect();
@@ -181,10 +183,19 @@ fn hits_carry_passages_probabilities_and_generation() {
 
 #[test]
 fn matrices_are_cached_per_generation_and_extended_on_ingest() {
+    for host_scan in [true, false] {
+        cache_and_extension(RetrieverOptions {
+            host_scan,
+            ..cpu_options()
+        });
+    }
+}
+
+fn cache_and_extension(options: RetrieverOptions) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::create(dir.path()).unwrap();
     let g1 = generation_from(&db, 2, &[vec![1.0, 0.0], vec![0.0, 1.0]]);
-    let retriever = Retriever::new(db.clone(), cpu_options());
+    let retriever = Retriever::new(db.clone(), options);
     let q = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
 
     let s1 = retriever.snapshot().unwrap();
