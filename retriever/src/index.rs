@@ -492,10 +492,7 @@ impl Retriever {
             if !missing.is_empty() {
                 let passages = visible_passages(&self.db().snapshot()?, &missing)?;
                 for part in passages.chunks(batch) {
-                    match write_embedded(&mut writer, encoder, part) {
-                        Ok(()) | Err(Error::Storage(realm_storage::Error::UnknownPassage(_))) => {}
-                        Err(e) => return Err(e),
-                    }
+                    write_embedded(&mut writer, encoder, part)?;
                 }
                 continue;
             }
@@ -637,6 +634,9 @@ fn visible_passages(snapshot: &Snapshot, ids: &[u64]) -> Result<Vec<realm_storag
     Ok(passages)
 }
 
+/// Embeds and writes passages into a building generation. A passage deleted meanwhile makes
+/// the store reject the whole part atomically; the part is then skipped, and the builder's
+/// catch-up loop writes whatever of it still exists.
 fn write_embedded(
     writer: &mut realm_storage::GenerationWriter,
     encoder: &Encoder,
@@ -646,8 +646,10 @@ fn write_embedded(
         return Ok(());
     }
     let (ids, values) = embed_passages(encoder, passages)?;
-    writer.write(&ids, &values)?;
-    Ok(())
+    match writer.write(&ids, &values) {
+        Ok(()) | Err(realm_storage::Error::UnknownPassage(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A [N, D] tensor as row-major f32 values on the CPU.

@@ -1,5 +1,6 @@
 //! Incremental ingestion under load: one thread ingests batches (embedding them in the same
-//! atomic write), another publishes new generations, and several threads search. Every
+//! atomic write) and deletes passages, another publishes new generations, and several
+//! threads search. Every
 //! result belongs wholly to its snapshot, and passages become visible to every snapshot
 //! taken after their ingest call returned.
 
@@ -67,6 +68,12 @@ fn ingest_publish_and_search_concurrently() {
                         .collect();
                     retriever.ingest(&batch).unwrap();
                     acknowledged.store(20 + (round + 1) * 5 - 1, Ordering::SeqCst);
+                    // Deletes race with the builds too (p0..p9; probes never ask for them).
+                    if round < 10 {
+                        let snap = retriever.db().snapshot().unwrap();
+                        let victim = snap.get_by_external_id(&format!("p{round}")).unwrap();
+                        retriever.db().delete(&[victim.unwrap().id]).unwrap();
+                    }
                 }
             })
         };
@@ -160,7 +167,8 @@ fn ingest_publish_and_search_concurrently() {
     );
     assert!(searches.load(Ordering::SeqCst) > 10);
     let snap = retriever.snapshot().unwrap();
-    assert_eq!(snap.storage().passage_count().unwrap(), 80);
+    assert_eq!(snap.storage().passage_count().unwrap(), 70);
+    assert!(snap.storage().get_by_external_id("p3").unwrap().is_none());
     assert!(snap.storage().pending().unwrap().is_empty());
     assert!(retriever.db().verify().unwrap().problems.is_empty());
 }
