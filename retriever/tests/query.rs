@@ -342,3 +342,48 @@ fn build_ingest_and_reopen_without_the_model_folder() {
         .unwrap();
     assert_eq!(hits[0].passage_id, 3);
 }
+
+#[test]
+fn a_build_survives_passages_deleted_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(dir.path()).unwrap();
+    let batch: Vec<NewPassage> = (0..6)
+        .map(|i| NewPassage::new(format!("t{i}"), format!("passage number {i}")))
+        .collect();
+    db.insert(&batch).unwrap();
+    let options = RetrieverOptions {
+        build_batch: 2,
+        ..cpu_options()
+    };
+    let retriever = Retriever::new(db.clone(), options);
+    // After the first batch is written, delete a passage of the third batch (4) and add one.
+    let mut deleted = false;
+    let mut progress = |_: realm_retriever::Progress| {
+        if !deleted {
+            deleted = true;
+            db.delete(&[4]).unwrap();
+            db.insert(&[NewPassage::new("late", "inserted during the build")])
+                .unwrap();
+        }
+    };
+    let generation = retriever
+        .build_generation(
+            &tiny_encoder(3),
+            BuildOptions {
+                progress: Some(&mut progress),
+                ..BuildOptions::default()
+            },
+        )
+        .unwrap();
+    let snap = retriever.snapshot().unwrap();
+    assert_eq!(snap.generation_id(), Some(generation));
+    assert!(snap.storage().pending().unwrap().is_empty());
+    let ids = snap.storage().vectors().unwrap().ids;
+    assert_eq!(
+        ids.len(),
+        6,
+        "5 original passages and the late one: {ids:?}"
+    );
+    assert!(!ids.contains(&4));
+    assert!(retriever.db().verify().unwrap().problems.is_empty());
+}
