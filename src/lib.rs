@@ -30,6 +30,7 @@
 //! The crates behind it are re-exported whole as [`storage`] and [`retriever`].
 
 pub use realm_storage as storage;
+pub use realm_storage::Bm25Params;
 pub use realm_storage::{
     Db, DbBuilder, Dtype, GenerationId, GenerationInfo, GenerationManifest, GenerationSpec,
     GenerationState, GenerationWriter, InsertOutcome, NewPassage, Options, Passage, PassageId,
@@ -40,8 +41,8 @@ pub use realm_storage::{
 pub use realm_retriever as retriever;
 #[cfg(feature = "torch")]
 pub use realm_retriever::{
-    BuildOptions, Compute, Device, Encoder, EncoderConfig, Hit, Progress, Retriever,
-    RetrieverOptions, SearchSnapshot, default_model_dir,
+    BuildOptions, Compute, Device, Encoder, EncoderConfig, Hit, HybridOptions, Progress, Retriever,
+    RetrieverOptions, SearchMode, SearchSnapshot, default_model_dir,
 };
 
 /// The error of the retriever, which wraps storage errors.

@@ -49,6 +49,24 @@ pub enum Error {
     )]
     Busy { reason: String },
 
+    /// A line of a question file (JSON Lines) is not a usable question: not JSON, no
+    /// question, no answers, or a field of the wrong type.
+    #[error("line {line} of the question file {path} cannot be used: {reason}")]
+    QaFile {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// A question line given on its own (not read from a file) is not a usable question;
+    /// [`crate::eval::read_qa_file`] reports [`Error::QaFile`] instead, with the path.
+    #[error("question line {line} cannot be used: {reason}")]
+    QaLine { line: usize, reason: String },
+
+    /// An answer pattern of a question is not a usable regular expression.
+    #[error("the answer pattern {pattern:?} cannot be used: {reason}")]
+    AnswerPattern { pattern: String, reason: String },
+
     /// The storage layer reported an error.
     #[error("the store reported an error: {0}")]
     Storage(#[from] realm_storage::Error),

@@ -72,9 +72,11 @@ pub struct Hit {
     pub passage_id: u64,
     pub title: String,
     pub text: String,
-    /// Inner product of query and passage vectors.
+    /// The ranking score: the inner product of query and passage vectors for a dense
+    /// search; see [`crate::SearchMode`] for the other modes.
     pub score: f32,
-    /// p(z|x): softmax of the scores over the returned candidates.
+    /// p(z|x) over the returned candidates: the softmax of the scores for dense and BM25
+    /// searches, the fused scores normalized to sum to 1 for hybrid ones.
     pub prob: f32,
     pub generation: GenerationId,
 }
@@ -762,30 +764,36 @@ impl SearchSnapshot {
 
     /// Top-k passages for query vectors `[B, D]`.
     pub fn search_vectors(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<Hit>>> {
-        let ranked = self.top_k(queries, k)?;
+        self.top_k(queries, k)?
+            .into_iter()
+            .map(|row| {
+                let probs = softmax(&row.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+                self.hits(row, probs)
+            })
+            .collect()
+    }
+
+    /// Hits for ranked `(passage id, score)` pairs with their probabilities, passages read
+    /// through the snapshot.
+    pub(crate) fn hits(&self, ranked: Vec<(u64, f32)>, probs: Vec<f32>) -> Result<Vec<Hit>> {
         let generation = self.generation_id().unwrap_or_default();
-        let mut out = Vec::with_capacity(ranked.len());
-        for row in ranked {
-            let probs = softmax(&row.iter().map(|(_, s)| *s).collect::<Vec<_>>());
-            let mut hits = Vec::with_capacity(row.len());
-            for (rank, ((id, score), prob)) in row.into_iter().zip(probs).enumerate() {
-                let passage = self
-                    .snapshot
-                    .get(id)?
-                    .ok_or(Error::Storage(realm_storage::Error::UnknownPassage(id)))?;
-                hits.push(Hit {
-                    rank: rank + 1,
-                    passage_id: id,
-                    title: passage.title,
-                    text: passage.text,
-                    score,
-                    prob,
-                    generation,
-                });
-            }
-            out.push(hits);
+        let mut hits = Vec::with_capacity(ranked.len());
+        for (rank, ((id, score), prob)) in ranked.into_iter().zip(probs).enumerate() {
+            let passage = self
+                .snapshot
+                .get(id)?
+                .ok_or(Error::Storage(realm_storage::Error::UnknownPassage(id)))?;
+            hits.push(Hit {
+                rank: rank + 1,
+                passage_id: id,
+                title: passage.title,
+                text: passage.text,
+                score,
+                prob,
+                generation,
+            });
         }
-        Ok(out)
+        Ok(hits)
     }
 
     /// Exact MIPS: for each query row, the `k` best `(passage id, score)` pairs, by score
@@ -1082,7 +1090,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn softmax(scores: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let sum: f32 = exps.iter().sum();

@@ -13,11 +13,14 @@
 pub mod bert;
 pub mod encoder;
 mod error;
+pub mod eval;
+pub mod hybrid;
 pub mod index;
 mod model;
 
 pub use encoder::{DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling};
 pub use error::{Error, Result};
+pub use hybrid::{HybridOptions, SearchMode};
 pub use index::{
     BuildOptions, Compute, Hit, Progress, Retriever, RetrieverOptions, SearchSnapshot,
 };

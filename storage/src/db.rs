@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, decode, encode, pair_key, u64_key};
 use crate::error::{Error, Result};
 use crate::generation::{self, GenerationWriter};
+use crate::lexical::{self, DocTerms};
 use crate::rocks::{Cf, OpenMode, Reader, Rocks, SnapshotReader};
 use crate::snapshot::Snapshot;
 use crate::{
@@ -22,6 +23,11 @@ pub(crate) const META_NEXT_PASSAGE: &[u8] = b"next_passage_id";
 pub(crate) const META_NEXT_GENERATION: &[u8] = b"next_generation_id";
 pub(crate) const META_CURRENT: &[u8] = b"current_generation";
 pub(crate) const META_PASSAGE_COUNT: &[u8] = b"passage_count";
+
+/// The format before the lexical index: a writer upgrades it on open.
+const FORMAT_VERSION_1: u32 = 1;
+/// Passages whose postings a rebuild stages in one write batch.
+const REBUILD_BATCH_PASSAGES: usize = 2048;
 
 const BLOB_CHUNK: usize = 1 << 20;
 const BLOB_HEADER_CHUNK: u32 = u32::MAX;
@@ -243,10 +249,13 @@ impl Db {
             }
             Some(bytes) => {
                 let found = codec::decode_u64(&bytes, &|| "the format version record".into())?;
-                if found != u64::from(FORMAT_VERSION) {
+                let found = u32::try_from(found).unwrap_or(u32::MAX);
+                // Version 1 lacks only the lexical index: a writer builds it below, and a
+                // follower reads everything else and reports lexical search as unavailable.
+                if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
                     return Err(Error::UnsupportedFormat {
                         path: path.to_path_buf(),
-                        found: u32::try_from(found).unwrap_or(u32::MAX),
+                        found,
                         supported: FORMAT_VERSION,
                     });
                 }
@@ -254,6 +263,7 @@ impl Db {
         }
         if !db.is_follower() {
             db.discard_unfinished_generations()?;
+            db.ensure_lexical_index()?;
         }
         Ok(db)
     }
@@ -265,7 +275,119 @@ impl Db {
         batch.put(Cf::Meta, META_NEXT_PASSAGE, &u64_key(0));
         batch.put(Cf::Meta, META_NEXT_GENERATION, &u64_key(1));
         batch.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(0));
+        batch.put(Cf::Meta, lexical::META_DOCS, &u64_key(0));
+        batch.put(Cf::Meta, lexical::META_TOKENS, &u64_key(0));
+        batch.put(
+            Cf::Meta,
+            lexical::META_ANALYZER,
+            lexical::ANALYZER_VERSION.as_bytes(),
+        );
         rocks.write(batch, true)
+    }
+
+    /// On a writer's open: upgrades a version-1 database (which has no lexical index) and
+    /// repairs an index that is missing (an interrupted rebuild) or was built by another
+    /// analyzer. A current database costs two point reads.
+    fn ensure_lexical_index(&self) -> Result<()> {
+        let rocks = self.rocks();
+        let format = read_meta_u64(&*rocks, META_FORMAT)?;
+        let current = format == Some(u64::from(FORMAT_VERSION))
+            && lexical::unavailable_reason(&*rocks)?.is_none();
+        if !current {
+            let _guard = self.inner.write_lock.lock();
+            self.rebuild_lexical_locked()?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the lexical (BM25) index from every stored passage and returns how many were
+    /// indexed. Inserts and deletes wait until it finishes. It writes in bounded batches:
+    /// snapshots taken before it keep their index, and lexical search through snapshots taken
+    /// while it runs fails with [`Error::LexicalIndexUnavailable`]. A rebuild cut short (a
+    /// crash) is redone by the next writer's open.
+    pub fn rebuild_lexical_index(&self) -> Result<u64> {
+        self.check_writable()?;
+        let _guard = self.inner.write_lock.lock();
+        self.rebuild_lexical_locked()
+    }
+
+    /// Test hook, not part of the API: makes the closed database at `path` look as if it had
+    /// been written by format version 1 (no lexical index and no `lexical_postings` column
+    /// family), so that tests can exercise the upgrade on open.
+    #[doc(hidden)]
+    pub fn testing_downgrade_to_format_1(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        {
+            let rocks = Rocks::open(path, OpenMode::Writer { create: false })?;
+            let mut wb = rocks.batch();
+            wb.delete(Cf::Meta, lexical::META_ANALYZER);
+            wb.delete(Cf::Meta, lexical::META_DOCS);
+            wb.delete(Cf::Meta, lexical::META_TOKENS);
+            wb.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION_1)));
+            rocks.write(wb, true)?;
+        }
+        crate::rocks::drop_column_family(path, Cf::LexicalPostings)
+    }
+
+    /// Test hook, not part of the API: records `version` as the analyzer that built the
+    /// lexical index, or with `None` removes the record, as an older build or an interrupted
+    /// rebuild would leave it.
+    #[doc(hidden)]
+    pub fn testing_set_lexical_analyzer(&self, version: Option<&str>) -> Result<()> {
+        self.check_writable()?;
+        let _guard = self.inner.write_lock.lock();
+        let rocks = self.rocks();
+        let mut wb = rocks.batch();
+        match version {
+            Some(v) => wb.put(Cf::Meta, lexical::META_ANALYZER, v.as_bytes()),
+            None => wb.delete(Cf::Meta, lexical::META_ANALYZER),
+        }
+        rocks.write(wb, true)
+    }
+
+    /// The rebuild; the caller holds the write lock. The first batch removes the analyzer
+    /// record and every posting, so until the last batch (which writes the totals, the
+    /// analyzer record and the current format version, fsynced) the index reads as missing.
+    fn rebuild_lexical_locked(&self) -> Result<u64> {
+        let rocks = self.rocks();
+        let mut wb = rocks.batch();
+        wb.delete(Cf::Meta, lexical::META_ANALYZER);
+        wb.delete(Cf::Meta, lexical::META_DOCS);
+        wb.delete(Cf::Meta, lexical::META_TOKENS);
+        // Every posting key starts with a UTF-8 term, whose bytes are never 0xFF.
+        wb.delete_prefix(Cf::LexicalPostings, &[]);
+        rocks.write(wb, false)?;
+        // Nothing writes passages while the write lock is held; the snapshot only makes the
+        // scan independent of the postings written meanwhile.
+        let view = SnapshotReader::take(rocks.clone());
+        let mut docs = 0u64;
+        let mut tokens = 0u64;
+        let mut wb = rocks.batch();
+        let mut staged = 0usize;
+        for entry in view.scan(Cf::Passages, &[], &[]) {
+            let (key, value) = entry?;
+            let id = codec::decode_u64(&key, &|| "a passage key".into())?;
+            let passage = decode_passage(id, &value)?;
+            let terms = DocTerms::of(&passage.title, &passage.text);
+            terms.stage_insert(&mut wb, id);
+            docs += 1;
+            tokens += u64::from(terms.len);
+            staged += 1;
+            if staged == REBUILD_BATCH_PASSAGES {
+                rocks.write(std::mem::replace(&mut wb, rocks.batch()), false)?;
+                staged = 0;
+            }
+        }
+        wb.put(Cf::Meta, lexical::META_DOCS, &u64_key(docs));
+        wb.put(Cf::Meta, lexical::META_TOKENS, &u64_key(tokens));
+        wb.put(
+            Cf::Meta,
+            lexical::META_ANALYZER,
+            lexical::ANALYZER_VERSION.as_bytes(),
+        );
+        wb.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION)));
+        rocks.write(wb, true)?;
+        Ok(docs)
     }
 
     /// Crash recovery: a generation still `building` at open was interrupted; remove it.
@@ -365,6 +487,11 @@ impl Db {
             .enumerate()
             .map(|(index, p)| self.validate_passage(index, p))
             .collect::<Result<Vec<_>>>()?;
+        // Analysis is the costly part of indexing; it needs no lock.
+        let analyzed: Vec<DocTerms> = batch
+            .iter()
+            .map(|p| DocTerms::of(&p.title, &p.text))
+            .collect();
         let _guard = self.inner.write_lock.lock();
         let rocks = self.rocks();
         let mut manifest = match vectors {
@@ -393,12 +520,15 @@ impl Db {
         };
         let mut next = read_meta_u64(&*rocks, META_NEXT_PASSAGE)?.unwrap_or(0);
         let mut count = read_meta_u64(&*rocks, META_PASSAGE_COUNT)?.unwrap_or(0);
+        let (mut lexical_docs, mut lexical_tokens) = lexical::read_totals(&*rocks)?;
         let mut wb = rocks.batch();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut seen: HashMap<&str, PassageId> = HashMap::new();
         let mut new_ids: Vec<PassageId> = Vec::new();
         let mut new_values: Vec<f32> = Vec::new();
-        for (index, (passage, record)) in batch.iter().zip(&records).enumerate() {
+        for (index, ((passage, record), terms)) in
+            batch.iter().zip(&records).zip(&analyzed).enumerate()
+        {
             if let Some(ext) = passage.external_id.as_deref() {
                 if let Some(&id) = seen.get(ext) {
                     outcomes.push(InsertOutcome::Duplicate(id));
@@ -414,6 +544,9 @@ impl Db {
             next += 1;
             count += 1;
             wb.put(Cf::Passages, &u64_key(id), record);
+            terms.stage_insert(&mut wb, id);
+            lexical_docs += 1;
+            lexical_tokens += u64::from(terms.len);
             if let Some(ext) = passage.external_id.as_deref() {
                 wb.put(Cf::ExternalIds, ext.as_bytes(), &u64_key(id));
                 seen.insert(ext, id);
@@ -426,6 +559,8 @@ impl Db {
         }
         wb.put(Cf::Meta, META_NEXT_PASSAGE, &u64_key(next));
         wb.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(count));
+        wb.put(Cf::Meta, lexical::META_DOCS, &u64_key(lexical_docs));
+        wb.put(Cf::Meta, lexical::META_TOKENS, &u64_key(lexical_tokens));
         if let Some(manifest) = manifest.as_mut()
             && !new_ids.is_empty()
         {
@@ -488,6 +623,7 @@ impl Db {
         let rocks = self.rocks();
         let mut manifests: Vec<GenerationManifest> = read_manifests(&*rocks)?;
         let mut count = read_meta_u64(&*rocks, META_PASSAGE_COUNT)?.unwrap_or(0);
+        let (mut lexical_docs, mut lexical_tokens) = lexical::read_totals(&*rocks)?;
         let mut wb = rocks.batch();
         let mut unique = ids.to_vec();
         unique.sort_unstable();
@@ -498,6 +634,12 @@ impl Db {
             if let Some(ext) = &passage.external_id {
                 wb.delete(Cf::ExternalIds, ext.as_bytes());
             }
+            // The writer's index is always built by this analyzer (open rebuilds it
+            // otherwise), so re-analyzing names exactly the passage's postings.
+            let terms = DocTerms::of(&passage.title, &passage.text);
+            terms.stage_delete(&mut wb, id);
+            lexical_docs = lexical_docs.saturating_sub(1);
+            lexical_tokens = lexical_tokens.saturating_sub(u64::from(terms.len));
             for manifest in manifests.iter_mut() {
                 let key = pair_key(manifest.id, id);
                 if rocks.get(Cf::VectorIndex, &key)?.is_some() {
@@ -512,6 +654,8 @@ impl Db {
             wb.put(Cf::Generations, &u64_key(manifest.id), &encode(manifest));
         }
         wb.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(count));
+        wb.put(Cf::Meta, lexical::META_DOCS, &u64_key(lexical_docs));
+        wb.put(Cf::Meta, lexical::META_TOKENS, &u64_key(lexical_tokens));
         rocks.write(wb, self.options().sync_all_writes)?;
         Ok(unique.len())
     }

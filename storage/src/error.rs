@@ -152,6 +152,20 @@ pub enum Error {
     /// A named blob (an encoder checkpoint, trainer state) does not exist.
     #[error("no stored blob is named {name:?}")]
     UnknownBlob { name: String },
+
+    /// Lexical search found no usable BM25 index: a read-only follower of a database that no
+    /// writer of this version has opened yet, a snapshot taken while the index was being
+    /// rebuilt, or an index built by another analyzer.
+    #[error(
+        "lexical search is unavailable on the database at {path}: {reason}; open the database as the writer (which builds the index) or call `Db::rebuild_lexical_index`"
+    )]
+    LexicalIndexUnavailable { path: PathBuf, reason: String },
+
+    /// BM25 parameters out of range.
+    #[error(
+        "BM25 parameters must be finite with k1 >= 0 and b between 0 and 1, but k1 = {k1} and b = {b} were given"
+    )]
+    InvalidBm25Params { k1: f32, b: f32 },
 }
 
 /// Shorthand for results of this crate.

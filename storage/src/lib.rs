@@ -9,6 +9,9 @@
 //! * A **snapshot** ([`Db::snapshot`]) pins the current generation together with a RocksDB
 //!   snapshot of the passages, so everything read through it stays the same while it lives.
 //! * [`Db::gc`] collects retired generations that no snapshot pins, beyond a `keep` count.
+//! * A **lexical (BM25) index** ([`lexical`]) is updated in the same write batch as every
+//!   passage insert and delete, so [`Snapshot::bm25_search`] scores exactly the passages the
+//!   snapshot sees.
 //!
 //! ```
 //! use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
@@ -35,6 +38,8 @@ mod codec;
 mod db;
 mod error;
 mod generation;
+pub mod lexical;
+mod porter2;
 mod rocks;
 mod snapshot;
 mod verify;
@@ -44,11 +49,12 @@ use serde::{Deserialize, Serialize};
 pub use db::{Db, DbBuilder, DbStats, GcReport, InsertOutcome, Options};
 pub use error::{Error, Result};
 pub use generation::GenerationWriter;
+pub use lexical::Bm25Params;
 pub use snapshot::{PassageIter, Snapshot, VectorMatrix};
 pub use verify::IntegrityReport;
 
 /// The on-disk format version this build reads and writes. See `docs/format.md`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A passage's stable id, assigned by the database on insert and never reused.
 pub type PassageId = u64;

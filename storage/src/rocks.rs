@@ -34,10 +34,12 @@ pub(crate) enum Cf {
     Tombstones,
     /// Blob name ++ chunk number → chunk: encoder checkpoints and trainer state.
     Blobs,
+    /// Term (UTF-8) ++ 0x00 ++ passage id (u64 BE) → tf and passage length: BM25 postings.
+    LexicalPostings,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 8] = [
+    pub(crate) const ALL: [Cf; 9] = [
         Cf::Meta,
         Cf::Passages,
         Cf::ExternalIds,
@@ -46,6 +48,7 @@ impl Cf {
         Cf::VectorIndex,
         Cf::Tombstones,
         Cf::Blobs,
+        Cf::LexicalPostings,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Cf {
             Cf::VectorIndex => "vector_index",
             Cf::Tombstones => "vector_tombstones",
             Cf::Blobs => "blobs",
+            Cf::LexicalPostings => "lexical_postings",
         }
     }
 
@@ -74,6 +78,13 @@ impl Cf {
             Cf::Passages => {
                 opts.set_compression_type(DBCompressionType::Lz4);
                 table.set_bloom_filter(10.0, false);
+            }
+            // Read only by prefix scans, one per query term: larger blocks make long posting
+            // lists sequential reads and compress the repeated term prefixes better; a bloom
+            // filter would never be consulted.
+            Cf::LexicalPostings => {
+                opts.set_compression_type(DBCompressionType::Lz4);
+                table.set_block_size(16 * 1024);
             }
             _ => {
                 opts.set_compression_type(DBCompressionType::Lz4);
@@ -143,10 +154,14 @@ impl Rocks {
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
-        // The handles are created by `open` for every entry of `Cf::ALL`.
-        self.db
-            .cf_handle(cf.name())
+        // A writer opens (creating if needed) every entry of `Cf::ALL`; only a follower of an
+        // older database can lack one, and followers never write.
+        self.cf_if_present(cf)
             .unwrap_or_else(|| panic!("column family {} is opened with the database", cf.name()))
+    }
+
+    fn cf_if_present(&self, cf: Cf) -> Option<&ColumnFamily> {
+        self.db.cf_handle(cf.name())
     }
 
     fn err(&self, source: rocksdb::Error) -> Error {
@@ -184,19 +199,37 @@ impl Rocks {
     /// Flushes memtables to SST files (used before measuring disk usage).
     pub(crate) fn flush(&self) -> Result<()> {
         for cf in Cf::ALL {
-            self.db.flush_cf(self.cf(cf)).map_err(|e| self.err(e))?;
+            if let Some(handle) = self.cf_if_present(cf) {
+                self.db.flush_cf(handle).map_err(|e| self.err(e))?;
+            }
         }
         Ok(())
     }
 
     /// Bytes of live SST files in one column family.
     pub(crate) fn disk_bytes(&self, cf: Cf) -> Result<u64> {
+        let Some(handle) = self.cf_if_present(cf) else {
+            return Ok(0);
+        };
         let value = self
             .db
-            .property_int_value_cf(self.cf(cf), "rocksdb.live-sst-files-size")
+            .property_int_value_cf(handle, "rocksdb.live-sst-files-size")
             .map_err(|e| self.err(e))?;
         Ok(value.unwrap_or(0))
     }
+}
+
+/// Drops a column family from a closed database, as if it had been written by a format that
+/// predates it. Only for tests of format upgrades.
+pub(crate) fn drop_column_family(path: &Path, cf: Cf) -> Result<()> {
+    let mut opts = Options::default();
+    opts.create_missing_column_families(true);
+    let mut db = rocksdb::DB::open_cf_descriptors(&opts, path, descriptors())
+        .map_err(|source| classify_open_error(path, source))?;
+    db.drop_cf(cf.name()).map_err(|source| Error::Rocks {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
@@ -205,13 +238,19 @@ fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()))
 }
 
-/// Opens a read-only instance. The writer may delete a table file between our reading its
-/// MANIFEST and opening the file (a finished compaction); that race surfaces as a missing
-/// file, and a fresh attempt reads the newer MANIFEST.
+/// Opens a read-only instance. A database written by an older format may lack newer column
+/// families; a follower cannot create them, so it opens those that exist and reads the others
+/// as empty. The writer may delete a table file between our reading its MANIFEST and opening
+/// the file (a finished compaction); that race surfaces as a missing file, and a fresh attempt
+/// reads the newer MANIFEST.
 fn open_read_only(opts: &Options, path: &Path) -> std::result::Result<rocksdb::DB, rocksdb::Error> {
     let mut attempt = 0u32;
     loop {
-        match rocksdb::DB::open_cf_descriptors_read_only(opts, path, descriptors(), false) {
+        let opened = rocksdb::DB::list_cf(opts, path).and_then(|existing| {
+            let present = descriptors().filter(|d| existing.iter().any(|name| name == d.name()));
+            rocksdb::DB::open_cf_descriptors_read_only(opts, path, present, false)
+        });
+        match opened {
             Err(e) if attempt < 8 && e.to_string().contains("No such file") => {
                 std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
                 attempt += 1;
@@ -361,9 +400,13 @@ pub(crate) trait Reader {
     ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
 }
 
+/// A follower reads a column family its database lacks (see [`Rocks::open`]) as empty.
 impl Reader for Rocks {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(cf), key).map_err(|e| self.err(e))
+        let Some(handle) = self.cf_if_present(cf) else {
+            return Ok(None);
+        };
+        self.db.get_cf(handle, key).map_err(|e| self.err(e))
     }
 
     fn scan<'a>(
@@ -372,9 +415,12 @@ impl Reader for Rocks {
         prefix: &[u8],
         start: &[u8],
     ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        let Some(handle) = self.cf_if_present(cf) else {
+            return Box::new(std::iter::empty());
+        };
         let (opts, mode_key) = scan_options(prefix, start);
         let iter = self.db.iterator_cf_opt(
-            self.cf(cf),
+            handle,
             opts,
             IteratorMode::From(&mode_key, Direction::Forward),
         );

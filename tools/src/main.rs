@@ -11,6 +11,7 @@ mod error;
 mod ingest;
 mod open;
 mod output;
+mod plot;
 mod progress;
 
 fn main() -> ExitCode {

@@ -14,16 +14,16 @@ pub enum Align {
 /// A plain-text table: a header row and data rows, columns padded to their widest cell.
 #[derive(Debug)]
 pub struct Table {
-    headers: Vec<&'static str>,
+    headers: Vec<String>,
     align: Vec<Align>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// A table with these columns.
-    pub fn new(columns: &[(&'static str, Align)]) -> Table {
+    pub fn new(columns: &[(&str, Align)]) -> Table {
         Table {
-            headers: columns.iter().map(|(h, _)| *h).collect(),
+            headers: columns.iter().map(|(h, _)| h.to_string()).collect(),
             align: columns.iter().map(|(_, a)| *a).collect(),
             rows: Vec::new(),
         }
@@ -44,9 +44,9 @@ impl Table {
                 widths[i] = widths[i].max(cell.chars().count());
             }
         }
-        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        let header = &self.headers;
         let show_header = self.headers.iter().any(|h| !h.is_empty());
-        let header_rows = if show_header { Some(&header) } else { None };
+        let header_rows = if show_header { Some(header) } else { None };
         for row in header_rows.into_iter().chain(&self.rows) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate().take(columns) {

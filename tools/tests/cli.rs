@@ -622,3 +622,141 @@ fn a_damaged_database_is_an_internal_error() {
     let line = assert_one_line_error(&out.stderr);
     assert!(line.contains("MANIFEST-000099"), "{line}");
 }
+
+#[test]
+fn bm25_and_hybrid_search_modes() {
+    let f = Fixture::new();
+    // "Seine" appears in one passage only: BM25 must put it first.
+    let hits = f.search_json("seine river", &["--mode", "bm25", "-k", "5"]);
+    assert_eq!(
+        hits.len(),
+        1,
+        "only one passage mentions the Seine: {hits:?}"
+    );
+    assert_eq!(hits[0]["title"], "Paris");
+    assert!(hits[0]["score"].as_f64().expect("a score") > 0.0);
+    assert!((hits[0]["prob"].as_f64().expect("a prob") - 1.0).abs() < 1e-6);
+
+    let hybrid = f.search_json(
+        "capital of Norway",
+        &["--mode", "hybrid", "-k", "3", "--hybrid-weight", "0.7"],
+    );
+    assert_eq!(hybrid.len(), 3);
+    assert_eq!(hybrid[0]["title"], "Oslo");
+    let p: f64 = hybrid
+        .iter()
+        .map(|h| h["prob"].as_f64().expect("a prob"))
+        .sum();
+    assert!((p - 1.0).abs() < 1e-4, "hybrid probabilities sum to {p}");
+
+    let db = f.db();
+    let out = f
+        .cmd()
+        .args([
+            "search",
+            db.to_str().expect("UTF-8 path"),
+            "x",
+            "--mode",
+            "hybrid",
+        ])
+        .args(["--hybrid-weight", "2"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let line = assert_one_line_error(&out.stderr);
+    assert!(line.contains("between 0 and 1"), "{line}");
+}
+
+#[test]
+fn eval_reports_top_k_accuracy_for_each_mode_and_plots() {
+    let f = Fixture::new();
+    // Answers: strings (normalized, whole tokens), a regex, and one unanswerable question.
+    let qa = f.write(
+        "qa.jsonl",
+        r#"{"question": "what is the capital of norway", "answers": ["Oslo"], "in_corpus": true}
+{"question": "which river flows through paris", "answers": ["the Seine"], "in_corpus": true}
+{"question": "what is the highest mountain", "answer_patterns": ["Mount\\s+Everest"], "answers": [], "in_corpus": true}
+{"question": "who wrote hamlet", "answers": ["Shakespeare"], "in_corpus": false}
+"#,
+    );
+    let db = f.db();
+    let plot = f.path("acc.png");
+    let out = f.run(&[
+        "eval",
+        db.to_str().expect("UTF-8 path"),
+        "--qa",
+        qa.to_str().expect("UTF-8 path"),
+        "-k",
+        "1,5",
+        "--compare",
+        "bm25,hybrid",
+        "--json",
+        "--plot",
+        plot.to_str().expect("UTF-8 path"),
+    ]);
+    let systems = json_lines(&out);
+    let names: Vec<&str> = systems
+        .iter()
+        .map(|s| s["system"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["dense", "bm25", "hybrid"]);
+    for s in &systems {
+        assert_eq!(s["questions"], 4);
+        assert_eq!(s["in_corpus_questions"], 3);
+        assert_eq!(s["generation"], 1);
+        // k = 5 over six passages: every answerable question is a hit, Hamlet never is.
+        let at5 = &s["accuracy"][1];
+        assert_eq!(at5[0], 5);
+        assert!(
+            (at5[1].as_f64().expect("a fraction") - 0.75).abs() < 1e-9,
+            "{s}"
+        );
+        let ic5 = &s["in_corpus_accuracy"][1];
+        assert!(
+            (ic5[1].as_f64().expect("a fraction") - 1.0).abs() < 1e-9,
+            "{s}"
+        );
+    }
+    // Dense top-1 finds all three (these questions are easy for MiniLM).
+    assert!((systems[0]["accuracy"][0][1].as_f64().expect("a fraction") - 0.75).abs() < 1e-9);
+    let png = std::fs::read(&plot).expect("the plot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG file");
+
+    // The table names every system and k.
+    let table = f.run(&[
+        "eval",
+        db.to_str().expect("UTF-8 path"),
+        "--qa",
+        qa.to_str().expect("UTF-8 path"),
+        "-k",
+        "1,5",
+        "--compare",
+        "bm25",
+    ]);
+    assert!(
+        table.contains("4 questions") && table.contains("(3 in corpus)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("top-1") && table.contains("top-5"),
+        "{table}"
+    );
+    assert!(table.contains("75.0 / 100.0"), "{table}");
+
+    // A malformed QA line is a user error that names the line.
+    let bad = f.write(
+        "bad.jsonl",
+        "{\"question\": \"x\", \"answers\": [\"y\"]}\nnot json\n",
+    );
+    let out = f
+        .cmd()
+        .args(["eval", db.to_str().expect("UTF-8 path"), "--qa"])
+        .arg(&bad)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let line = assert_one_line_error(&out.stderr);
+    assert!(line.contains("line 2"), "{line}");
+}

@@ -3,12 +3,13 @@
 use std::io::Write;
 
 use anyhow::Result;
-use realm_db::RetrieverOptions;
+use realm_db::{Bm25Params, HybridOptions, RetrieverOptions, SearchMode};
 
-use crate::cli::{Cli, Command, DeviceArg, DtypeArg};
+use crate::cli::{Cli, Command, DeviceArg, DtypeArg, ModeArg, RetrievalArgs};
 use crate::open;
 
 mod embed;
+mod eval;
 mod export;
 mod generations;
 mod ingest;
@@ -28,6 +29,31 @@ impl Env {
     /// Retriever settings for the chosen device.
     pub fn retriever_options(&self) -> Result<RetrieverOptions> {
         open::retriever_options(self.device)
+    }
+}
+
+impl RetrievalArgs {
+    /// The search mode `mode` with this command line's parameters.
+    pub fn mode_of(&self, mode: ModeArg) -> SearchMode {
+        let bm25 = Bm25Params {
+            k1: self.bm25_k1,
+            b: self.bm25_b,
+        };
+        match mode {
+            ModeArg::Dense => SearchMode::Dense,
+            ModeArg::Bm25 => SearchMode::Bm25(bm25),
+            ModeArg::Hybrid => SearchMode::Hybrid(HybridOptions {
+                dense_weight: self.hybrid_weight,
+                rrf_k: self.rrf_k,
+                bm25,
+                ..HybridOptions::default()
+            }),
+        }
+    }
+
+    /// The chosen search mode.
+    pub fn mode(&self) -> SearchMode {
+        self.mode_of(self.mode)
     }
 }
 
@@ -62,6 +88,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reindex(args) => reindex::run(args, &env, &mut out),
         Command::Export(args) => export::run(args, &env, &mut out),
         Command::Check(args) => maintenance::check(args, &env, &mut out),
+        Command::Eval(args) => eval::run(args, &env, &mut out),
         Command::Shell(_) => Ok(()),
     };
     // Print what was produced before any error message.

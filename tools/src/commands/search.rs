@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use realm_db::{Hit, Retriever, SearchSnapshot};
+use realm_db::{Hit, Retriever, SearchMode, SearchSnapshot};
 use serde::Serialize;
 
 use super::{Env, say};
@@ -18,11 +18,25 @@ pub(crate) const SNIPPET_CHARS: usize = 100;
 pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
     let (snapshot, hits) = open::follower_retry(retriever.db(), || {
-        let snapshot = pin(&retriever, args.generation)?;
-        let hits = snapshot.search(&args.query, args.k as usize)?;
+        let mode = args.retrieval.mode();
+        let snapshot = pin_for(&retriever, args.generation, mode)?;
+        let hits = snapshot.search_with(&args.query, args.k as usize, mode)?;
         Ok((snapshot, hits))
     })?;
     write_hits(&snapshot, &hits, args.json, out)
+}
+
+/// Pins the current generation, or `generation` (time travel). BM25 needs no generation;
+/// the other modes do.
+pub(crate) fn pin_for(
+    retriever: &Retriever,
+    generation: Option<u64>,
+    mode: SearchMode,
+) -> Result<SearchSnapshot> {
+    match (mode, generation) {
+        (SearchMode::Bm25(_), None) => Ok(retriever.snapshot()?),
+        _ => pin(retriever, generation),
+    }
 }
 
 /// Pins the current generation, or `generation` (time travel); a database without any
@@ -85,7 +99,7 @@ pub(crate) fn write_hits(
         return Ok(());
     }
     if hits.is_empty() {
-        return say(out, "No passages found: the pinned generation holds none.");
+        return say(out, "No passages found.");
     }
     let mut table = Table::new(&[
         ("rank", Align::Right),

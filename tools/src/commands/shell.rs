@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::ValueEnum;
 use realm_db::{Retriever, SearchSnapshot};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
@@ -12,6 +13,7 @@ use super::Env;
 use super::generations::write_generations;
 use super::search::{pin, write_hits};
 use crate::cli::ShellArgs;
+use crate::cli::{ModeArg, RetrievalArgs};
 use crate::error::{render, user};
 use crate::open::{self, Access};
 
@@ -20,6 +22,7 @@ Type a question to search the pinned generation, or a command:
   .help            show this help
   .k N             return N passages per query
   .json on|off     print hits as JSON lines, or as a table
+  .mode M          rank by dense, bm25 or hybrid retrieval
   .generations     list the generations
   .use G           pin generation G (time travel to a retained older generation)
   .refresh         move to the current generation and the newest passages
@@ -37,6 +40,7 @@ struct Shell {
     snapshot: Option<SearchSnapshot>,
     k: usize,
     json: bool,
+    retrieval: RetrievalArgs,
     /// Pinned on purpose to a generation that is not the current one (`.use`).
     time_travel: bool,
     /// The user has been told that a newer generation exists.
@@ -61,6 +65,7 @@ pub fn run(args: &ShellArgs, env: &Env) -> Result<()> {
         snapshot,
         k: args.k as usize,
         json: args.json,
+        retrieval: args.retrieval,
         time_travel: false,
         told_stale: false,
     };
@@ -155,6 +160,14 @@ impl Shell {
                     )));
                 }
             },
+            ("mode", Some(m)) => {
+                self.retrieval.mode = ModeArg::from_str(m, true)
+                    .map_err(|_| user(format!("`.mode` takes dense, bm25 or hybrid, not {m:?}")))?;
+                print(format_args!(
+                    "Queries now use {} retrieval.",
+                    self.retrieval.mode().name()
+                ))?;
+            }
             ("json", Some("on")) => {
                 self.json = true;
                 print("JSON output is on.")?;
@@ -242,7 +255,9 @@ impl Shell {
                 snapshot.generation_id().unwrap_or_default()
             ))?;
         }
-        let hits = open::follower_retry(db, || Ok(snapshot.search(text, self.k)?))?;
+        let hits = open::follower_retry(db, || {
+            Ok(snapshot.search_with(text, self.k, self.retrieval.mode())?)
+        })?;
         let mut out = std::io::stdout().lock();
         write_hits(snapshot, &hits, self.json, &mut out)?;
         out.flush()?;
