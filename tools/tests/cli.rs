@@ -85,6 +85,12 @@ impl Fixture {
         String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
+    /// Runs `realm-db ARGS...`, expects a user error (exit status 1) and returns its line.
+    fn user_error<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let out = self.cmd().args(args).assert().code(1).get_output().clone();
+        assert_one_line_error(&out.stderr)
+    }
+
     /// `search DB QUERY --json ...` parsed.
     fn search_json(&self, query: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         let db = self.db();
@@ -650,21 +656,16 @@ fn bm25_and_hybrid_search_modes() {
     assert!((p - 1.0).abs() < 1e-4, "hybrid probabilities sum to {p}");
 
     let db = f.db();
-    let out = f
-        .cmd()
-        .args([
-            "search",
-            db.to_str().expect("UTF-8 path"),
-            "x",
-            "--mode",
-            "hybrid",
-        ])
-        .args(["--hybrid-weight", "2"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let line = assert_one_line_error(&out.stderr);
+    let db = db.to_str().expect("UTF-8 path");
+    let line = f.user_error(&[
+        "search",
+        db,
+        "x",
+        "--mode",
+        "hybrid",
+        "--hybrid-weight",
+        "2",
+    ]);
     assert!(line.contains("between 0 and 1"), "{line}");
 }
 
@@ -749,14 +750,7 @@ fn eval_reports_top_k_accuracy_for_each_mode_and_plots() {
         "bad.jsonl",
         "{\"question\": \"x\", \"answers\": [\"y\"]}\nnot json\n",
     );
-    let out = f
-        .cmd()
-        .args(["eval", db.to_str().expect("UTF-8 path"), "--qa"])
-        .arg(&bad)
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let line = assert_one_line_error(&out.stderr);
+    let bad = bad.to_str().expect("UTF-8 path");
+    let line = f.user_error(&["eval", db.to_str().expect("UTF-8 path"), "--qa", bad]);
     assert!(line.contains("line 2"), "{line}");
 }
