@@ -94,6 +94,9 @@ pub struct BuildOptions<'a> {
     pub dtype: Dtype,
     /// Called after every batch.
     pub progress: Option<&'a mut dyn FnMut(Progress)>,
+    /// A separate query tower published with the generation (stored with the database and
+    /// recorded as its first query-encoder version); `None` queries with the document encoder.
+    pub query_encoder: Option<&'a Encoder>,
 }
 
 impl Default for BuildOptions<'_> {
@@ -102,6 +105,7 @@ impl Default for BuildOptions<'_> {
             provenance: Provenance::default(),
             dtype: Dtype::F32,
             progress: None,
+            query_encoder: None,
         }
     }
 }
@@ -466,6 +470,10 @@ impl Retriever {
         let spec = GenerationSpec::new(checkpoint, encoder.dim() as u32, options.dtype)
             .with_provenance(provenance);
         let mut writer = self.db().begin_generation(spec)?;
+        if let Some(query) = options.query_encoder {
+            let id = self.store_encoder(query)?;
+            writer.set_query_encoder(&id, &options.provenance.note)?;
+        }
         let snapshot = self.db().snapshot()?;
         let total = snapshot.passage_count()?;
         let batch = self.inner.options.build_batch.max(1);

@@ -387,3 +387,51 @@ fn a_build_survives_passages_deleted_while_it_runs() {
     assert!(!ids.contains(&4));
     assert!(retriever.db().verify().unwrap().problems.is_empty());
 }
+
+#[test]
+fn a_generation_can_be_published_with_its_own_query_tower() {
+    let dir = tempfile::tempdir().unwrap();
+    let retriever = Retriever::new(Db::create(dir.path().join("db")).unwrap(), cpu_options());
+    retriever
+        .ingest(&[NewPassage::new(
+            "Etna",
+            "Mount Etna is a volcano in Sicily.",
+        )])
+        .unwrap();
+    let (docs, queries) = (tiny_encoder(1), tiny_encoder(2));
+    retriever
+        .build_generation(
+            &docs,
+            BuildOptions {
+                query_encoder: Some(&queries),
+                ..BuildOptions::default()
+            },
+        )
+        .unwrap();
+    let snap = retriever.snapshot().unwrap();
+    let manifest = snap.storage().generation().unwrap().clone();
+    assert_eq!(manifest.query_encoders.len(), 1);
+    assert_eq!(
+        snap.query_encoder().unwrap().fingerprint().unwrap(),
+        queries.fingerprint().unwrap()
+    );
+    assert_eq!(
+        retriever
+            .document_encoder(&manifest)
+            .unwrap()
+            .fingerprint()
+            .unwrap(),
+        docs.fingerprint().unwrap()
+    );
+    // The query tower embeds queries: the search score is its vector · the stored row.
+    let q = queries.encode(&["volcano"]).unwrap();
+    let row = snap.storage().vector(0).unwrap().unwrap();
+    let expected: f32 = Vec::<f32>::try_from(&q.view(-1))
+        .unwrap()
+        .iter()
+        .zip(&row)
+        .map(|(a, b)| a * b)
+        .sum();
+    let hit = &snap.search("volcano", 1).unwrap()[0];
+    assert!((hit.score - expected).abs() < 1e-5);
+}

@@ -89,6 +89,32 @@ impl GenerationWriter {
         self.db.write_rows_locked(&mut manifest, ids, vectors)
     }
 
+    /// Records the query encoder this generation is published with (a query-encoder version,
+    /// see `docs/format.md`), so that from its first snapshot on, queries use a query tower
+    /// that matches its document vectors (a trainer's pair of towers). Returns the version.
+    pub fn set_query_encoder(&mut self, checkpoint_id: &str, note: &str) -> Result<u32> {
+        let _guard = self.db.inner.write_lock.lock();
+        let rocks = self.db.rocks();
+        let mut manifest = read_manifest(&*rocks, self.id)?;
+        if self.finished || manifest.state != GenerationState::Building {
+            return Err(Error::NotWritable {
+                generation: self.id,
+                state: manifest.state,
+            });
+        }
+        let version = manifest.query_encoders.last().map_or(1, |q| q.version + 1);
+        manifest.query_encoders.push(crate::QueryEncoderVersion {
+            version,
+            checkpoint_id: checkpoint_id.to_string(),
+            attached_ms: now_ms(),
+            note: note.to_string(),
+        });
+        let mut wb = rocks.batch();
+        wb.put(Cf::Generations, &u64_key(self.id), &encode(&manifest));
+        rocks.write(wb, false)?;
+        Ok(version)
+    }
+
     /// Passages that exist now but have no vector in this generation: what a builder must
     /// still embed before it can commit (passages ingested since it started, say).
     pub fn missing(&self) -> Result<Vec<PassageId>> {
