@@ -27,7 +27,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The crates behind it are re-exported whole as [`storage`] and [`retriever`].
+//! The crates behind it are re-exported whole as [`storage`], [`retriever`] and [`trainer`].
 
 pub use realm_storage as storage;
 pub use realm_storage::Bm25Params;
@@ -44,6 +44,8 @@ pub use realm_retriever::{
     BuildOptions, Compute, Device, Encoder, EncoderConfig, Hit, HybridOptions, Progress, Retriever,
     RetrieverOptions, SearchMode, SearchSnapshot, default_model_dir,
 };
+#[cfg(feature = "torch")]
+pub use realm_trainer as trainer;
 
 /// The error of the retriever, which wraps storage errors.
 #[cfg(feature = "torch")]

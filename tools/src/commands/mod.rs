@@ -18,6 +18,7 @@ mod maintenance;
 mod reindex;
 mod search;
 mod shell;
+mod train;
 
 /// Settings shared by every command.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args, &env, &mut out),
         Command::Check(args) => maintenance::check(args, &env, &mut out),
         Command::Eval(args) => eval::run(args, &env, &mut out),
+        Command::Train(args) => train::run(args, &env, &mut out),
         Command::Shell(_) => Ok(()),
     };
     // Print what was produced before any error message.

@@ -38,6 +38,14 @@ pub fn run(args: &ReindexArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             )));
         }
     };
+    // Reindexing with the current document encoder keeps the current query tower (a trained
+    // one, after query-side or dual training); a new checkpoint brings its own.
+    let query_encoder = match (&args.checkpoint, &current) {
+        (None, Some(manifest)) if manifest.query_encoder().is_some() => {
+            Some(retriever.query_encoder(manifest)?)
+        }
+        _ => None,
+    };
     let dtype = match (args.dtype, &current) {
         (Some(d), _) => d.into(),
         (None, Some(m)) => m.spec.dtype,
@@ -56,6 +64,7 @@ pub fn run(args: &ReindexArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         },
         dtype,
         progress: Some(&mut on_progress),
+        query_encoder: query_encoder.as_deref(),
     };
     let generation = retriever.build_generation(&encoder, build)?;
     bar.finish_and_clear();

@@ -1,0 +1,199 @@
+//! `realm-db train`: trains the retriever on the live database. Readers keep searching (as
+//! followers, from other processes) and see each generation or query encoder as it is
+//! published.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use realm_db::retriever::eval::read_qa_file;
+use realm_db::trainer::{Control, Event, Mode, TrainConfig, Trainer};
+
+use super::{Env, say};
+use crate::cli::{TrainArgs, TrainModeArg};
+use crate::error::user;
+use crate::open;
+use crate::output::json_line;
+use crate::progress;
+
+impl From<TrainModeArg> for Mode {
+    fn from(m: TrainModeArg) -> Self {
+        match m {
+            TrainModeArg::QuerySide => Mode::QuerySide,
+            TrainModeArg::Dual => Mode::Dual,
+            TrainModeArg::Ict => Mode::Ict,
+        }
+    }
+}
+
+pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let mode = Mode::from(args.mode);
+    let train = match (&args.qa, args.mode) {
+        (Some(path), _) => read_qa_file(path)?,
+        (None, TrainModeArg::Ict) => Vec::new(),
+        (None, _) => {
+            return Err(user(format!(
+                "--mode {} learns from question-answer pairs; pass them with --qa FILE",
+                mode.name()
+            )));
+        }
+    };
+    let eval = match &args.eval {
+        Some(path) => read_qa_file(path)?,
+        None => Vec::new(),
+    };
+    let retriever = open::open_writer(&args.dir, env.retriever_options()?)?;
+    let config = TrainConfig {
+        mode,
+        steps: args.steps,
+        batch: args.batch as usize,
+        lr: args.lr,
+        refresh_every: args.refresh_every,
+        seed: args.seed,
+        candidates: args.candidates,
+        hard_negatives: args.hard_negatives,
+        prebatch: args.prebatch,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+        run: args.run.clone(),
+    };
+    let mut trainer = Trainer::new(retriever, config, train, eval)?;
+
+    // Ctrl-C stops after the current step, with a checkpoint to resume from.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A handler that cannot be installed (another one exists) only costs the graceful
+        // stop; the run itself is unaffected.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+
+    let bar = progress::bar(
+        args.steps,
+        "train [{bar:30}] {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
+    );
+    let mut failure: Option<anyhow::Error> = None;
+    let mut on_event = |event: &Event| -> Control {
+        let written = if args.json {
+            bar.suspend(|| json_line(out, event))
+        } else {
+            describe(event, &bar, out)
+        };
+        if let Err(e) = written {
+            failure.get_or_insert(e);
+            return Control::Stop;
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    };
+    let report = trainer.run(&mut on_event);
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let report = report?;
+    if args.json {
+        return Ok(());
+    }
+    if report.final_step < args.steps {
+        say(
+            out,
+            format_args!(
+                "Stopped at step {} of {}; run the same command again to resume from the checkpoint.",
+                report.final_step, args.steps
+            ),
+        )?;
+    }
+    let what = match report.query_encoder_version {
+        Some(v) => format!(
+            "generation {} with query-encoder version {v}",
+            report.generation
+        ),
+        None => format!("generation {}", report.generation),
+    };
+    say(
+        out,
+        format_args!(
+            "Trained {} steps in {:.1} s; the database now serves {what}.",
+            report.steps_run, report.seconds
+        ),
+    )?;
+    if let (Some(first), Some(last)) = (report.first_eval, report.last_eval) {
+        say(
+            out,
+            format_args!(
+                "Eval top-1/5/20: {:.1} / {:.1} / {:.1} % before, {:.1} / {:.1} / {:.1} % after.",
+                100.0 * first.0,
+                100.0 * first.1,
+                100.0 * first.2,
+                100.0 * last.0,
+                100.0 * last.1,
+                100.0 * last.2
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Shows one event: steps move the bar, everything else is a line above it.
+fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) -> Result<()> {
+    let line = match event {
+        Event::Step {
+            step,
+            loss,
+            generation,
+            staleness,
+            ..
+        } => {
+            bar.set_position(*step);
+            bar.set_message(format!(
+                "loss {loss:.4}, generation {generation}, staleness {staleness}"
+            ));
+            return Ok(());
+        }
+        Event::Started {
+            start_step,
+            steps,
+            examples,
+            generation,
+            ..
+        } => {
+            bar.set_position(*start_step);
+            format!(
+                "Training from step {start_step} to {steps} on {examples} examples, generation {generation}."
+            )
+        }
+        Event::Resumed { step } => format!("Resuming from the checkpoint of step {step}."),
+        Event::Eval {
+            step,
+            generation,
+            questions,
+            top1,
+            top5,
+            top20,
+        } => format!(
+            "step {step}: eval on {questions} questions, generation {generation}: top-1 {:.1}%, top-5 {:.1}%, top-20 {:.1}%",
+            100.0 * top1,
+            100.0 * top5,
+            100.0 * top20
+        ),
+        Event::Published {
+            generation,
+            weights_step,
+            seconds,
+        } => format!(
+            "Published generation {generation} (weights of step {weights_step}, built in {seconds:.1} s)."
+        ),
+        Event::QueryEncoderAttached {
+            generation,
+            version,
+        } => format!("Attached query-encoder version {version} to generation {generation}."),
+        Event::Checkpoint { step } => format!("Checkpoint at step {step}."),
+        _ => return Ok(()),
+    };
+    bar.suspend(|| say(out, line))
+}

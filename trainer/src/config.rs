@@ -1,0 +1,227 @@
+//! Training settings, progress events and the final report.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// What is trained, and against which index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Only the query tower trains, against the frozen document vectors of the pinned
+    /// generation; the result is attached to that generation as a query-encoder version.
+    QuerySide,
+    /// Both towers train (REALM-style); an index-builder thread rebuilds the corpus with the
+    /// document tower every `refresh_every` steps and publishes new generations.
+    Dual,
+    /// Inverse cloze task pre-training (ORQA), without labels: a sentence of a passage is the
+    /// query for the rest of the passage.
+    Ict,
+}
+
+impl Mode {
+    /// The mode's name: `query-side`, `dual` or `ict`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::QuerySide => "query-side",
+            Mode::Dual => "dual",
+            Mode::Ict => "ict",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+
+    /// `query-side`, `dual` or `ict` (also accepts `query_side`).
+    fn from_str(s: &str) -> Result<Mode, Error> {
+        match s {
+            "query-side" | "query_side" => Ok(Mode::QuerySide),
+            "dual" => Ok(Mode::Dual),
+            "ict" => Ok(Mode::Ict),
+            other => Err(Error::UnknownMode {
+                name: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The settings of a training run. Everything random derives from `seed` and the step
+/// number, so a run stopped and resumed ends where an uninterrupted one does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// What is trained.
+    pub mode: Mode,
+    /// The total number of optimizer steps (default 100).
+    pub steps: u64,
+    /// Questions (or ICT pseudo-queries) per step (default 16); capped at the number of
+    /// usable examples.
+    pub batch: usize,
+    /// The AdamW learning rate (default 2e-5), reached by a linear warmup over the first 10%
+    /// of the steps and then held. Weight decay is 0.01 (not on biases and LayerNorm).
+    pub lr: f64,
+    /// Dual mode: hand the towers to the index builder every this many steps (default 50).
+    pub refresh_every: u64,
+    /// The seed every random choice derives from (default 0).
+    pub seed: u64,
+    /// Passages retrieved per question for distant supervision and dual re-scoring
+    /// (default 20).
+    pub candidates: usize,
+    /// Query-side: hard negatives per question, the highest-ranked retrieved passages that do
+    /// not contain an answer (default 1).
+    pub hard_negatives: usize,
+    /// Query-side: the positives of the last this many batches join the candidates as extra
+    /// negatives (default 2).
+    pub prebatch: usize,
+    /// Evaluate every this many steps; 0 evaluates only at the start and the end (default 0).
+    pub eval_every: u64,
+    /// Checkpoint every this many steps (default 50); 0 checkpoints only at the end. A run
+    /// always checkpoints when it ends or is stopped.
+    pub checkpoint_every: u64,
+    /// The run's name; it keys the trainer state blobs (default "default").
+    pub run: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            mode: Mode::QuerySide,
+            steps: 100,
+            batch: 16,
+            lr: 2e-5,
+            refresh_every: 50,
+            seed: 0,
+            candidates: 20,
+            hard_negatives: 1,
+            prebatch: 2,
+            eval_every: 0,
+            checkpoint_every: 50,
+            run: "default".to_owned(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings that would make training impossible.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: &str| {
+            Err(Error::Config {
+                reason: reason.to_owned(),
+            })
+        };
+        if self.batch == 0 {
+            return bad("the batch size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Config {
+                reason: format!(
+                    "the learning rate must be a positive number, not {}",
+                    self.lr
+                ),
+            });
+        }
+        if self.candidates == 0 && self.mode != Mode::Ict {
+            return bad("the number of candidates must be at least 1");
+        }
+        if self.refresh_every == 0 && self.mode == Mode::Dual {
+            return bad("dual training needs refresh_every of at least 1");
+        }
+        if self.run.is_empty() || self.run.contains('\0') || self.run.contains('/') {
+            return Err(Error::Config {
+                reason: format!(
+                    "the run name {:?} must be non-empty and contain neither '/' nor NUL",
+                    self.run
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a callback tells a running trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Keep training.
+    Continue,
+    /// Finish the current step, write a checkpoint and return.
+    Stop,
+}
+
+/// Progress of a training run, reported to the callback of [`crate::Trainer::run`]. As JSON
+/// (serde), an object with `"event"` naming the variant in snake case.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The run starts at `start_step` (0, or the resumed step) of `steps`, with `examples`
+    /// usable examples (QA pairs with a positive; passages for ICT), on `generation`.
+    Started {
+        mode: String,
+        start_step: u64,
+        steps: u64,
+        examples: usize,
+        generation: u64,
+    },
+    /// The run resumed from the checkpoint of `step`.
+    Resumed { step: u64 },
+    /// Step `step` (1-based) finished. `loss` is NaN (JSON `null`) for a dual step where no
+    /// question of the batch had a positive candidate (no update is made). `staleness`: steps
+    /// since the weights that built the generation in use (0 when the index is frozen).
+    Step {
+        step: u64,
+        loss: f64,
+        generation: u64,
+        staleness: u64,
+        seconds: f64,
+    },
+    /// Retrieval accuracy of the current query tower on the held-out questions (fractions).
+    Eval {
+        step: u64,
+        generation: u64,
+        questions: usize,
+        top1: f64,
+        top5: f64,
+        top20: f64,
+    },
+    /// Dual/ICT: a generation built from the weights of `weights_step` became current;
+    /// building it took `seconds`.
+    Published {
+        generation: u64,
+        weights_step: u64,
+        seconds: f64,
+    },
+    /// Query-side: the trained query tower was attached to `generation` as `version`.
+    QueryEncoderAttached { generation: u64, version: u32 },
+    /// The towers, optimizer and trainer state of `step` were stored.
+    Checkpoint { step: u64 },
+}
+
+/// The outcome of [`crate::Trainer::run`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainReport {
+    /// Steps run by this call (fewer than configured after a resume or a stop).
+    pub steps_run: u64,
+    /// The step the weights are at.
+    pub final_step: u64,
+    /// The generation current at the end (query-side: the pinned one, unchanged).
+    pub generation: u64,
+    /// Query-side, after a complete run: the attached query-encoder version.
+    pub query_encoder_version: Option<u32>,
+    /// (top-1, top-5, top-20) at the start of this call, when eval questions were given.
+    pub first_eval: Option<(f64, f64, f64)>,
+    /// (top-1, top-5, top-20) at the end of this call, when eval questions were given.
+    pub last_eval: Option<(f64, f64, f64)>,
+    /// Generations published by this call, in order.
+    pub generations_published: Vec<u64>,
+    /// Wall-clock seconds of this call.
+    pub seconds: f64,
+}

@@ -1,0 +1,56 @@
+//! ICT pre-training runs without labels and publishes a generation.
+
+mod common;
+
+use realm_trainer::{Control, Event, ICT_NOTE, Mode, TrainConfig, Trainer};
+
+#[test]
+fn ict_training_runs_and_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, _) = common::setup(dir.path(), 3);
+    let first = retriever.db().current_generation().unwrap().unwrap();
+    let steps = std::env::var("ICT_STEPS")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(40);
+    let config = TrainConfig {
+        mode: Mode::Ict,
+        steps,
+        batch: 8,
+        lr: std::env::var("ICT_LR")
+            .map(|s| s.parse().unwrap())
+            .unwrap_or(1e-3),
+        checkpoint_every: 0,
+        run: "ict".to_owned(),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(retriever.clone(), config, Vec::new(), Vec::new()).unwrap();
+    assert_eq!(trainer.examples(), 32);
+    let mut losses = Vec::new();
+    let mut published = Vec::new();
+    let report = trainer
+        .run(&mut |e| {
+            match e {
+                Event::Step { loss, .. } => losses.push(*loss),
+                Event::Published { generation, .. } => published.push(*generation),
+                _ => {}
+            }
+            Control::Continue
+        })
+        .unwrap();
+    let quarter = losses.len() / 4;
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    let (early, late) = (
+        mean(&losses[..quarter]),
+        mean(&losses[losses.len() - quarter..]),
+    );
+    println!("ICT loss: first quarter {early:.4}, last quarter {late:.4}");
+    assert!(late < early, "loss went from {early} to {late}");
+    assert_eq!(published.len(), 1);
+    assert_eq!(report.generations_published, published);
+    let current = retriever.db().current_generation().unwrap().unwrap();
+    assert!(current > first);
+    assert_eq!(published, vec![current]);
+    let manifest = retriever.db().generation(current).unwrap();
+    assert_eq!(manifest.spec.provenance.note, ICT_NOTE);
+    assert_eq!(manifest.spec.provenance.training_step, Some(steps));
+}
