@@ -360,6 +360,10 @@ pub struct TrainArgs {
     /// The run's name: a run with the same name and mode resumes from its last checkpoint.
     #[arg(long, default_value = "default")]
     pub run: String,
+    /// Draw the training curve (loss by step, dev accuracy at each evaluation, refreshes) to
+    /// this `.png` or `.svg` file.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<std::path::PathBuf>,
     /// Print every training event as a JSON line.
     #[arg(long)]
     pub json: bool,

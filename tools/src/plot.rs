@@ -1,5 +1,5 @@
-//! Accuracy plots: top-k retrieval accuracy against k, one line per system, written as
-//! PNG or SVG with plotters.
+//! Plots written as PNG or SVG with plotters: top-k retrieval accuracy against k (one line
+//! per system), and training curves (loss, and dev accuracy at each evaluation, by step).
 //!
 //! plotters draws text with `ab_glyph`, which needs a TrueType font registered at run
 //! time: DejaVu Sans is loaded from the usual system locations (the `fonts-dejavu-core`
@@ -69,18 +69,7 @@ pub struct Series {
 /// When the extension is neither, `series` is empty, a series has no points, a k is 0, an
 /// accuracy is outside [0, 1], no font can be loaded, or the file cannot be written.
 pub fn plot_accuracy(path: &Path, title: &str, series: &[Series]) -> Result<()> {
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    let format = match extension.as_deref() {
-        Some("png") => Format::Png,
-        Some("svg") => Format::Svg,
-        _ => bail!(
-            "cannot plot to {}: the file name must end in .png or .svg",
-            path.display()
-        ),
-    };
+    let format = format_of(path)?;
     let series = checked(series)?;
     ensure_font()?;
     let drawn = match format {
@@ -101,6 +90,183 @@ pub fn plot_accuracy(path: &Path, title: &str, series: &[Series]) -> Result<()> 
 enum Format {
     Png,
     Svg,
+}
+
+/// A dev evaluation: `(step, top-1, top-5, top-20)`.
+pub type EvalPoint = (u64, f64, f64, f64);
+
+/// Picks one accuracy out of an [`EvalPoint`].
+type Metric = fn(&EvalPoint) -> f64;
+
+/// A training run's curves: loss by step, and dev accuracy (fractions) at each evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingCurves {
+    pub loss: Vec<(u64, f64)>,
+    /// `(step, top-1, top-5, top-20)`.
+    pub accuracy: Vec<EvalPoint>,
+    /// Steps at which a new generation was published (drawn as vertical lines).
+    pub refreshes: Vec<u64>,
+}
+
+/// Draws a training run: loss by step above, dev top-1/5/20 accuracy by step below.
+pub fn plot_training(path: &Path, title: &str, curves: &TrainingCurves) -> Result<()> {
+    let format = format_of(path)?;
+    let loss: Vec<(u64, f64)> = curves
+        .loss
+        .iter()
+        .copied()
+        .filter(|(_, l)| l.is_finite())
+        .collect();
+    if loss.is_empty() && curves.accuracy.is_empty() {
+        bail!("there is nothing to plot: the run recorded no loss and no evaluation");
+    }
+    ensure_font()?;
+    let drawn = match format {
+        Format::Png => draw_training(
+            BitMapBackend::new(path, SIZE).into_drawing_area(),
+            title,
+            &loss,
+            curves,
+        ),
+        Format::Svg => draw_training(
+            SVGBackend::new(path, SIZE).into_drawing_area(),
+            title,
+            &loss,
+            curves,
+        ),
+    };
+    drawn.with_context(|| format!("cannot draw the training plot {}", path.display()))
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("png") => Ok(Format::Png),
+        Some("svg") => Ok(Format::Svg),
+        _ => bail!(
+            "cannot plot to {}: the file name must end in .png or .svg",
+            path.display()
+        ),
+    }
+}
+
+fn draw_training<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    loss: &[(u64, f64)],
+    curves: &TrainingCurves,
+) -> Result<()> {
+    let fail = |e: &dyn std::fmt::Display| anyhow!("{e}");
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let root = root.titled(title, (FAMILY, 26)).map_err(|e| fail(&e))?;
+    let (upper, lower) = root.split_vertically(SIZE.1 / 2 - 20);
+    let last_step = loss
+        .iter()
+        .map(|p| p.0)
+        .chain(curves.accuracy.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+
+    let (lo, hi) = loss
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let mut chart = ChartBuilder::on(&upper)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0.0..last_step, (lo - pad)..(hi + pad))
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .y_desc("training loss")
+        .axis_desc_style((FAMILY, 18))
+        .label_style((FAMILY, 15))
+        .x_label_formatter(&|x| format!("{}", x.round()))
+        .bold_line_style(RGBColor(200, 200, 200))
+        .light_line_style(RGBColor(236, 236, 236))
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for &step in &curves.refreshes {
+        let x = step as f64;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                [(x, lo - pad), (x, hi + pad)],
+                RGBColor(150, 150, 150).stroke_width(1),
+            )))
+            .map_err(|e| fail(&e))?;
+    }
+    chart
+        .draw_series(LineSeries::new(
+            loss.iter().map(|&(s, l)| (s as f64, l)),
+            COLORS[0].stroke_width(2),
+        ))
+        .map_err(|e| fail(&e))?;
+
+    let top = curves
+        .accuracy
+        .iter()
+        .map(|p| p.1.max(p.2).max(p.3) * 100.0)
+        .fold(0.0, f64::max);
+    let y_top = (((top + 5.0) / 10.0).ceil() * 10.0).clamp(10.0, 100.0);
+    let mut chart = ChartBuilder::on(&lower)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0.0..last_step, 0.0..y_top)
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("training step")
+        .y_desc("dev accuracy (%)")
+        .axis_desc_style((FAMILY, 18))
+        .label_style((FAMILY, 15))
+        .x_label_formatter(&|x| format!("{}", x.round()))
+        .y_label_formatter(&|a| format!("{a:.0}"))
+        .bold_line_style(RGBColor(200, 200, 200))
+        .light_line_style(RGBColor(236, 236, 236))
+        .draw()
+        .map_err(|e| fail(&e))?;
+    let metrics: [(&str, Metric); 3] =
+        [("top-1", |p| p.1), ("top-5", |p| p.2), ("top-20", |p| p.3)];
+    for (i, (name, pick)) in metrics.into_iter().enumerate() {
+        let color = COLORS[(i + 1) % COLORS.len()];
+        let points: Vec<(f64, f64)> = curves
+            .accuracy
+            .iter()
+            .map(|p| (p.0 as f64, pick(p) * 100.0))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| fail(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(|e| fail(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FAMILY, 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(160, 160, 160))
+        .margin(10)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
 }
 
 /// The series with points sorted by k, after checking that there is something valid to
@@ -379,5 +545,27 @@ mod tests {
         assert_eq!(bold, [1.0, 2.0, 5.0, 10.0, 20.0, 40.0]);
         let (bold, _) = k_ticks(2);
         assert_eq!(bold, [1.0, 2.0]);
+    }
+
+    #[test]
+    fn training_curves_draw_and_empty_runs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let curves = TrainingCurves {
+            loss: (1..=50).map(|s| (s, 3.0 / (s as f64).sqrt())).collect(),
+            accuracy: vec![
+                (0, 0.1, 0.2, 0.3),
+                (25, 0.15, 0.3, 0.4),
+                (50, 0.2, 0.35, 0.5),
+            ],
+            refreshes: vec![25, 50],
+        };
+        let png = dir.path().join("train.png");
+        plot_training(&png, "training", &curves).unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+        let svg = dir.path().join("train.svg");
+        plot_training(&svg, "training", &curves).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("top-20"));
+        let err = plot_training(&png, "t", &TrainingCurves::default()).unwrap_err();
+        assert!(err.to_string().contains("nothing to plot"), "{err}");
     }
 }

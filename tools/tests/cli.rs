@@ -754,3 +754,154 @@ fn eval_reports_top_k_accuracy_for_each_mode_and_plots() {
     let line = f.user_error(&["eval", db.to_str().expect("UTF-8 path"), "--qa", bad]);
     assert!(line.contains("line 2"), "{line}");
 }
+
+/// Questions answerable from `CORPUS`.
+const QA: &str = r#"{"question": "what is the capital of norway", "answers": ["Oslo"]}
+{"question": "which river flows through paris", "answers": ["Seine"]}
+{"question": "what is the highest mountain on earth", "answers": ["Mount Everest"]}
+{"question": "how do plants turn sunlight into sugar", "answers": ["photosynthesis"]}
+{"question": "which molecule carries genetic instructions", "answers": ["deoxyribonucleic acid"]}
+{"question": "what is the largest ocean", "answers": ["Pacific Ocean"]}
+"#;
+
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    json_lines(stdout)
+}
+
+fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+#[test]
+fn train_query_side_attaches_a_query_encoder_and_plots_its_curve() {
+    let f = Fixture::new();
+    let qa = f.write("qa.jsonl", QA);
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    let qa = qa.to_str().expect("UTF-8 path");
+    let curve = f.path("curve.png");
+    let out = f.run(&[
+        "train",
+        db,
+        "--mode",
+        "query-side",
+        "--qa",
+        qa,
+        "--eval",
+        qa,
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--candidates",
+        "6",
+        "--checkpoint-every",
+        "2",
+        "--json",
+        "--plot",
+        curve.to_str().expect("UTF-8 path"),
+    ]);
+    let events = events(&out);
+    assert_eq!(named(&events, "started").len(), 1, "{out}");
+    assert_eq!(named(&events, "step").len(), 4, "{out}");
+    let evals = named(&events, "eval");
+    assert!(evals.len() >= 2, "an evaluation before and after: {out}");
+    assert_eq!(evals[0]["questions"], 6);
+    let checkpoints: Vec<u64> = named(&events, "checkpoint")
+        .iter()
+        .map(|e| e["step"].as_u64().expect("a step"))
+        .collect();
+    assert!(
+        checkpoints.contains(&2) && checkpoints.contains(&4),
+        "{out}"
+    );
+    let attached = named(&events, "query_encoder_attached");
+    assert_eq!(attached.len(), 1, "{out}");
+    assert_eq!(attached[0]["generation"], 1);
+    assert_eq!(attached[0]["version"], 1);
+    assert!(
+        named(&events, "published").is_empty(),
+        "query-side publishes no generation"
+    );
+    assert!(
+        std::fs::read(&curve)
+            .expect("the curve")
+            .starts_with(b"\x89PNG")
+    );
+    // The same generation still answers, through the new query tower.
+    let hits = f.search_json("capital of Norway", &["-k", "1"]);
+    assert_eq!(hits[0]["generation"], 1);
+    assert_eq!(hits[0]["title"], "Oslo");
+
+    // Query-side and dual training need labels.
+    let line = f.user_error(&["train", db, "--mode", "dual", "--steps", "1"]);
+    assert!(line.contains("--qa"), "{line}");
+}
+
+#[test]
+fn dual_training_publishes_generations_that_a_follower_searches() {
+    let f = Fixture::new();
+    let qa = f.write("qa.jsonl", QA);
+    let mut child = std::process::Command::new(BIN)
+        .arg("train")
+        .arg(f.db())
+        .args(["--mode", "dual", "--qa"])
+        .arg(&qa)
+        .args(["--steps", "6", "--batch", "2", "--candidates", "3"])
+        .args(["--refresh-every", "2", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the trainer");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    // Once the trainer reports, it holds the database: searches run as followers.
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the first event");
+    assert!(first.contains("\"started\""), "{first}");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut followed = 0;
+    while child.try_wait().expect("polling the trainer").is_none() {
+        let out = f
+            .cmd()
+            .args(["search"])
+            .arg(f.db())
+            .args(["capital of Norway", "--json", "-k", "2"])
+            .output()
+            .expect("running search");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if String::from_utf8_lossy(&out.stderr).contains("follower") {
+            followed += 1;
+        }
+        for hit in json_lines(&String::from_utf8_lossy(&out.stdout)) {
+            seen.insert(hit["generation"].as_u64().expect("a generation"));
+        }
+    }
+    let mut rest = String::new();
+    stdout
+        .read_to_string(&mut rest)
+        .expect("the trainer's events");
+    let status = child.wait().expect("the trainer's exit");
+    assert!(status.success(), "the trainer failed");
+    let events = events(&(first + &rest));
+    let published = named(&events, "published");
+    assert!(published.len() >= 2, "{events:?}");
+    assert!(
+        followed >= 1,
+        "no search ran while the trainer held the database"
+    );
+    assert!(!seen.is_empty());
+    // Every published generation is listed, the last one current.
+    let generations = json_lines(&f.run(&[
+        "generations",
+        f.db().to_str().expect("UTF-8 path"),
+        "--json",
+    ]));
+    let last = published.last().expect("a publication")["generation"].clone();
+    assert!(generations.len() > published.len(), "{generations:?}");
+    let hits = f.search_json("capital of Norway", &["-k", "1"]);
+    assert_eq!(hits[0]["generation"], last);
+}

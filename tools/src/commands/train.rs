@@ -15,6 +15,7 @@ use crate::cli::{TrainArgs, TrainModeArg};
 use crate::error::user;
 use crate::open;
 use crate::output::json_line;
+use crate::plot::{TrainingCurves, plot_training};
 use crate::progress;
 
 impl From<TrainModeArg> for Mode {
@@ -74,12 +75,16 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         "train [{bar:30}] {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
     );
     let mut failure: Option<anyhow::Error> = None;
+    let mut curves = TrainingCurves::default();
     let mut on_event = |event: &Event| -> Control {
+        record(event, &mut curves);
+        // Lines go out as they happen (a follower or a log reader watches them).
         let written = if args.json {
             bar.suspend(|| json_line(out, event))
         } else {
             describe(event, &bar, out)
-        };
+        }
+        .and_then(|()| Ok(out.flush()?));
         if let Err(e) = written {
             failure.get_or_insert(e);
             return Control::Stop;
@@ -96,6 +101,22 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         return Err(e);
     }
     let report = report?;
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "realm-db train --mode {} ({} steps, batch {}, lr {})",
+            mode.name(),
+            report.final_step,
+            args.batch,
+            args.lr
+        );
+        plot_training(path, &title, &curves)?;
+        if !args.json {
+            say(
+                out,
+                format_args!("Wrote the training curve to {}.", path.display()),
+            )?;
+        }
+    }
     if args.json {
         return Ok(());
     }
@@ -137,6 +158,22 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Keeps what the training plot draws.
+fn record(event: &Event, curves: &mut TrainingCurves) {
+    match event {
+        Event::Step { step, loss, .. } => curves.loss.push((*step, *loss)),
+        Event::Eval {
+            step,
+            top1,
+            top5,
+            top20,
+            ..
+        } => curves.accuracy.push((*step, *top1, *top5, *top20)),
+        Event::Published { weights_step, .. } => curves.refreshes.push(*weights_step),
+        _ => {}
+    }
 }
 
 /// Shows one event: steps move the bar, everything else is a line above it.

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue-5 report: trains the retriever on ../shared/data, starting from the pretrained MiniLM
+# database that scripts/main.sh builds, and evaluates it on a held-back dev split.
+#
+#   dev split   "nq-dev-5": every 5th line of nq-open-dev.jsonl (722 questions)
+#   train       the other 2,888 nq-open-dev questions + webq-train (3,589) + curated-train (430)
+#
+# usage: scripts/train_report.sh [query-side|dual|all]   (default: all)
+# Writes splits, databases, JSON lines and plots under .deps/train-report/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/realm-db/target}"
+data="${REALM_DATA:-../shared/data}"
+out=".deps/train-report"
+bin="$CARGO_TARGET_DIR/release/realm-db"
+[ -x "$bin" ] || cargo build --release -p realm-tools
+if [ ! -d .deps/main-db ]; then
+  echo "run scripts/main.sh first: it builds .deps/main-db, the pretrained MiniLM database" >&2
+  exit 1
+fi
+mkdir -p "$out"
+awk 'NR % 5 == 0' "$data/nq-open-dev.jsonl" > "$out/dev.jsonl"
+{ awk 'NR % 5 != 0' "$data/nq-open-dev.jsonl"; cat "$data/webq-train.jsonl" "$data/curated-train.jsonl"; } > "$out/train.jsonl"
+echo "dev: $(wc -l < "$out/dev.jsonl") questions; train: $(wc -l < "$out/train.jsonl") questions"
+
+echo "== before training (pretrained MiniLM and BM25) on the dev split"
+"$bin" eval .deps/main-db --qa "$out/dev.jsonl" --compare bm25,hybrid --plot "$out/before.png"
+
+if [ "$what" = all ] || [ "$what" = query-side ]; then
+  rm -rf "$out/query-side-db"; cp -r .deps/main-db "$out/query-side-db"
+  echo "== query-side fine-tuning"
+  /usr/bin/time -f "query-side training wall time: %e s" \
+    "$bin" train "$out/query-side-db" --mode query-side --qa "$out/train.jsonl" \
+      --eval "$out/dev.jsonl" --steps "${QS_STEPS:-300}" --batch "${QS_BATCH:-32}" \
+      --lr "${QS_LR:-3e-5}" --candidates 20 --hard-negatives 1 --prebatch 2 \
+      --eval-every "${QS_EVAL_EVERY:-50}" --checkpoint-every 100 --seed 0 \
+      --plot "$out/query-side-curve.png"
+  "$bin" eval "$out/query-side-db" --qa "$out/dev.jsonl" --compare bm25,hybrid --plot "$out/query-side.png"
+fi
+
+if [ "$what" = all ] || [ "$what" = dual ]; then
+  rm -rf "$out/dual-db"; cp -r .deps/main-db "$out/dual-db"
+  echo "== dual training with asynchronous index refresh"
+  /usr/bin/time -f "dual training wall time: %e s" \
+    "$bin" train "$out/dual-db" --mode dual --qa "$out/train.jsonl" \
+      --eval "$out/dev.jsonl" --steps "${DUAL_STEPS:-40}" --batch "${DUAL_BATCH:-8}" \
+      --lr "${DUAL_LR:-2e-5}" --candidates "${DUAL_CANDIDATES:-8}" \
+      --refresh-every "${DUAL_REFRESH:-20}" --eval-every "${DUAL_REFRESH:-20}" \
+      --checkpoint-every 20 --seed 0 --plot "$out/dual-curve.png"
+  "$bin" generations "$out/dual-db"
+  "$bin" eval "$out/dual-db" --qa "$out/dev.jsonl" --compare bm25,hybrid --plot "$out/dual.png"
+fi
