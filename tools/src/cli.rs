@@ -357,6 +357,9 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
+    /// Inverse temperature of the training losses (scores are multiplied by it).
+    #[arg(long, default_value_t = 20.0)]
+    pub scale: f64,
     /// The run's name: a run with the same name and mode resumes from its last checkpoint.
     #[arg(long, default_value = "default")]
     pub run: String,

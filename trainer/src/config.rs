@@ -89,6 +89,16 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// The run's name; it keys the trainer state blobs (default "default").
     pub run: String,
+    /// The inverse temperature the training losses multiply inner products by (default 20,
+    /// sentence-transformers' `MultipleNegativesRankingLoss` scale). Normalized encoders
+    /// score in [-1, 1]; unscaled, their softmax over a hundred candidates stays nearly flat
+    /// and the gradients vanish. Rankings, and so retrieval, do not depend on it.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+}
+
+fn default_scale() -> f64 {
+    20.0
 }
 
 impl Default for TrainConfig {
@@ -106,6 +116,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             checkpoint_every: 50,
             run: "default".to_owned(),
+            scale: default_scale(),
         }
     }
 }
@@ -126,6 +137,14 @@ impl TrainConfig {
                 reason: format!(
                     "the learning rate must be a positive number, not {}",
                     self.lr
+                ),
+            });
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(Error::Config {
+                reason: format!(
+                    "the score scale must be a positive number, not {}",
+                    self.scale
                 ),
             });
         }

@@ -837,9 +837,8 @@ impl Trainer {
         let mask = Tensor::from_slice(&mask)
             .view([b as i64, c as i64])
             .to_device(device);
-        let logits = q
-            .matmul(&candidates.tr())
-            .masked_fill(&mask, f64::NEG_INFINITY);
+        let logits =
+            (q.matmul(&candidates.tr()) * self.config.scale).masked_fill(&mask, f64::NEG_INFINITY);
         let targets = Tensor::arange(b as i64, (Kind::Int64, device));
         let loss = logits.cross_entropy_for_logits(&targets);
         loss.backward();
@@ -906,7 +905,7 @@ impl Trainer {
             .encoder
             .forward_t(&document.encoder.tokenize_docs(&docs)?, true);
         let keep = Tensor::from_slice(&rows_with_positive).to_device(device);
-        let scores = q.matmul(&d.tr()).index_select(0, &keep);
+        let scores = (q.matmul(&d.tr()) * self.config.scale).index_select(0, &keep);
         let positive = Tensor::from_slice(&positive)
             .view([b as i64, u as i64])
             .to_device(device)
@@ -961,7 +960,7 @@ impl Trainer {
         let mask = Tensor::from_slice(&mask)
             .view([b as i64, b as i64])
             .to_device(device);
-        let logits = q.matmul(&d.tr()).masked_fill(&mask, f64::NEG_INFINITY);
+        let logits = (q.matmul(&d.tr()) * self.config.scale).masked_fill(&mask, f64::NEG_INFINITY);
         let targets = Tensor::arange(b as i64, (Kind::Int64, device));
         let loss = logits.cross_entropy_for_logits(&targets);
         loss.backward();

@@ -58,6 +58,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
         run: args.run.clone(),
+        scale: args.scale,
     };
     let mut trainer = Trainer::new(retriever, config, train, eval)?;
 
