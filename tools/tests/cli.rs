@@ -905,3 +905,61 @@ fn dual_training_publishes_generations_that_a_follower_searches() {
     let hits = f.search_json("capital of Norway", &["-k", "1"]);
     assert_eq!(hits[0]["generation"], last);
 }
+
+#[test]
+fn a_killed_training_run_resumes_from_its_last_checkpoint() {
+    let f = Fixture::new();
+    let qa = f.write("qa.jsonl", QA);
+    let args = |cmd: &mut std::process::Command| {
+        cmd.arg("train")
+            .arg(f.db())
+            .args(["--mode", "query-side", "--qa"])
+            .arg(&qa)
+            .args(["--steps", "12", "--batch", "2", "--candidates", "6"])
+            .args(["--checkpoint-every", "2", "--json"]);
+    };
+    let mut first = std::process::Command::new(BIN);
+    args(&mut first);
+    let mut child = first
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning the trainer");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("an event") > 0,
+            "no checkpoint came"
+        );
+        if line.contains("\"checkpoint\"") {
+            break;
+        }
+    }
+    // SIGKILL: no chance to write anything more.
+    child.kill().expect("killing the trainer");
+    child.wait().expect("reaping the trainer");
+
+    let mut second = std::process::Command::new(BIN);
+    args(&mut second);
+    let out = second.output().expect("rerunning the trainer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events(&String::from_utf8_lossy(&out.stdout));
+    let resumed = named(&events, "resumed");
+    assert_eq!(resumed.len(), 1, "{events:?}");
+    let from = resumed[0]["step"].as_u64().expect("a step");
+    assert!(from >= 2 && from % 2 == 0, "resumed from step {from}");
+    let steps = named(&events, "step");
+    assert_eq!(
+        steps.len() as u64,
+        40 - from,
+        "only the remaining steps run"
+    );
+    assert_eq!(named(&events, "query_encoder_attached").len(), 1);
+    f.cmd().args(["check"]).arg(f.db()).assert().success();
+}
