@@ -957,7 +957,7 @@ fn a_killed_training_run_resumes_from_its_last_checkpoint() {
     let steps = named(&events, "step");
     assert_eq!(
         steps.len() as u64,
-        40 - from,
+        12 - from,
         "only the remaining steps run"
     );
     assert_eq!(named(&events, "query_encoder_attached").len(), 1);
