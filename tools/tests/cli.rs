@@ -953,7 +953,10 @@ fn a_killed_training_run_resumes_from_its_last_checkpoint() {
     let resumed = named(&events, "resumed");
     assert_eq!(resumed.len(), 1, "{events:?}");
     let from = resumed[0]["step"].as_u64().expect("a step");
-    assert!(from >= 2 && from.is_multiple_of(2), "resumed from step {from}");
+    assert!(
+        from >= 2 && from.is_multiple_of(2),
+        "resumed from step {from}"
+    );
     let steps = named(&events, "step");
     assert_eq!(
         steps.len() as u64,
