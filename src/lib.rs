@@ -27,7 +27,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The crates behind it are re-exported whole as [`storage`], [`retriever`] and [`trainer`].
+//! The crates behind it are re-exported whole as [`storage`], [`retriever`], [`reader`] and
+//! [`trainer`].
 
 pub use realm_storage as storage;
 pub use realm_storage::Bm25Params;
@@ -37,6 +38,8 @@ pub use realm_storage::{
     Provenance, Snapshot,
 };
 
+#[cfg(feature = "torch")]
+pub use realm_reader as reader;
 #[cfg(feature = "torch")]
 pub use realm_retriever as retriever;
 #[cfg(feature = "torch")]

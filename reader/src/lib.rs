@@ -1,4 +1,50 @@
 //! # realm-reader
 //!
-//! The knowledge-augmented reader of realm-db (span extraction marginalized over the
-//! retrieved passages). Not built yet: this crate holds no code so far.
+//! The knowledge-augmented reader of realm-db: REALM's span-extraction encoder,
+//! marginalized over the passages the retriever returns.
+//!
+//! What is built:
+//!
+//! * [`Reader`]: a BERT over `[CLS] x [SEP] z [SEP]` (question `x` with token type 0,
+//!   passage body `z` with token type 1), loaded from the same pretrained model folder as
+//!   the retriever ([`Reader::load`]) or randomly initialized for tests ([`Reader::random`]);
+//! * a **span head** scoring every word-aligned span of up to
+//!   [`ReaderConfig::max_span_tokens`] tokens inside the passage with an MLP over
+//!   `[h_start; h_end]`, normalized per passage into log p(s|z,x) ([`Reader::span_scores`]);
+//! * an **MLM head** (Linear, GELU, LayerNorm, then the product with the word-embedding
+//!   matrix, tied, plus a bias) ([`Reader::mlm_logits`]);
+//! * answering: p(y|x) = Σ_z p(z|x) · p(y|z,x), where p(y|z,x) sums p(s|z,x) over the spans
+//!   of z whose normalized text (SQuAD's `normalize_answer`) equals y's; span text is
+//!   copied from the passage through the tokenizer's offsets, never detokenized
+//!   ([`Reader::answer`], [`ask`] to retrieve and answer in one call);
+//! * REALM's fine-tuning loss −log Σ_z p(z|x) Σ_{s∈S(z,y)} p(s|z,x), with gradient into
+//!   both the reader and (through `log p(z|x)`) the query tower ([`Reader::qa_loss`]);
+//! * self-describing checkpoints and a content fingerprint.
+//!
+//! Not built yet: REALM's MLM pre-training (salient-span masking) of this encoder, the
+//! `realm-db ask` command, and open-QA fine-tuning through the trainer; those come next.
+
+mod error;
+mod reader;
+
+pub use error::{Error, Result};
+pub use reader::{Answer, Evidence, PassageSpans, Reader, ReaderConfig, Span, SpanScores};
+
+/// Retrieves the top `k` passages for `question` from `snapshot` and answers from them with
+/// their p(z|x); also returns the generation that was searched.
+pub fn ask(
+    reader: &Reader,
+    snapshot: &realm_retriever::SearchSnapshot,
+    question: &str,
+    k: usize,
+) -> Result<(Answer, u64)> {
+    let hits = snapshot.search(question, k)?;
+    let Some(generation) = hits.first().map(|h| h.generation) else {
+        return Err(Error::NoPassages);
+    };
+    let passages: Vec<(u64, &str, &str, f32)> = hits
+        .iter()
+        .map(|h| (h.passage_id, h.title.as_str(), h.text.as_str(), h.prob))
+        .collect();
+    Ok((reader.answer(question, &passages)?, generation))
+}
