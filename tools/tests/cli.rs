@@ -966,3 +966,86 @@ fn a_killed_training_run_resumes_from_its_last_checkpoint() {
     assert_eq!(named(&events, "query_encoder_attached").len(), 1);
     f.cmd().args(["check"]).arg(f.db()).assert().success();
 }
+
+#[test]
+fn qa_training_stores_a_reader_that_ask_and_eval_em_use() {
+    let f = Fixture::new();
+    let qa = f.write("qa.jsonl", QA);
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    let qa = qa.to_str().expect("UTF-8 path");
+    // Without a reader, `ask` says how to get one.
+    let line = f.user_error(&["ask", db, "what is the capital of norway"]);
+    assert!(line.contains("--mode qa"), "{line}");
+
+    let out = f.run(&[
+        "train",
+        db,
+        "--mode",
+        "qa",
+        "--qa",
+        qa,
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--reader-passages",
+        "2",
+        "--candidates",
+        "6",
+        "--json",
+    ]);
+    let events = events(&out);
+    assert_eq!(named(&events, "reader_stored").len(), 1, "{out}");
+    assert_eq!(named(&events, "query_encoder_attached").len(), 1, "{out}");
+
+    let answer: serde_json::Value = serde_json::from_str(
+        f.run(&[
+            "ask",
+            db,
+            "what is the capital of norway",
+            "-k",
+            "3",
+            "--json",
+        ])
+        .trim(),
+    )
+    .expect("one JSON object");
+    let evidence = answer["evidence"].as_array().expect("evidence");
+    assert_eq!(evidence.len(), 3);
+    assert_eq!(answer["generation"], 1);
+    let prob = answer["prob"].as_f64().expect("p(y|x)");
+    assert!((0.0..=1.0 + 1e-6).contains(&prob), "{answer}");
+    // p(y|x) is the marginal over the evidence.
+    let marginal: f64 = evidence
+        .iter()
+        .map(|e| e["p_z"].as_f64().expect("p_z") * e["p_answer_given_z"].as_f64().expect("p"))
+        .sum();
+    assert!((marginal - prob).abs() < 1e-4, "{answer}");
+    let text = answer["answer"].as_str().expect("an answer");
+    assert!(!text.is_empty());
+    assert!(
+        evidence.iter().any(|e| e["span"] == text),
+        "the answer is the best span of some passage: {answer}"
+    );
+
+    let report = json_lines(&f.run(&[
+        "eval",
+        db,
+        "--qa",
+        qa,
+        "--em",
+        "--reader-k",
+        "2",
+        "-k",
+        "1,5",
+        "--json",
+    ]));
+    let reader = report
+        .iter()
+        .find(|r| r["system"] == "reader")
+        .expect("a reader line");
+    assert_eq!(reader["questions"], 6);
+    let em = reader["em"].as_f64().expect("em");
+    assert!((0.0..=1.0).contains(&em));
+}

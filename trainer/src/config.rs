@@ -1,6 +1,7 @@
 //! Training settings, progress events and the final report.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -20,15 +21,20 @@ pub enum Mode {
     /// Inverse cloze task pre-training (ORQA), without labels: a sentence of a passage is the
     /// query for the rest of the passage.
     Ict,
+    /// Open-QA fine-tuning (REALM §3.4): the query tower and the reader train end to end on
+    /// question-answer pairs against the frozen document vectors of the pinned generation;
+    /// the query tower is attached to that generation and the reader becomes the current one.
+    Qa,
 }
 
 impl Mode {
-    /// The mode's name: `query-side`, `dual` or `ict`.
+    /// The mode's name: `query-side`, `dual`, `ict` or `qa`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::QuerySide => "query-side",
             Mode::Dual => "dual",
             Mode::Ict => "ict",
+            Mode::Qa => "qa",
         }
     }
 }
@@ -42,12 +48,13 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = Error;
 
-    /// `query-side`, `dual` or `ict` (also accepts `query_side`).
+    /// `query-side`, `dual`, `ict` or `qa` (also accepts `query_side`).
     fn from_str(s: &str) -> Result<Mode, Error> {
         match s {
             "query-side" | "query_side" => Ok(Mode::QuerySide),
             "dual" => Ok(Mode::Dual),
             "ict" => Ok(Mode::Ict),
+            "qa" => Ok(Mode::Qa),
             other => Err(Error::UnknownMode {
                 name: other.to_owned(),
             }),
@@ -95,10 +102,30 @@ pub struct TrainConfig {
     /// and the gradients vanish. Rankings, and so retrieval, do not depend on it.
     #[serde(default = "default_scale")]
     pub scale: f64,
+    /// QA: the learning rate of the reader's AdamW (default 3e-5), with the same warmup as
+    /// `lr`.
+    #[serde(default = "default_reader_lr")]
+    pub reader_lr: f64,
+    /// QA: passages retrieved and read per question, k (default 5).
+    #[serde(default = "default_reader_passages")]
+    pub reader_passages: usize,
+    /// QA: the model folder a fresh reader loads its BERT from when the database has no
+    /// current reader; `None` uses the default model folder
+    /// ([`realm_retriever::default_model_dir`]).
+    #[serde(default)]
+    pub reader_model: Option<PathBuf>,
 }
 
 fn default_scale() -> f64 {
     20.0
+}
+
+fn default_reader_lr() -> f64 {
+    3e-5
+}
+
+fn default_reader_passages() -> usize {
+    5
 }
 
 impl Default for TrainConfig {
@@ -117,6 +144,9 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             run: "default".to_owned(),
             scale: default_scale(),
+            reader_lr: default_reader_lr(),
+            reader_passages: default_reader_passages(),
+            reader_model: None,
         }
     }
 }
@@ -139,6 +169,17 @@ impl TrainConfig {
                     self.lr
                 ),
             });
+        }
+        if !(self.reader_lr.is_finite() && self.reader_lr > 0.0) {
+            return Err(Error::Config {
+                reason: format!(
+                    "the reader learning rate must be a positive number, not {}",
+                    self.reader_lr
+                ),
+            });
+        }
+        if self.reader_passages == 0 && self.mode == Mode::Qa {
+            return bad("QA training needs at least 1 passage per question");
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
             return Err(Error::Config {
@@ -218,8 +259,28 @@ pub enum Event {
         weights_step: u64,
         seconds: f64,
     },
-    /// Query-side: the trained query tower was attached to `generation` as `version`.
+    /// Query-side and QA: the trained query tower was attached to `generation` as `version`.
     QueryEncoderAttached { generation: u64, version: u32 },
+    /// QA: the trained reader was stored as `reader/<checkpoint>` and became the database's
+    /// current reader.
+    ReaderStored { checkpoint: String },
+    /// QA, next to each [`Event::Eval`]: the fraction of the `questions` held-out questions
+    /// with answer strings that the reader answers exactly (SQuAD normalization) from the
+    /// current query tower's top `reader_passages` passages; `in_corpus_em` over those marked
+    /// `in_corpus: true`, when any is.
+    ExactMatch {
+        step: u64,
+        questions: usize,
+        em: f64,
+        in_corpus_em: Option<f64>,
+    },
+    /// QA: of the `questions` of step `step`, `skipped` had no answer span in any of their
+    /// retrieved passages and did not contribute to the loss.
+    QaBatch {
+        step: u64,
+        questions: usize,
+        skipped: usize,
+    },
     /// The towers, optimizer and trainer state of `step` were stored.
     Checkpoint { step: u64 },
 }
@@ -233,8 +294,13 @@ pub struct TrainReport {
     pub final_step: u64,
     /// The generation current at the end (query-side: the pinned one, unchanged).
     pub generation: u64,
-    /// Query-side, after a complete run: the attached query-encoder version.
+    /// Query-side and QA, after a complete run: the attached query-encoder version.
     pub query_encoder_version: Option<u32>,
+    /// QA, after a complete run: the stored reader's checkpoint id (now current).
+    pub reader_checkpoint: Option<String>,
+    /// QA: training questions of this call's steps that were skipped because no retrieved
+    /// passage held an answer span.
+    pub qa_skipped: u64,
     /// (top-1, top-5, top-20) at the start of this call, when eval questions were given.
     pub first_eval: Option<(f64, f64, f64)>,
     /// (top-1, top-5, top-20) at the end of this call, when eval questions were given.

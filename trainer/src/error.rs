@@ -12,6 +12,14 @@ pub enum Error {
     #[error("the store reported an error: {0}")]
     Storage(#[from] realm_storage::Error),
 
+    /// The reader reported an error.
+    #[error("the reader reported an error: {0}")]
+    Reader(#[from] realm_reader::Error),
+
+    /// A reader checkpoint id names no stored reader.
+    #[error("the database holds no reader checkpoint {id:?}")]
+    UnknownReader { id: String },
+
     /// libtorch reported an error during a training step.
     #[error("libtorch reported an error: {0}")]
     Torch(#[from] tch::TchError),
@@ -21,8 +29,8 @@ pub enum Error {
     #[error("the training configuration is invalid: {reason}")]
     Config { reason: String },
 
-    /// A training mode name is not one of `query-side`, `dual` or `ict`.
-    #[error("{name:?} is not a training mode; use query-side, dual or ict")]
+    /// A training mode name is not one of `query-side`, `dual`, `ict` or `qa`.
+    #[error("{name:?} is not a training mode; use query-side, dual, ict or qa")]
     UnknownMode { name: String },
 
     /// The database has no current generation, so there are no encoders to start from.

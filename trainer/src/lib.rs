@@ -18,9 +18,15 @@
 //! * **ict** (ORQA's inverse cloze task): no labels; a random sentence of a passage is the
 //!   query for the rest of it, with in-batch negatives. At the end a generation built with
 //!   the trained towers is published.
+//! * **qa** (REALM's open-QA fine-tuning, §3.4): the document index is frozen as in
+//!   query-side; per question the current query tower retrieves the top `reader_passages`
+//!   passages, and the loss −log Σ_z p(z|x) Σ_{s∈S(z,y)} p(s|z,x) of a
+//!   [`realm_reader::Reader`] trains both the reader and (through log p(z|x)) the query
+//!   tower. At the end the query tower is attached to the generation and the reader is
+//!   stored and made current ([`readers`]).
 //!
 //! Runs checkpoint their towers, AdamW state and a JSON state blob into the database
-//! (`trainer/<run>/...`) and resume from it; every random choice of a step derives from the
+//! (`trainer/<run>/...`, readers under `reader/<id>`) and resume from it; every random choice of a step derives from the
 //! seed and the step number, so on the CPU a stopped and resumed query-side run ends with
 //! the same weights as an uninterrupted one.
 
@@ -28,9 +34,10 @@ pub mod adamw;
 mod config;
 mod error;
 pub mod ict;
+pub mod readers;
 pub mod state;
 mod trainer;
 
 pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
 pub use error::{Error, Result};
-pub use trainer::{DUAL_NOTE, ICT_NOTE, QUERY_SIDE_NOTE, Trainer};
+pub use trainer::{DUAL_NOTE, ICT_NOTE, QA_NOTE, QUERY_SIDE_NOTE, Trainer};

@@ -43,6 +43,9 @@ pub struct TrainerState {
     pub document_checkpoint: Option<String>,
     /// The optimizer blob holding AdamW's state of `step`.
     pub optimizer_blob: String,
+    /// QA: the reader's checkpoint id (blob `reader/<id>`); absent from other modes' states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_checkpoint: Option<String>,
 }
 
 impl TrainerState {
@@ -204,6 +207,36 @@ pub fn decode_optimizers(bytes: &[u8], blob: &str) -> Result<Vec<TowerMoments>> 
 mod tests {
     use super::*;
     use tch::Kind;
+
+    #[test]
+    fn state_blobs_without_qa_fields_still_parse() {
+        let mut state = TrainerState {
+            format: STATE_FORMAT,
+            mode: Mode::QuerySide,
+            step: 3,
+            finished: false,
+            config: TrainConfig::default(),
+            generation: 1,
+            query_checkpoint: "q".to_owned(),
+            document_checkpoint: None,
+            optimizer_blob: "trainer/r/optimizer-a".to_owned(),
+            reader_checkpoint: None,
+        };
+        let mut json: serde_json::Value = serde_json::from_slice(&state.to_bytes()).unwrap();
+        assert!(json.get("reader_checkpoint").is_none());
+        let config = json["config"].as_object_mut().unwrap();
+        for key in ["reader_lr", "reader_passages", "reader_model"] {
+            assert!(config.remove(key).is_some());
+        }
+        let old = serde_json::to_vec(&json).unwrap();
+        assert_eq!(TrainerState::parse(&old, "x").unwrap(), state);
+        state.mode = Mode::Qa;
+        state.config.mode = Mode::Qa;
+        state.reader_checkpoint = Some("r".to_owned());
+        assert_eq!(TrainerState::parse(&state.to_bytes(), "x").unwrap(), state);
+        assert_eq!("qa".parse::<Mode>().unwrap(), Mode::Qa);
+        assert_eq!(Mode::Qa.to_string(), "qa");
+    }
 
     #[test]
     fn optimizer_state_round_trips_exactly() {

@@ -1,4 +1,4 @@
-//! The training loop of the three modes, checkpoints and resume, and the index-builder
+//! The training loop of the four modes, checkpoints and resume, and the index-builder
 //! thread of dual and ICT training.
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +10,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use realm_retriever::eval::{AnswerMatcher, PreparedText, QaExample, TopKAccuracy, first_hit};
+use realm_reader::{Reader, ReaderConfig};
+use realm_retriever::eval::{
+    AnswerMatcher, PreparedText, QaExample, TopKAccuracy, first_hit, normalize_answer,
+};
 use realm_retriever::index::ENCODER_BLOB_PREFIX;
 use realm_retriever::{BuildOptions, Encoder, Retriever, SearchMode, SearchSnapshot};
 use realm_storage::{Passage, Provenance};
@@ -20,6 +23,7 @@ use crate::adamw::{AdamW, WEIGHT_DECAY, learning_rate};
 use crate::config::{Control, Event, Mode, TrainConfig, TrainReport};
 use crate::error::{Error, Result};
 use crate::ict::sample_ict_pair;
+use crate::readers::{load_reader, set_current_reader, store_reader};
 use crate::state::{
     STATE_FORMAT, TrainerState, decode_optimizers, encode_optimizers, optimizer_blob, state_blob,
 };
@@ -41,6 +45,8 @@ pub const DUAL_NOTE: &str = "dual training refresh";
 pub const ICT_NOTE: &str = "ict training";
 /// The note of query-encoder versions attached by query-side training.
 pub const QUERY_SIDE_NOTE: &str = "query-side training";
+/// The note of query-encoder versions attached by QA training.
+pub const QA_NOTE: &str = "qa training";
 
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -103,6 +109,26 @@ impl Tower {
     }
 }
 
+/// The reader and its optimizer (QA).
+struct ReaderTower {
+    reader: Reader,
+    opt: AdamW,
+}
+
+impl ReaderTower {
+    fn new(mut reader: Reader) -> ReaderTower {
+        reader.var_store_mut().unfreeze();
+        let opt = AdamW::for_var_store(reader.var_store(), WEIGHT_DECAY);
+        ReaderTower { reader, opt }
+    }
+}
+
+/// A QA training question with its answer strings.
+struct QaPair {
+    question: String,
+    answers: Vec<String>,
+}
+
 /// A question with its distant supervision.
 struct Supervised {
     question: String,
@@ -113,9 +139,11 @@ struct Supervised {
     negatives: Vec<u64>,
 }
 
-/// The frozen document vectors of the pinned generation (query-side).
+/// The frozen document vectors of the pinned generation (query-side, QA).
 struct DocMatrix {
     rows: HashMap<u64, i64>,
+    /// The passage id of each row.
+    ids: Vec<u64>,
     values: Tensor,
 }
 
@@ -271,7 +299,13 @@ pub struct Trainer {
     passages: Vec<(String, String)>,
     /// Held-out questions.
     eval: Vec<(String, AnswerMatcher)>,
-    /// Query-side: the stored document vectors.
+    /// The answer strings and `in_corpus` flag of each held-out question (QA exact match).
+    eval_answers: Vec<(Vec<String>, Option<bool>)>,
+    /// QA: the reader being trained.
+    reader: Option<ReaderTower>,
+    /// QA: the questions with answer strings.
+    qa: Vec<QaPair>,
+    /// Query-side and QA: the stored document vectors.
     doc_matrix: Option<DocMatrix>,
     /// The effective batch size (capped at the number of examples).
     batch: usize,
@@ -305,11 +339,29 @@ impl Trainer {
     /// When the database holds an unfinished checkpoint of run `config.run` in the same
     /// mode, the run resumes from it ([`Event::Resumed`]); a finished run, or one of another
     /// mode, starts afresh from the current generation.
+    ///
+    /// QA runs use the examples' answer strings (examples with only answer patterns are
+    /// dropped) and a fresh run starts from the database's current reader, or else from a
+    /// reader loaded from `config.reader_model` (default: the default model folder).
     pub fn new(
         retriever: Retriever,
         config: TrainConfig,
         train: Vec<QaExample>,
         eval: Vec<QaExample>,
+    ) -> Result<Trainer> {
+        Trainer::new_with_reader(retriever, config, train, eval, None)
+    }
+
+    /// [`Trainer::new`], where a QA run that starts afresh begins from `reader` instead of
+    /// the current or a loaded reader (tests use a tiny random one). A resumed QA run loads
+    /// its checkpointed reader's weights with `reader`'s runtime settings. Ignored by the
+    /// other modes.
+    pub fn new_with_reader(
+        retriever: Retriever,
+        config: TrainConfig,
+        train: Vec<QaExample>,
+        eval: Vec<QaExample>,
+        reader: Option<Reader>,
     ) -> Result<Trainer> {
         config.validate()?;
         let db = retriever.db().clone();
@@ -324,7 +376,7 @@ impl Trainer {
         };
         let state = state.filter(|s| s.mode == config.mode && !s.finished);
         let search = match (&state, config.mode) {
-            (Some(s), Mode::QuerySide) => retriever.snapshot_at(s.generation)?,
+            (Some(s), Mode::QuerySide | Mode::Qa) => retriever.snapshot_at(s.generation)?,
             _ => retriever.snapshot()?,
         };
         let manifest = search
@@ -332,7 +384,43 @@ impl Trainer {
             .generation()
             .cloned()
             .ok_or(Error::NoGeneration)?;
-        let two_towers = config.mode != Mode::QuerySide;
+        let two_towers = !matches!(config.mode, Mode::QuerySide | Mode::Qa);
+        let mut reader_tower = if config.mode == Mode::Qa {
+            let device = retriever.options().encoder.device;
+            let cfg = reader.as_ref().map_or_else(
+                || ReaderConfig {
+                    device,
+                    ..ReaderConfig::default()
+                },
+                |r| r.config().clone(),
+            );
+            let reader = match (&state, reader) {
+                (Some(s), _) => {
+                    let id = s
+                        .reader_checkpoint
+                        .as_deref()
+                        .ok_or_else(|| Error::CorruptState {
+                            blob: state_name.clone(),
+                            reason: "a qa run's state names no reader checkpoint".to_owned(),
+                        })?;
+                    load_reader(&retriever, id, cfg)?
+                }
+                (None, Some(r)) => r,
+                (None, None) => match crate::readers::current_reader(&retriever, cfg.clone())? {
+                    Some((_, r)) => r,
+                    None => {
+                        let dir = match &config.reader_model {
+                            Some(dir) => dir.clone(),
+                            None => realm_retriever::default_model_dir()?,
+                        };
+                        Reader::load(&dir, cfg, (config.seed >> 1) as i64)?
+                    }
+                },
+            };
+            Some(ReaderTower::new(reader))
+        } else {
+            None
+        };
 
         let (query, document, step, slot) = match &state {
             Some(s) => {
@@ -362,18 +450,17 @@ impl Trainer {
                     reason,
                 };
                 for (name, steps, moments) in towers {
-                    let tower = match (name.as_str(), document.as_mut()) {
-                        ("query", _) => &mut query,
-                        ("document", Some(d)) => d,
+                    let opt = match (name.as_str(), document.as_mut(), reader_tower.as_mut()) {
+                        ("query", _, _) => &mut query.opt,
+                        ("document", Some(d), _) => &mut d.opt,
+                        ("reader", _, Some(r)) => &mut r.opt,
                         _ => {
                             return Err(opt_corrupt(format!(
                                 "it holds moments of an unexpected tower {name:?}"
                             )));
                         }
                     };
-                    tower
-                        .opt
-                        .restore(steps, moments)
+                    opt.restore(steps, moments)
                         .map_err(|r| opt_corrupt(format!("the {name} tower: {r}")))?;
                 }
                 let slot = if s.optimizer_blob.ends_with('a') {
@@ -402,6 +489,10 @@ impl Trainer {
             }
         };
 
+        let eval_answers = eval
+            .iter()
+            .map(|e| (e.answers.clone(), e.in_corpus))
+            .collect();
         let eval = eval
             .iter()
             .map(|e| Ok((e.question.clone(), AnswerMatcher::new(e)?)))
@@ -417,6 +508,9 @@ impl Trainer {
             dropped: 0,
             passages: Vec::new(),
             eval,
+            eval_answers,
+            reader: reader_tower,
+            qa: Vec::new(),
             doc_matrix: None,
             batch: 0,
             step,
@@ -432,6 +526,33 @@ impl Trainer {
             Mode::Dual => {
                 trainer.supervise(&train)?;
                 trainer.examples.len()
+            }
+            Mode::Qa => {
+                trainer.load_doc_matrix()?;
+                for example in train {
+                    let answers: Vec<String> = example
+                        .answers
+                        .into_iter()
+                        .filter(|a| !normalize_answer(a).is_empty())
+                        .collect();
+                    if answers.is_empty() {
+                        trainer.dropped += 1;
+                    } else {
+                        trainer.qa.push(QaPair {
+                            question: example.question,
+                            answers,
+                        });
+                    }
+                }
+                if trainer.qa.is_empty() {
+                    return Err(Error::NoData {
+                        reason: format!(
+                            "qa training needs question-answer pairs with answer strings, and none of the {} given has one",
+                            trainer.dropped
+                        ),
+                    });
+                }
+                trainer.qa.len()
             }
             Mode::Ict => {
                 for p in trainer.search.storage().passages() {
@@ -465,15 +586,18 @@ impl Trainer {
         self.step
     }
 
-    /// Usable examples: QA pairs with a positive passage, or passages for ICT.
+    /// Usable examples: QA pairs with a positive passage (QA: with an answer string), or
+    /// passages for ICT.
     pub fn examples(&self) -> usize {
         match self.config.mode {
             Mode::Ict => self.passages.len(),
+            Mode::Qa => self.qa.len(),
             _ => self.examples.len(),
         }
     }
 
-    /// Training questions dropped because no retrieved passage contained an answer.
+    /// Training questions dropped because no retrieved passage contained an answer (QA:
+    /// because they have no answer string).
     pub fn dropped_examples(&self) -> usize {
         self.dropped
     }
@@ -488,6 +612,11 @@ impl Trainer {
         self.document.as_ref().map(|t| &t.encoder)
     }
 
+    /// The reader being trained (QA).
+    pub fn reader(&self) -> Option<&Reader> {
+        self.reader.as_ref().map(|r| &r.reader)
+    }
+
     fn load_doc_matrix(&mut self) -> Result<()> {
         let vectors = self.search.storage().vectors()?;
         let rows = vectors
@@ -499,7 +628,11 @@ impl Trainer {
         let values = Tensor::from_slice(&vectors.values)
             .view([vectors.rows() as i64, vectors.dim as i64])
             .to_device(self.device());
-        self.doc_matrix = Some(DocMatrix { rows, values });
+        self.doc_matrix = Some(DocMatrix {
+            rows,
+            ids: vectors.ids.clone(),
+            values,
+        });
         Ok(())
     }
 
@@ -614,6 +747,8 @@ impl Trainer {
             final_step: self.step,
             generation: self.generation(),
             query_encoder_version: None,
+            reader_checkpoint: None,
+            qa_skipped: 0,
             first_eval: None,
             last_eval: None,
             generations_published: Vec::new(),
@@ -621,7 +756,7 @@ impl Trainer {
         };
         report.first_eval = self.eval_event(&mut em)?;
         let mut builder = match self.config.mode {
-            Mode::QuerySide => None,
+            Mode::QuerySide | Mode::Qa => None,
             Mode::Dual => Some(Builder::spawn(self.retriever.clone(), DUAL_NOTE)),
             Mode::Ict => Some(Builder::spawn(self.retriever.clone(), ICT_NOTE)),
         };
@@ -636,6 +771,16 @@ impl Trainer {
                 Mode::QuerySide => self.query_side_step(step)?,
                 Mode::Dual => self.dual_step(step)?,
                 Mode::Ict => self.ict_step(step)?,
+                Mode::Qa => {
+                    let (loss, questions, skipped) = self.qa_step(step)?;
+                    report.qa_skipped += skipped as u64;
+                    em.emit(Event::QaBatch {
+                        step,
+                        questions,
+                        skipped,
+                    });
+                    loss
+                }
             };
             self.step = step;
             let staleness = match self.config.mode {
@@ -681,17 +826,23 @@ impl Trainer {
             self.take_published(results, &mut em, &mut report)?;
         }
         drop(builder);
-        // Query-side marks the state finished only after attaching, so a run killed in
+        // Query-side and QA mark the state finished only after attaching, so a run killed in
         // between resumes at its last step and attaches then.
-        let query_side = self.config.mode == Mode::QuerySide;
-        let mut state = self.checkpoint(finished && !query_side, &mut em)?;
-        if finished && query_side {
+        let attaches = matches!(self.config.mode, Mode::QuerySide | Mode::Qa);
+        let mut state = self.checkpoint(finished && !attaches, &mut em)?;
+        if finished && attaches {
             let (generation, version) = self.attach_query_encoder()?;
             report.query_encoder_version = Some(version);
             em.emit(Event::QueryEncoderAttached {
                 generation,
                 version,
             });
+            if let Some(r) = &self.reader {
+                let id = store_reader(&self.retriever, &r.reader)?;
+                set_current_reader(&self.retriever, &id)?;
+                report.reader_checkpoint = Some(id.clone());
+                em.emit(Event::ReaderStored { checkpoint: id });
+            }
             state.finished = true;
             self.put_state(&state)?;
         }
@@ -754,7 +905,156 @@ impl Trainer {
             top5: accuracy.1,
             top20: accuracy.2,
         });
+        if let Some((questions, em_value, in_corpus_em)) = self.exact_match()? {
+            em.emit(Event::ExactMatch {
+                step: self.step,
+                questions,
+                em: em_value,
+                in_corpus_em,
+            });
+        }
         Ok(Some(accuracy))
+    }
+
+    /// The current query tower's top `reader_passages` rows of the frozen document matrix
+    /// for each question, best first, with their scaled scores (no gradient).
+    fn retrieve_rows(&self, questions: &[&str], k: usize) -> Result<(Vec<Vec<i64>>, Tensor)> {
+        let matrix = self.doc_matrix.as_ref().ok_or(Error::NoGeneration)?;
+        let queries = self
+            .query
+            .encoder
+            .encode(questions)?
+            .to_device(self.device());
+        let (values, rows) = tch::no_grad(|| {
+            (queries.matmul(&matrix.values.tr()) * self.config.scale).topk(k as i64, 1, true, true)
+        });
+        let flat = Vec::<i64>::try_from(&rows.flatten(0, -1).to_device(Device::Cpu))?;
+        Ok((flat.chunks(k.max(1)).map(<[i64]>::to_vec).collect(), values))
+    }
+
+    /// QA: exact match of the reader over the current query tower's top `reader_passages`
+    /// passages, on the held-out questions with answer strings.
+    fn exact_match(&self) -> Result<Option<(usize, f64, Option<f64>)>> {
+        let (Some(reader), Some(matrix)) = (&self.reader, &self.doc_matrix) else {
+            return Ok(None);
+        };
+        let k = self.config.reader_passages.min(matrix.ids.len());
+        let items: Vec<usize> = (0..self.eval.len())
+            .filter(|&i| {
+                self.eval_answers[i]
+                    .0
+                    .iter()
+                    .any(|a| !normalize_answer(a).is_empty())
+            })
+            .collect();
+        if items.is_empty() || k == 0 {
+            return Ok(None);
+        }
+        let (mut correct, mut in_corpus, mut in_corpus_correct) = (0usize, 0usize, 0usize);
+        for chunk in items.chunks(INFERENCE_BATCH) {
+            let questions: Vec<&str> = chunk.iter().map(|&i| self.eval[i].0.as_str()).collect();
+            let (rows, scores) = self.retrieve_rows(&questions, k)?;
+            let probs = tch::no_grad(|| scores.softmax(1, Kind::Float));
+            let probs = Vec::<f32>::try_from(&probs.flatten(0, -1).to_device(Device::Cpu))?;
+            for (r, &i) in chunk.iter().enumerate() {
+                let mut passages = Vec::with_capacity(k);
+                for (j, &row) in rows[r].iter().enumerate() {
+                    let id = matrix.ids[row as usize];
+                    let p = self.search.storage().get(id)?;
+                    let (title, text) = p.map(|p| (p.title, p.text)).unwrap_or_default();
+                    passages.push((id, title, text, probs[r * k + j]));
+                }
+                let borrowed: Vec<(u64, &str, &str, f32)> = passages
+                    .iter()
+                    .map(|(id, title, text, p)| (*id, title.as_str(), text.as_str(), *p))
+                    .collect();
+                let hit = match reader.reader.answer(questions[r], &borrowed) {
+                    Ok(answer) => {
+                        let got = normalize_answer(&answer.text);
+                        self.eval_answers[i]
+                            .0
+                            .iter()
+                            .any(|a| normalize_answer(a) == got)
+                    }
+                    Err(realm_reader::Error::NoCandidate { .. }) => false,
+                    Err(e) => return Err(e.into()),
+                };
+                correct += usize::from(hit);
+                if self.eval_answers[i].1 == Some(true) {
+                    in_corpus += 1;
+                    in_corpus_correct += usize::from(hit);
+                }
+            }
+        }
+        let n = items.len();
+        let in_corpus_em = (in_corpus > 0).then(|| in_corpus_correct as f64 / in_corpus as f64);
+        Ok(Some((n, correct as f64 / n as f64, in_corpus_em)))
+    }
+
+    /// QA step: retrieve each question's top `reader_passages` passages with the current
+    /// query tower, score them with gradient, and minimize the reader's marginal loss
+    /// −log Σ_z p(z|x) Σ_{s∈S(z,y)} p(s|z,x). Returns the loss (NaN when every question was
+    /// skipped, with no update), the batch size and the skipped questions.
+    fn qa_step(&mut self, step: u64) -> Result<(f64, usize, usize)> {
+        let idx = batch_indices(self.config.seed, self.qa.len(), self.batch, step);
+        let questions: Vec<&str> = idx.iter().map(|&i| self.qa[i].question.as_str()).collect();
+        let matrix = self.doc_matrix.as_ref().ok_or(Error::NoGeneration)?;
+        let k = self.config.reader_passages.min(matrix.ids.len());
+        let (rows, _) = self.retrieve_rows(&questions, k)?;
+        let mut texts: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut passage_texts = Vec::with_capacity(k);
+            for &r in row {
+                let p = self.search.storage().get(matrix.ids[r as usize])?;
+                passage_texts.push(p.map(|p| p.text).unwrap_or_default());
+            }
+            texts.push(passage_texts);
+        }
+        let device = self.device();
+        let b = idx.len() as i64;
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        let d = matrix
+            .values
+            .index_select(0, &Tensor::from_slice(&flat).to_device(device))
+            .view([b, k as i64, -1]);
+        self.seed_dropout(step);
+        let q = self
+            .query
+            .encoder
+            .forward_t(&self.query.encoder.tokenize(&questions)?, true);
+        let log_p_z = (d.matmul(&q.unsqueeze(2)).squeeze_dim(2) * self.config.scale)
+            .log_softmax(1, Kind::Float);
+        let Some(reader) = self.reader.as_mut() else {
+            return Err(Error::NoGeneration);
+        };
+        let mut losses = Vec::new();
+        for (r, &i) in idx.iter().enumerate() {
+            let passages: Vec<&str> = texts[r].iter().map(String::as_str).collect();
+            if let Some(loss) = reader.reader.qa_loss(
+                questions[r],
+                &passages,
+                &log_p_z.get(r as i64),
+                &self.qa[i].answers,
+                true,
+            )? {
+                losses.push(loss);
+            }
+        }
+        let skipped = idx.len() - losses.len();
+        if losses.is_empty() {
+            self.query.opt.zero_grad();
+            reader.opt.zero_grad();
+            return Ok((f64::NAN, idx.len(), skipped));
+        }
+        let loss = Tensor::stack(&losses, 0).mean(Kind::Float);
+        loss.backward();
+        let value = loss.double_value(&[]);
+        let total = self.config.steps;
+        reader
+            .opt
+            .step(learning_rate(self.config.reader_lr, step, total));
+        self.query.step(learning_rate(self.config.lr, step, total));
+        Ok((value, idx.len(), skipped))
     }
 
     /// Top-1/5/20 accuracy of the current query tower over the generation in use.
@@ -997,9 +1297,17 @@ impl Trainer {
         // written leaves the previous checkpoint whole.
         let slot = if self.slot == 'a' { 'b' } else { 'a' };
         let optimizer = optimizer_blob(&self.config.run, slot);
+        let reader_checkpoint = self
+            .reader
+            .as_ref()
+            .map(|r| store_reader(&self.retriever, &r.reader))
+            .transpose()?;
         let mut towers = vec![("query", &self.query.opt)];
         if let Some(d) = &self.document {
             towers.push(("document", &d.opt));
+        }
+        if let Some(r) = &self.reader {
+            towers.push(("reader", &r.opt));
         }
         db.put_blob(&optimizer, &encode_optimizers(&towers)?)?;
         let state = TrainerState {
@@ -1012,13 +1320,14 @@ impl Trainer {
             query_checkpoint,
             document_checkpoint,
             optimizer_blob: optimizer,
+            reader_checkpoint,
         };
         self.put_state(&state)?;
         self.slot = slot;
         Ok(state)
     }
 
-    /// Query-side end: attaches the query tower to the pinned generation, unless its last
+    /// Query-side and QA end: attaches the query tower to the pinned generation, unless its last
     /// version already is this tower (a run that was killed right after attaching).
     fn attach_query_encoder(&self) -> Result<(u64, u32)> {
         let generation = self.generation();
@@ -1029,8 +1338,13 @@ impl Trainer {
         {
             return Ok((generation, last.version));
         }
+        let label = if self.config.mode == Mode::Qa {
+            QA_NOTE
+        } else {
+            QUERY_SIDE_NOTE
+        };
         let note = format!(
-            "{QUERY_SIDE_NOTE} (run {:?}, {} steps, seed {})",
+            "{label} (run {:?}, {} steps, seed {})",
             self.config.run, self.step, self.config.seed
         );
         let version = db.attach_query_encoder(generation, &id, &note)?;

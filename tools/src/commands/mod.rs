@@ -8,6 +8,7 @@ use realm_db::{Bm25Params, HybridOptions, RetrieverOptions, SearchMode};
 use crate::cli::{Cli, Command, DeviceArg, DtypeArg, ModeArg, RetrievalArgs};
 use crate::open;
 
+mod ask;
 mod embed;
 mod eval;
 mod export;
@@ -91,6 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => maintenance::check(args, &env, &mut out),
         Command::Eval(args) => eval::run(args, &env, &mut out),
         Command::Train(args) => train::run(args, &env, &mut out),
+        Command::Ask(args) => ask::run(args, &env, &mut out),
         Command::Shell(_) => Ok(()),
     };
     // Print what was produced before any error message.

@@ -24,6 +24,7 @@ impl From<TrainModeArg> for Mode {
             TrainModeArg::QuerySide => Mode::QuerySide,
             TrainModeArg::Dual => Mode::Dual,
             TrainModeArg::Ict => Mode::Ict,
+            TrainModeArg::Qa => Mode::Qa,
         }
     }
 }
@@ -59,6 +60,9 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         run: args.run.clone(),
         scale: args.scale,
+        reader_lr: args.reader_lr,
+        reader_passages: args.reader_passages,
+        reader_model: args.reader_model.clone(),
     };
     let mut trainer = Trainer::new(retriever, config, train, eval)?;
 
@@ -231,6 +235,20 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
             version,
         } => format!("Attached query-encoder version {version} to generation {generation}."),
         Event::Checkpoint { step } => format!("Checkpoint at step {step}."),
+        Event::ExactMatch {
+            step,
+            questions,
+            em,
+            in_corpus_em,
+        } => format!(
+            "step {step}: reader exact match on {questions} questions: {:.1}%{}",
+            100.0 * em,
+            in_corpus_em.map_or_else(String::new, |ic| format!(" ({:.1}% in corpus)", 100.0 * ic))
+        ),
+        Event::ReaderStored { checkpoint } => format!(
+            "Stored the reader ({}) as the database's current reader.",
+            crate::output::short_hash(checkpoint)
+        ),
         _ => return Ok(()),
     };
     bar.suspend(|| say(out, line))

@@ -1,0 +1,121 @@
+//! `realm-db ask`: retrieve, then read. The answer's probability marginalizes over the
+//! retrieved passages: p(y|x) = Σ_z p(z|x) p(y|z,x).
+
+use std::io::Write;
+
+use anyhow::Result;
+use realm_db::reader::{Answer, ReaderConfig, ask};
+use realm_db::trainer::readers::current_reader;
+use serde::Serialize;
+
+use super::search::pin;
+use super::{Env, say};
+use crate::cli::AskArgs;
+use crate::error::user;
+use crate::open;
+use crate::output::{Align, Table, json_line, truncate};
+
+/// The answer as one JSON object.
+#[derive(Debug, Serialize)]
+struct AnswerJson<'a> {
+    question: &'a str,
+    answer: &'a str,
+    prob: f64,
+    generation: u64,
+    reader: &'a str,
+    evidence: Vec<EvidenceJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct EvidenceJson<'a> {
+    id: u64,
+    title: &'a str,
+    p_z: f64,
+    span: Option<&'a str>,
+    span_prob: f64,
+    p_answer_given_z: f64,
+}
+
+pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let options = env.retriever_options()?;
+    let device = options.encoder.device;
+    let (retriever, _) = open::open_reader(&args.dir, options, true)?;
+    let config = ReaderConfig {
+        device,
+        ..ReaderConfig::default()
+    };
+    let Some((reader_id, reader)) = current_reader(&retriever, config)? else {
+        return Err(user(format!(
+            "the database at {} has no trained reader yet; train one with `realm-db train {} --mode qa --qa FILE`",
+            args.dir.display(),
+            args.dir.display()
+        )));
+    };
+    let (answer, generation) = open::follower_retry(retriever.db(), || {
+        let snapshot = pin(&retriever, args.generation)?;
+        Ok(ask(&reader, &snapshot, &args.question, args.k as usize)?)
+    })?;
+    if args.json {
+        return json_line(
+            out,
+            &to_json(&args.question, &answer, generation, &reader_id),
+        );
+    }
+    write_answer(&answer, generation, out)
+}
+
+fn to_json<'a>(
+    question: &'a str,
+    answer: &'a Answer,
+    generation: u64,
+    reader: &'a str,
+) -> AnswerJson<'a> {
+    AnswerJson {
+        question,
+        answer: &answer.text,
+        prob: answer.prob,
+        generation,
+        reader,
+        evidence: answer
+            .evidence
+            .iter()
+            .map(|e| EvidenceJson {
+                id: e.passage_id,
+                title: &e.title,
+                p_z: e.p_z,
+                span: e.span.as_deref(),
+                span_prob: e.span_prob,
+                p_answer_given_z: e.p_answer_given_z,
+            })
+            .collect(),
+    }
+}
+
+fn write_answer(answer: &Answer, generation: u64, out: &mut dyn Write) -> Result<()> {
+    say(
+        out,
+        format_args!(
+            "{}  (p(y|x) = {:.3}, generation {generation})",
+            answer.text, answer.prob
+        ),
+    )?;
+    let mut table = Table::new(&[
+        ("id", Align::Right),
+        ("p(z|x)", Align::Right),
+        ("p(y|z,x)", Align::Right),
+        ("best span", Align::Left),
+        ("title", Align::Left),
+    ]);
+    for e in &answer.evidence {
+        table.row(vec![
+            e.passage_id.to_string(),
+            format!("{:.3}", e.p_z),
+            format!("{:.3}", e.p_answer_given_z),
+            e.span
+                .as_deref()
+                .map_or_else(|| "-".to_string(), |s| truncate(s, 40)),
+            truncate(&e.title, 40),
+        ]);
+    }
+    table.write(out)
+}
