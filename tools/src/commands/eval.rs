@@ -113,7 +113,7 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             &snapshot,
             &examples,
             &matchers,
-            args.reader_k as usize,
+            (args.reader_k as usize, args.retrieval.mode()),
         )?)
     } else {
         None
@@ -127,8 +127,9 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             say(
                 out,
                 format_args!(
-                    "Exact match of the reader over the top {} dense passages: {:.1}%{} ({:.1} questions/s).",
+                    "Exact match of the reader over the top {} {} passages: {:.1}%{} ({:.1} questions/s).",
                     em.passages,
+                    em.retrieval,
                     100.0 * em.em,
                     em.in_corpus_em
                         .map_or_else(String::new, |ic| format!(" / {:.1}% in corpus", 100.0 * ic)),
@@ -339,6 +340,7 @@ fn write_table(
 #[derive(Debug, Serialize)]
 struct ExactMatch {
     system: &'static str,
+    retrieval: &'static str,
     reader: String,
     passages: usize,
     questions: usize,
@@ -347,7 +349,8 @@ struct ExactMatch {
     seconds: f64,
 }
 
-/// Answers every question with the current reader over the top `k` dense passages and counts
+/// Answers every question with the current reader over the top `k` passages of `mode` (their
+/// p(z|x) as that mode defines it) and counts
 /// exact matches: the normalized answer equals a normalized gold answer, or, for questions
 /// with `answer_patterns`, a pattern matches the answer.
 fn exact_match(
@@ -355,7 +358,7 @@ fn exact_match(
     snapshot: &SearchSnapshot,
     examples: &[QaExample],
     matchers: &[AnswerMatcher],
-    k: usize,
+    (k, mode): (usize, SearchMode),
 ) -> Result<ExactMatch> {
     let config = ReaderConfig {
         device: retriever.options().encoder.device,
@@ -374,7 +377,7 @@ fn exact_match(
     let started = Instant::now();
     let (mut hits, mut in_corpus, mut in_corpus_hits, mut any_in_corpus) = (0usize, 0, 0, false);
     for (example, matcher) in examples.iter().zip(matchers) {
-        let retrieved = snapshot.search(&example.question, k)?;
+        let retrieved = snapshot.search_with(&example.question, k, mode)?;
         let passages: Vec<(u64, &str, &str, f32)> = retrieved
             .iter()
             .map(|h| (h.passage_id, h.title.as_str(), h.text.as_str(), h.prob))
@@ -402,6 +405,7 @@ fn exact_match(
     bar.finish_and_clear();
     Ok(ExactMatch {
         system: "reader",
+        retrieval: mode.name(),
         reader: reader_id,
         passages: k,
         questions: examples.len(),
