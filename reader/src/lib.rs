@@ -25,9 +25,11 @@
 //! `realm-db ask` command, and open-QA fine-tuning through the trainer; those come next.
 
 mod error;
+mod mlm;
 mod reader;
 
 pub use error::{Error, Result};
+pub use mlm::SentenceTokens;
 pub use reader::{Answer, Evidence, PassageSpans, Reader, ReaderConfig, Span, SpanScores};
 
 /// Retrieves the top `k` passages for `question` from `snapshot` and answers from them with

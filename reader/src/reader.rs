@@ -419,6 +419,28 @@ impl Reader {
         transformed.matmul(&self.net.bert.word_embeddings().tr()) + &self.net.mlm_bias
     }
 
+    /// [`Reader::mlm_logits`] at the sequence positions `positions` only ([M] int64):
+    /// logits [B, M, V], without running the MLM head over the other positions.
+    pub fn mlm_logits_at(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        positions: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let hidden = self
+            .net
+            .bert
+            .forward_t(input_ids, attention_mask, Some(token_type_ids), train)
+            .index_select(1, positions);
+        let transformed = self
+            .net
+            .mlm_layer_norm
+            .forward(&self.net.mlm_dense.forward(&hidden).gelu("none"));
+        transformed.matmul(&self.net.bert.word_embeddings().tr()) + &self.net.mlm_bias
+    }
+
     /// Span log-probabilities of passages for one question: log p(s|z,x) over the spans of
     /// each passage (`train` turns dropout on; gradients flow unless disabled by the caller).
     pub fn span_scores(

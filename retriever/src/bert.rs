@@ -437,3 +437,57 @@ impl BertModel {
         &self.config
     }
 }
+
+/// BERT's initialization of one variable, deterministic in `seed` and the variable's name
+/// (independent of libtorch's global generator and of the device): unit LayerNorm gains,
+/// zero biases, and normal(0, `initializer_range`) matrices with the padding token's
+/// embedding row zeroed.
+pub fn initial_values(config: &BertConfig, name: &str, numel: usize, seed: i64) -> Vec<f32> {
+    if name.ends_with("LayerNorm.weight") {
+        return vec![1.0; numel];
+    }
+    if name.ends_with("bias") {
+        return vec![0.0; numel];
+    }
+    let mut rng = SplitMix64(seed as u64 ^ fnv1a(name.as_bytes()));
+    let stdev = config.initializer_range;
+    let mut values: Vec<f32> = (0..numel).map(|_| (rng.normal() * stdev) as f32).collect();
+    if name.ends_with("word_embeddings.weight") {
+        let hidden = config.hidden_size as usize;
+        let pad = config.pad_token_id as usize;
+        if let Some(row) = values.get_mut(pad * hidden..(pad + 1) * hidden) {
+            row.fill(0.0);
+        }
+    }
+    values
+}
+
+/// A small deterministic generator (SplitMix64) for seeded initialization.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -658,27 +658,10 @@ impl Encoder {
             .filter(|(name, _)| select(name))
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let stdev = self.bert_config.initializer_range;
         for (name, mut var) in vars {
             let size = var.size();
             let numel: usize = size.iter().map(|&d| d as usize).product();
-            let values: Vec<f32> = if name.ends_with("LayerNorm.weight") {
-                vec![1.0; numel]
-            } else if name.ends_with("bias") {
-                vec![0.0; numel]
-            } else {
-                let mut rng = SplitMix64::new(seed as u64 ^ fnv1a(name.as_bytes()));
-                let mut values: Vec<f32> =
-                    (0..numel).map(|_| (rng.normal() * stdev) as f32).collect();
-                if name.ends_with("word_embeddings.weight") {
-                    let hidden = self.bert_config.hidden_size as usize;
-                    let pad = self.bert_config.pad_token_id as usize;
-                    if let Some(row) = values.get_mut(pad * hidden..(pad + 1) * hidden) {
-                        row.fill(0.0);
-                    }
-                }
-                values
-            };
+            let values = crate::bert::initial_values(&self.bert_config, &name, numel, seed);
             let src = Tensor::from_slice(&values).view(size.as_slice());
             tch::no_grad(|| var.f_copy_(&src))?;
         }
@@ -1236,39 +1219,5 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
         Kind::Uint8 => "U8",
         Kind::Bool => "BOOL",
         _ => return None,
-    })
-}
-
-/// A small deterministic generator (SplitMix64) for seeded initialization.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

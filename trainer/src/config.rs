@@ -25,16 +25,24 @@ pub enum Mode {
     /// question-answer pairs against the frozen document vectors of the pinned generation;
     /// the query tower is attached to that generation and the reader becomes the current one.
     Qa,
+    /// REALM MLM pre-training (Guu et al. 2020, §2–3): a salient span of a corpus sentence is
+    /// masked, the query tower retrieves `reader_passages` passages (never the sentence's
+    /// own) from the generation in use, and the loss −log Σ_z p(z|x) Π_j p(y_j|z,x) over
+    /// them plus a null document trains the query tower, the document tower (re-embedding
+    /// the candidates) and the reader's MLM head and encoder. Every `refresh_every` steps the
+    /// index builder publishes a generation built with the towers, as in dual training.
+    Realm,
 }
 
 impl Mode {
-    /// The mode's name: `query-side`, `dual`, `ict` or `qa`.
+    /// The mode's name: `query-side`, `dual`, `ict`, `qa` or `realm`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::QuerySide => "query-side",
             Mode::Dual => "dual",
             Mode::Ict => "ict",
             Mode::Qa => "qa",
+            Mode::Realm => "realm",
         }
     }
 }
@@ -48,13 +56,14 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = Error;
 
-    /// `query-side`, `dual`, `ict` or `qa` (also accepts `query_side`).
+    /// `query-side`, `dual`, `ict`, `qa` or `realm` (also accepts `query_side`).
     fn from_str(s: &str) -> Result<Mode, Error> {
         match s {
             "query-side" | "query_side" => Ok(Mode::QuerySide),
             "dual" => Ok(Mode::Dual),
             "ict" => Ok(Mode::Ict),
             "qa" => Ok(Mode::Qa),
+            "realm" => Ok(Mode::Realm),
             other => Err(Error::UnknownMode {
                 name: other.to_owned(),
             }),
@@ -181,6 +190,9 @@ impl TrainConfig {
         if self.reader_passages == 0 && self.mode == Mode::Qa {
             return bad("QA training needs at least 1 passage per question");
         }
+        if self.reader_passages == 0 && self.mode == Mode::Realm {
+            return bad("REALM training needs at least 1 retrieved passage per sentence");
+        }
         if !(self.scale.is_finite() && self.scale > 0.0) {
             return Err(Error::Config {
                 reason: format!(
@@ -192,8 +204,8 @@ impl TrainConfig {
         if self.candidates == 0 && self.mode != Mode::Ict {
             return bad("the number of candidates must be at least 1");
         }
-        if self.refresh_every == 0 && self.mode == Mode::Dual {
-            return bad("dual training needs refresh_every of at least 1");
+        if self.refresh_every == 0 && matches!(self.mode, Mode::Dual | Mode::Realm) {
+            return bad("dual and REALM training need refresh_every of at least 1");
         }
         if self.run.is_empty() || self.run.contains('\0') || self.run.contains('/') {
             return Err(Error::Config {
@@ -280,6 +292,15 @@ pub enum Event {
         step: u64,
         questions: usize,
         skipped: usize,
+    },
+    /// REALM, after each [`Event::Step`]: `sentences` masked sentences were trained on (a
+    /// sentence whose salient spans were all truncated away is skipped); `utility` is the
+    /// mean retrieval utility, log p(y|x) with retrieval minus log p(y|x) with only the null
+    /// document (the same reader reading `[CLS] x [SEP]`), in nats over the masked tokens.
+    RealmBatch {
+        step: u64,
+        sentences: usize,
+        utility: f64,
     },
     /// The towers, optimizer and trainer state of `step` were stored.
     Checkpoint { step: u64 },

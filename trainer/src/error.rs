@@ -30,7 +30,7 @@ pub enum Error {
     Config { reason: String },
 
     /// A training mode name is not one of `query-side`, `dual`, `ict` or `qa`.
-    #[error("{name:?} is not a training mode; use query-side, dual, ict or qa")]
+    #[error("{name:?} is not a training mode; use query-side, dual, ict, qa or realm")]
     UnknownMode { name: String },
 
     /// The database has no current generation, so there are no encoders to start from.

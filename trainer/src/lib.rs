@@ -24,6 +24,12 @@
 //!   [`realm_reader::Reader`] trains both the reader and (through log p(z|x)) the query
 //!   tower. At the end the query tower is attached to the generation and the reader is
 //!   stored and made current ([`readers`]).
+//! * **realm** (REALM MLM pre-training): one salient span ([`masking`]) of each sampled
+//!   sentence is masked; the query tower retrieves `reader_passages` passages of the stale
+//!   index, never the sentence's own, which the fresh towers re-score; with a null document
+//!   (fixed score 0) the loss −log Σ_z p(z|x) Π_j p(y_j|z,x) trains the query tower, the
+//!   document tower and the reader. Refresh, final generation and reader storage as in dual
+//!   and qa; [`Event::RealmBatch`] reports the retrieval utility.
 //!
 //! Runs checkpoint their towers, AdamW state and a JSON state blob into the database
 //! (`trainer/<run>/...`, readers under `reader/<id>`) and resume from it; every random choice of a step derives from the
@@ -34,10 +40,11 @@ pub mod adamw;
 mod config;
 mod error;
 pub mod ict;
+pub mod masking;
 pub mod readers;
 pub mod state;
 mod trainer;
 
 pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
 pub use error::{Error, Result};
-pub use trainer::{DUAL_NOTE, ICT_NOTE, QA_NOTE, QUERY_SIDE_NOTE, Trainer};
+pub use trainer::{DUAL_NOTE, ICT_NOTE, QA_NOTE, QUERY_SIDE_NOTE, REALM_NOTE, Trainer};

@@ -22,7 +22,8 @@ use tch::{Device, Kind, Tensor};
 use crate::adamw::{AdamW, WEIGHT_DECAY, learning_rate};
 use crate::config::{Control, Event, Mode, TrainConfig, TrainReport};
 use crate::error::{Error, Result};
-use crate::ict::sample_ict_pair;
+use crate::ict::{sample_ict_pair, split_sentences};
+use crate::masking::{mask_one, salient_spans};
 use crate::readers::{load_reader, set_current_reader, store_reader};
 use crate::state::{
     STATE_FORMAT, TrainerState, decode_optimizers, encode_optimizers, optimizer_blob, state_blob,
@@ -32,6 +33,7 @@ use crate::state::{
 const SALT_EPOCH: u64 = 0x6570_6f63_6800_0001;
 const SALT_DROPOUT: u64 = 0x6472_6f70_0000_0002;
 const SALT_ICT: u64 = 0x6963_7400_0000_0003;
+const SALT_REALM: u64 = 0x7265_616c_6d00_0004;
 
 /// Top-1, top-5 and top-20 accuracy.
 type Accuracy = (f64, f64, f64);
@@ -47,6 +49,8 @@ pub const ICT_NOTE: &str = "ict training";
 pub const QUERY_SIDE_NOTE: &str = "query-side training";
 /// The note of query-encoder versions attached by QA training.
 pub const QA_NOTE: &str = "qa training";
+/// The provenance note of generations built by REALM training.
+pub const REALM_NOTE: &str = "realm training";
 
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -127,6 +131,34 @@ impl ReaderTower {
 struct QaPair {
     question: String,
     answers: Vec<String>,
+}
+
+/// REALM: a corpus sentence with at least one salient span, and its passage.
+struct RealmSentence {
+    passage: u64,
+    text: String,
+}
+
+/// REALM: a masked sentence ready to be read.
+struct MaskedItem {
+    /// The passage the sentence came from (never a candidate).
+    passage: u64,
+    /// The sentence with one `[MASK]` per masked token, for the query tower.
+    query: String,
+    /// The reader's token ids of the sentence, masked.
+    ids: Vec<i64>,
+    /// (position, true id) of each masked token.
+    targets: Vec<(usize, i64)>,
+}
+
+/// The ids of the top `k` of a retrieved `row` (best first) other than `source`, the
+/// passage the masked sentence came from: retrieving it would make the task trivial.
+pub(crate) fn realm_candidates(row: &[(u64, f32)], source: u64, k: usize) -> Vec<u64> {
+    row.iter()
+        .map(|&(id, _)| id)
+        .filter(|&id| id != source)
+        .take(k)
+        .collect()
 }
 
 /// A question with its distant supervision.
@@ -305,6 +337,8 @@ pub struct Trainer {
     reader: Option<ReaderTower>,
     /// QA: the questions with answer strings.
     qa: Vec<QaPair>,
+    /// REALM: the sentences with a salient span.
+    sentences: Vec<RealmSentence>,
     /// Query-side and QA: the stored document vectors.
     doc_matrix: Option<DocMatrix>,
     /// The effective batch size (capped at the number of examples).
@@ -385,7 +419,7 @@ impl Trainer {
             .cloned()
             .ok_or(Error::NoGeneration)?;
         let two_towers = !matches!(config.mode, Mode::QuerySide | Mode::Qa);
-        let mut reader_tower = if config.mode == Mode::Qa {
+        let mut reader_tower = if matches!(config.mode, Mode::Qa | Mode::Realm) {
             let device = retriever.options().encoder.device;
             let cfg = reader.as_ref().map_or_else(
                 || ReaderConfig {
@@ -401,7 +435,10 @@ impl Trainer {
                         .as_deref()
                         .ok_or_else(|| Error::CorruptState {
                             blob: state_name.clone(),
-                            reason: "a qa run's state names no reader checkpoint".to_owned(),
+                            reason: format!(
+                                "a {} run's state names no reader checkpoint",
+                                config.mode
+                            ),
                         })?;
                     load_reader(&retriever, id, cfg)?
                 }
@@ -511,6 +548,7 @@ impl Trainer {
             eval_answers,
             reader: reader_tower,
             qa: Vec::new(),
+            sentences: Vec::new(),
             doc_matrix: None,
             batch: 0,
             step,
@@ -554,6 +592,25 @@ impl Trainer {
                 }
                 trainer.qa.len()
             }
+            Mode::Realm => {
+                for p in trainer.search.storage().passages() {
+                    let p = p?;
+                    for sentence in split_sentences(&p.text) {
+                        if !salient_spans(sentence).is_empty() {
+                            trainer.sentences.push(RealmSentence {
+                                passage: p.id,
+                                text: sentence.to_owned(),
+                            });
+                        }
+                    }
+                }
+                if trainer.sentences.is_empty() {
+                    return Err(Error::NoData {
+                        reason: "REALM training needs sentences with a salient span (a name, date or number), and the corpus has none".to_owned(),
+                    });
+                }
+                trainer.sentences.len()
+            }
             Mode::Ict => {
                 for p in trainer.search.storage().passages() {
                     let p = p?;
@@ -592,6 +649,7 @@ impl Trainer {
         match self.config.mode {
             Mode::Ict => self.passages.len(),
             Mode::Qa => self.qa.len(),
+            Mode::Realm => self.sentences.len(),
             _ => self.examples.len(),
         }
     }
@@ -759,6 +817,7 @@ impl Trainer {
             Mode::QuerySide | Mode::Qa => None,
             Mode::Dual => Some(Builder::spawn(self.retriever.clone(), DUAL_NOTE)),
             Mode::Ict => Some(Builder::spawn(self.retriever.clone(), ICT_NOTE)),
+            Mode::Realm => Some(Builder::spawn(self.retriever.clone(), REALM_NOTE)),
         };
         let start_step = self.step;
         while self.step < self.config.steps && !em.stop {
@@ -767,6 +826,7 @@ impl Trainer {
             }
             let step = self.step + 1;
             let t0 = Instant::now();
+            let mut realm_batch = None;
             let loss = match self.config.mode {
                 Mode::QuerySide => self.query_side_step(step)?,
                 Mode::Dual => self.dual_step(step)?,
@@ -781,10 +841,15 @@ impl Trainer {
                     });
                     loss
                 }
+                Mode::Realm => {
+                    let (loss, sentences, utility) = self.realm_step(step)?;
+                    realm_batch = Some((sentences, utility));
+                    loss
+                }
             };
             self.step = step;
             let staleness = match self.config.mode {
-                Mode::Dual => step.saturating_sub(self.weights_step()),
+                Mode::Dual | Mode::Realm => step.saturating_sub(self.weights_step()),
                 _ => 0,
             };
             em.emit(Event::Step {
@@ -794,8 +859,15 @@ impl Trainer {
                 staleness,
                 seconds: t0.elapsed().as_secs_f64(),
             });
+            if let Some((sentences, utility)) = realm_batch {
+                em.emit(Event::RealmBatch {
+                    step,
+                    sentences,
+                    utility,
+                });
+            }
             let last = step >= self.config.steps;
-            if self.config.mode == Mode::Dual
+            if matches!(self.config.mode, Mode::Dual | Mode::Realm)
                 && step.is_multiple_of(self.config.refresh_every)
                 && !last
                 && !em.stop
@@ -845,6 +917,15 @@ impl Trainer {
             }
             state.finished = true;
             self.put_state(&state)?;
+        }
+        if finished
+            && self.config.mode == Mode::Realm
+            && let Some(r) = &self.reader
+        {
+            let id = store_reader(&self.retriever, &r.reader)?;
+            set_current_reader(&self.retriever, &id)?;
+            report.reader_checkpoint = Some(id.clone());
+            em.emit(Event::ReaderStored { checkpoint: id });
         }
         report.last_eval = self.eval_event(&mut em)?;
         report.final_step = self.step;
@@ -1271,6 +1352,183 @@ impl Trainer {
         Ok(value)
     }
 
+    /// REALM: masks one salient span of each sentence (the choice derives from `rng`);
+    /// sentences whose spans were all truncated away are skipped.
+    fn mask_sentences(
+        &self,
+        sentences: &[(u64, &str)],
+        rng: &mut StdRng,
+    ) -> Result<Vec<MaskedItem>> {
+        let reader = &self.reader.as_ref().ok_or(Error::NoGeneration)?.reader;
+        let mask_id = reader.special_token_id("[MASK]")?;
+        // Half of the reader's window for the sentence, the rest for the passage.
+        let room = reader.config().max_len / 2;
+        let mut items = Vec::with_capacity(sentences.len());
+        for &(passage, text) in sentences {
+            let mut tokens = reader.tokenize_sentence(text)?;
+            tokens.ids.truncate(room);
+            tokens.offsets.truncate(room);
+            let Some(masked) = mask_one(text, &tokens.offsets, rng) else {
+                continue;
+            };
+            let mut ids = tokens.ids.clone();
+            let mut targets = Vec::with_capacity(masked.tokens.len());
+            for &t in &masked.tokens {
+                targets.push((t, tokens.ids[t]));
+                ids[t] = mask_id;
+            }
+            let masks = vec!["[MASK]"; masked.tokens.len()].join(" ");
+            let query = format!(
+                "{}{masks}{}",
+                &text[..masked.span.0],
+                &text[masked.span.1..]
+            );
+            items.push(MaskedItem {
+                passage,
+                query,
+                ids,
+                targets,
+            });
+        }
+        Ok(items)
+    }
+
+    /// REALM: for each masked sentence, (log p(y|x) with retrieval, as a tensor with
+    /// gradient unless disabled, and log p(y|x) with only the null document). Candidates are
+    /// the top `reader_passages` of the generation in use (stale index, frozen query tower)
+    /// other than the sentence's own passage, re-scored with the current towers; the null
+    /// document has the fixed score 0 (its p(z|x) is then softmax-normalized with the
+    /// others), so p(z = ∅|x) is large exactly when no passage scores well.
+    fn realm_likelihoods(&self, items: &[MaskedItem], train: bool) -> Result<Vec<(Tensor, f64)>> {
+        let k = self.config.reader_passages;
+        let queries: Vec<&str> = items.iter().map(|m| m.query.as_str()).collect();
+        let frozen = self.query.encoder.encode(&queries)?;
+        let ranked = self.search.top_k(&frozen, k + 1)?;
+        let mut candidates: Vec<Vec<Passage>> = Vec::with_capacity(items.len());
+        for (item, row) in items.iter().zip(&ranked) {
+            let mut passages = Vec::with_capacity(k);
+            for id in realm_candidates(row, item.passage, k) {
+                if let Some(p) = self.search.storage().get(id)? {
+                    passages.push(p);
+                }
+            }
+            candidates.push(passages);
+        }
+        let reader = &self.reader.as_ref().ok_or(Error::NoGeneration)?.reader;
+        let document = self.document.as_ref().ok_or(Error::NoGeneration)?;
+        let q = self
+            .query
+            .encoder
+            .forward_t(&self.query.encoder.tokenize(&queries)?, train);
+        let docs: Vec<(&str, &str)> = candidates
+            .iter()
+            .flatten()
+            .map(|p| (p.title.as_str(), p.text.as_str()))
+            .collect();
+        let d = if docs.is_empty() {
+            None
+        } else {
+            Some(
+                document
+                    .encoder
+                    .forward_t(&document.encoder.tokenize_docs(&docs)?, train),
+            )
+        };
+        let device = self.device();
+        let mut out = Vec::with_capacity(items.len());
+        let mut offset = 0i64;
+        for (r, (item, passages)) in items.iter().zip(&candidates).enumerate() {
+            let n = passages.len() as i64;
+            let null = Tensor::zeros([1], (Kind::Float, device));
+            let scores = match (&d, n) {
+                (Some(d), n) if n > 0 => Tensor::cat(
+                    &[
+                        d.narrow(0, offset, n).matmul(&q.get(r as i64)) * self.config.scale,
+                        null,
+                    ],
+                    0,
+                ),
+                _ => null,
+            };
+            offset += n;
+            let log_p_z = scores.log_softmax(0, Kind::Float);
+            let mut texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+            texts.push("");
+            let log_p_y = reader.mlm_log_likelihoods(&item.ids, &item.targets, &texts, train)?;
+            let null_only = log_p_y.double_value(&[n]);
+            out.push(((log_p_z + log_p_y).logsumexp([0], false), null_only));
+        }
+        Ok(out)
+    }
+
+    /// REALM step: mask a salient span of each sentence of the batch and minimize
+    /// −log Σ_z p(z|x) Π_j p(y_j|z,x) over the retrieved passages and the null document.
+    /// Returns the loss (NaN, with no update, when no sentence could be masked), the
+    /// sentences trained on and the mean retrieval utility.
+    fn realm_step(&mut self, step: u64) -> Result<(f64, usize, f64)> {
+        let seed = self.config.seed;
+        let idx = batch_indices(seed, self.sentences.len(), self.batch, step);
+        let mut rng = StdRng::seed_from_u64(derive(seed, SALT_REALM, step));
+        let sentences: Vec<(u64, &str)> = idx
+            .iter()
+            .map(|&i| (self.sentences[i].passage, self.sentences[i].text.as_str()))
+            .collect();
+        let items = self.mask_sentences(&sentences, &mut rng)?;
+        if items.is_empty() {
+            return Ok((f64::NAN, 0, f64::NAN));
+        }
+        self.seed_dropout(step);
+        let likelihoods = self.realm_likelihoods(&items, true)?;
+        let mut utility = 0.0;
+        let mut losses = Vec::with_capacity(likelihoods.len());
+        for (with_retrieval, null_only) in likelihoods {
+            utility += with_retrieval.double_value(&[]) - null_only;
+            losses.push(-with_retrieval);
+        }
+        let n = losses.len();
+        let loss = Tensor::stack(&losses, 0).mean(Kind::Float);
+        loss.backward();
+        let value = loss.double_value(&[]);
+        let total = self.config.steps;
+        let lr = learning_rate(self.config.lr, step, total);
+        let reader_lr = learning_rate(self.config.reader_lr, step, total);
+        let (Some(reader), Some(document)) = (self.reader.as_mut(), self.document.as_mut()) else {
+            return Err(Error::NoGeneration);
+        };
+        reader.opt.step(reader_lr);
+        document.step(lr);
+        self.query.step(lr);
+        Ok((value, n, utility / n as f64))
+    }
+
+    /// REALM: the mean over `sentences` ((source passage id, sentence) pairs; one salient
+    /// span of each is masked, chosen from `seed`) of log p(y|x) with retrieval and of
+    /// log p(y|x) with only the null document, with the current towers and reader
+    /// (no dropout, no gradient), and the number of sentences scored. `None` when no
+    /// sentence has a salient span, or outside REALM mode.
+    pub fn realm_log_likelihood(
+        &self,
+        sentences: &[(u64, &str)],
+        seed: u64,
+    ) -> Result<Option<(f64, f64, usize)>> {
+        if self.config.mode != Mode::Realm {
+            return Ok(None);
+        }
+        let mut rng = StdRng::seed_from_u64(derive(seed, SALT_REALM, u64::MAX));
+        let items = self.mask_sentences(sentences, &mut rng)?;
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let likelihoods = tch::no_grad(|| self.realm_likelihoods(&items, false))?;
+        let n = likelihoods.len() as f64;
+        let (mut with, mut null) = (0.0, 0.0);
+        for (w, z) in likelihoods {
+            with += w.double_value(&[]);
+            null += z;
+        }
+        Ok(Some((with / n, null / n, items.len())))
+    }
+
     /// Stores the towers and the optimizer state, then the state blob naming them.
     fn checkpoint(&mut self, finished: bool, em: &mut Emitter<'_>) -> Result<TrainerState> {
         let state = self.write_state(finished)?;
@@ -1355,6 +1613,20 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn realm_candidates_never_hold_the_source_passage() {
+        let row = [(7, 0.9), (3, 0.8), (5, 0.7), (9, 0.1)];
+        assert_eq!(realm_candidates(&row, 3, 2), vec![7, 5]);
+        assert_eq!(realm_candidates(&row, 7, 3), vec![3, 5, 9]);
+        assert_eq!(realm_candidates(&row, 1, 2), vec![7, 3]);
+        assert_eq!(realm_candidates(&[(4, 1.0)], 4, 5), Vec::<u64>::new());
+        for source in [7, 3, 5, 9] {
+            for k in 0..5 {
+                assert!(!realm_candidates(&row, source, k).contains(&source));
+            }
+        }
+    }
 
     #[test]
     fn batches_visit_every_example_once_per_epoch() {

@@ -1,0 +1,217 @@
+//! REALM MLM pre-training with salient-span masking, a tiny random query tower, document
+//! tower and reader and the real MiniLM tokenizer (CPU). Each masked fact of the synthetic
+//! corpus appears only in another passage (the sentence's own passage is never retrieved),
+//! so only retrieval can recover it. Its own test binary, so that no other test shares
+//! libtorch's global generator (dropout) while it runs.
+
+mod common;
+
+use realm_reader::{Reader, ReaderConfig};
+use realm_retriever::bert::BertConfig;
+use realm_retriever::encoder::load_tokenizer;
+use realm_retriever::{BuildOptions, Retriever, default_model_dir};
+use realm_storage::{Db, NewPassage};
+use realm_trainer::readers::current_reader;
+use realm_trainer::{Control, Event, Mode, TrainConfig, Trainer};
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const PLACES: [(&str, &str); 8] = [
+    ("Zorblat", "London"),
+    ("Quimbo", "Paris"),
+    ("Frelkin", "Berlin"),
+    ("Vastrop", "Madrid"),
+    ("Glimmar", "Rome"),
+    ("Drovnik", "Vienna"),
+    ("Pelquor", "Cairo"),
+    ("Skavitz", "Tokyo"),
+];
+
+fn tiny_reader(seed: i64) -> Reader {
+    let dir = default_model_dir().expect("the MiniLM model folder is installed");
+    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer.json loads");
+    let vocab = tokenizer.get_vocab_size(true) as i64;
+    let cfg = ReaderConfig {
+        max_len: 64,
+        ..ReaderConfig::default()
+    };
+    Reader::random(BertConfig::tiny(vocab), tokenizer, cfg, seed).expect("a tiny reader builds")
+}
+
+/// Two passages per place, each stating the place's capital: a masked capital (or place)
+/// in one is recoverable only from the other.
+fn setup(dir: &std::path::Path) -> Retriever {
+    let db = Db::create(dir).unwrap();
+    let retriever = Retriever::new(db, common::cpu_options());
+    let mut passages = Vec::new();
+    for (i, (place, capital)) in PLACES.iter().enumerate() {
+        passages.push(
+            NewPassage::new(
+                *place,
+                format!("It is a land. The capital of {place} is {capital}."),
+            )
+            .with_external_id(format!("a{i}")),
+        );
+        passages.push(
+            NewPassage::new(
+                *capital,
+                format!("Many roads lead there. The capital of {place} is {capital}."),
+            )
+            .with_external_id(format!("b{i}")),
+        );
+    }
+    retriever.ingest(&passages).unwrap();
+    retriever
+        .build_generation(&common::tiny_encoder(0), BuildOptions::default())
+        .unwrap();
+    retriever
+}
+
+fn config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        mode: Mode::Realm,
+        steps,
+        batch: 8,
+        lr: 1e-5,
+        reader_lr: 3e-3,
+        reader_passages: 15,
+        refresh_every: 1000,
+        checkpoint_every: 0,
+        run: "realm".to_owned(),
+        ..TrainConfig::default()
+    }
+}
+
+/// Held-out sentences (not in the corpus; no passage excluded) naming each capital.
+fn held_out() -> Vec<String> {
+    PLACES
+        .iter()
+        .map(|(place, capital)| format!("The capital of {place} is {capital}."))
+        .collect()
+}
+
+/// Retrieval utility does NOT yet beat the null document on this corpus: with a tiny random
+/// reader the measured held-out margin log p(y|x) − log p(y|x, null only) after 120 steps
+/// is about +0.01 nats (towers at lr 1e-5; with lr 1e-3 p(z|x) collapses onto the null
+/// document and the margin is exactly 0), so this test checks the mechanics: the loss and
+/// the held-out likelihood improve, a utility is reported per step, a generation is
+/// published and the reader becomes current.
+#[test]
+fn realm_training_runs_and_reports_utility() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let retriever = setup(dir.path());
+    let steps = 120;
+    let mut trainer = Trainer::new_with_reader(
+        retriever.clone(),
+        config(steps),
+        Vec::new(),
+        Vec::new(),
+        Some(tiny_reader(1)),
+    )
+    .unwrap();
+    assert_eq!(trainer.examples(), 16);
+    let held = held_out();
+    let sentences: Vec<(u64, &str)> = held.iter().map(|s| (u64::MAX, s.as_str())).collect();
+    let (before_with, before_null, n) = trainer
+        .realm_log_likelihood(&sentences, 7)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 8);
+    let mut events = Vec::new();
+    let report = trainer
+        .run(&mut |e| {
+            events.push(e.clone());
+            Control::Continue
+        })
+        .unwrap();
+    let (with, null, _) = trainer
+        .realm_log_likelihood(&sentences, 7)
+        .unwrap()
+        .unwrap();
+    let utilities: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RealmBatch { utility, .. } => Some(*utility),
+            _ => None,
+        })
+        .collect();
+    let losses: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step { loss, .. } => Some(*loss),
+            _ => None,
+        })
+        .collect();
+    eprintln!(
+        "before: with {before_with:.3} null {before_null:.3}; after: with {with:.3} null {null:.3}; \
+         loss {:.3} -> {:.3}; utility {:.3} -> {:.3}",
+        losses[0],
+        losses[losses.len() - 1],
+        utilities[0],
+        utilities[utilities.len() - 1]
+    );
+    assert_eq!(utilities.len() as u64, steps);
+    assert!(utilities.iter().all(|u| u.is_finite()));
+    assert!(losses[losses.len() - 1] < losses[0] / 2.0, "{losses:?}");
+    assert!(with > before_with + 5.0, "{before_with} -> {with}");
+    assert!(null.is_finite());
+    // The run publishes a final generation and makes its reader current.
+    assert_eq!(report.generations_published.len(), 1);
+    let (id, _) = current_reader(&retriever, ReaderConfig::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some(id), report.reader_checkpoint);
+}
+
+#[test]
+fn realm_run_stops_and_resumes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let retriever = setup(dir.path());
+    let cfg = TrainConfig {
+        reader_passages: 3,
+        refresh_every: 2,
+        ..config(4)
+    };
+    let mut first = Trainer::new_with_reader(
+        retriever.clone(),
+        cfg.clone(),
+        Vec::new(),
+        Vec::new(),
+        Some(tiny_reader(1)),
+    )
+    .unwrap();
+    let report = first
+        .run(&mut |e| match e {
+            Event::Step { step: 3, .. } => Control::Stop,
+            _ => Control::Continue,
+        })
+        .unwrap();
+    assert_eq!(report.final_step, 3);
+    assert_eq!(report.reader_checkpoint, None);
+    drop(first);
+    let mut second = Trainer::new_with_reader(
+        retriever.clone(),
+        cfg,
+        Vec::new(),
+        Vec::new(),
+        Some(tiny_reader(2)),
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    let report = second
+        .run(&mut |e| {
+            events.push(e.clone());
+            Control::Continue
+        })
+        .unwrap();
+    assert!(matches!(events[0], Event::Resumed { step: 3 }));
+    assert_eq!(report.steps_run, 1);
+    assert!(report.reader_checkpoint.is_some());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RealmBatch { step: 4, .. }))
+    );
+}
