@@ -323,6 +323,9 @@ pub enum TrainModeArg {
     /// Open-QA fine-tuning (REALM §3.4): the reader and the query tower learn from answer
     /// strings found in retrieved passages; the document index stays frozen.
     Qa,
+    /// REALM's masked-language-model pre-training with retrieval (salient spans masked, a
+    /// null document, the source passage excluded, asynchronous index refresh); no labels.
+    Realm,
 }
 
 #[derive(Debug, Args)]

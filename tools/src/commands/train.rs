@@ -25,6 +25,7 @@ impl From<TrainModeArg> for Mode {
             TrainModeArg::Dual => Mode::Dual,
             TrainModeArg::Ict => Mode::Ict,
             TrainModeArg::Qa => Mode::Qa,
+            TrainModeArg::Realm => Mode::Realm,
         }
     }
 }
@@ -33,7 +34,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let mode = Mode::from(args.mode);
     let train = match (&args.qa, args.mode) {
         (Some(path), _) => read_qa_file(path)?,
-        (None, TrainModeArg::Ict) => Vec::new(),
+        (None, TrainModeArg::Ict | TrainModeArg::Realm) => Vec::new(),
         (None, _) => {
             return Err(user(format!(
                 "--mode {} learns from question-answer pairs; pass them with --qa FILE",
@@ -234,6 +235,12 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
             generation,
             version,
         } => format!("Attached query-encoder version {version} to generation {generation}."),
+        Event::RealmBatch { step, utility, .. } => {
+            bar.set_message(format!(
+                "step {step}: retrieval utility {utility:.3} nats (log p(y|x) with retrieval minus with the null document)"
+            ));
+            return Ok(());
+        }
         Event::Checkpoint { step } => format!("Checkpoint at step {step}."),
         Event::ExactMatch {
             step,
