@@ -792,27 +792,11 @@ impl Reader {
             .filter(|(name, _)| select(name))
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let stdev = self.bert_config.initializer_range;
         for (name, var) in vars {
             let size = var.size();
             let numel: usize = size.iter().map(|&d| d as usize).product();
-            let values: Vec<f32> = if name.ends_with("LayerNorm.weight") {
-                vec![1.0; numel]
-            } else if name.ends_with("bias") {
-                vec![0.0; numel]
-            } else {
-                let mut rng = SplitMix64(seed as u64 ^ fnv1a(name.as_bytes()));
-                let mut values: Vec<f32> =
-                    (0..numel).map(|_| (rng.normal() * stdev) as f32).collect();
-                if name.ends_with("word_embeddings.weight") {
-                    let hidden = self.bert_config.hidden_size as usize;
-                    let pad = self.bert_config.pad_token_id as usize;
-                    if let Some(row) = values.get_mut(pad * hidden..(pad + 1) * hidden) {
-                        row.fill(0.0);
-                    }
-                }
-                values
-            };
+            let values =
+                realm_retriever::bert::initial_values(&self.bert_config, &name, numel, seed);
             let src = Tensor::f_from_slice(&values)?.f_view(size.as_slice())?;
             copy_into(&name, &var, &src)?;
         }
@@ -954,32 +938,4 @@ impl<'a> Cursor<'a> {
         a.copy_from_slice(b);
         Some(u64::from_le_bytes(a))
     }
-}
-
-/// SplitMix64 with a Box–Muller normal sampler (deterministic initialization).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
