@@ -19,10 +19,14 @@
 //!   ([`Reader::answer`], [`ask`] to retrieve and answer in one call);
 //! * REALM's fine-tuning loss −log Σ_z p(z|x) Σ_{s∈S(z,y)} p(s|z,x), with gradient into
 //!   both the reader and (through `log p(z|x)`) the query tower ([`Reader::qa_loss`]);
-//! * self-describing checkpoints and a content fingerprint.
+//! * REALM's masked-LM scoring log p(y|z,x) of a masked sentence read with each retrieved
+//!   passage or the null document ([`Reader::mlm_log_likelihoods`]), which the trainer's
+//!   REALM pre-training marginalizes;
+//! * self-describing checkpoints (weights, tokenizer, and the inverse temperature of p(z|x)
+//!   the reader was trained with, [`Reader::retrieval_scale`]) and a content fingerprint.
 //!
-//! Not built yet: REALM's MLM pre-training (salient-span masking) of this encoder, the
-//! `realm-db ask` command, and open-QA fine-tuning through the trainer; those come next.
+//! Open-QA fine-tuning and REALM pre-training run through `realm-trainer`; `realm-db ask`
+//! calls [`ask`].
 
 mod error;
 mod mlm;
@@ -32,8 +36,9 @@ pub use error::{Error, Result};
 pub use mlm::SentenceTokens;
 pub use reader::{Answer, Evidence, PassageSpans, Reader, ReaderConfig, Span, SpanScores};
 
-/// Retrieves the top `k` passages for `question` from `snapshot` and answers from them with
-/// their p(z|x); also returns the generation that was searched.
+/// Retrieves the top `k` passages for `question` from `snapshot` (dense search) and answers
+/// from them, with p(z|x) the softmax of the inner products times the reader's
+/// [`Reader::retrieval_scale`]; also returns the generation that was searched.
 pub fn ask(
     reader: &Reader,
     snapshot: &realm_retriever::SearchSnapshot,
@@ -44,9 +49,12 @@ pub fn ask(
     let Some(generation) = hits.first().map(|h| h.generation) else {
         return Err(Error::NoPassages);
     };
+    let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+    let p_z = reader.passage_probs(&scores);
     let passages: Vec<(u64, &str, &str, f32)> = hits
         .iter()
-        .map(|h| (h.passage_id, h.title.as_str(), h.text.as_str(), h.prob))
+        .zip(p_z)
+        .map(|(h, p)| (h.passage_id, h.title.as_str(), h.text.as_str(), p))
         .collect();
     Ok((reader.answer(question, &passages)?, generation))
 }

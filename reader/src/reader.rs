@@ -131,6 +131,8 @@ pub struct Reader {
     tokenizer: Tokenizer,
     pad_id: i64,
     cfg: ReaderConfig,
+    /// The inverse temperature of p(z|x) the reader was trained with.
+    retrieval_scale: f64,
 }
 
 impl fmt::Debug for Reader {
@@ -139,6 +141,7 @@ impl fmt::Debug for Reader {
             .field("bert_config", &self.bert_config)
             .field("config", &self.cfg)
             .field("pad_id", &self.pad_id)
+            .field("retrieval_scale", &self.retrieval_scale)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +153,13 @@ const CHECKPOINT_VERSION: u32 = 1;
 struct CheckpointHeader {
     bert: BertConfig,
     pad_id: i64,
+    /// Absent from checkpoints written before it existed: 1.
+    #[serde(default = "unit_scale")]
+    retrieval_scale: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
 }
 
 /// The tokenized `[CLS] x [SEP] z [SEP]` pairs of one question.
@@ -222,6 +232,7 @@ impl Reader {
         let header = serde_json::to_vec(&CheckpointHeader {
             bert: self.bert_config.clone(),
             pad_id: self.pad_id,
+            retrieval_scale: self.retrieval_scale,
         })
         .map_err(|e| Error::Checkpoint {
             reason: format!("its header could not be serialized ({e})"),
@@ -345,7 +356,15 @@ impl Reader {
                 Tensor::f_from_slice(&values)?.f_view(size.as_slice())?,
             );
         }
-        let reader = Self::build(header.bert, tokenizer, cfg, header.pad_id)?;
+        let mut reader = Self::build(header.bert, tokenizer, cfg, header.pad_id)?;
+        reader
+            .set_retrieval_scale(header.retrieval_scale)
+            .map_err(|_| Error::Checkpoint {
+                reason: format!(
+                    "its retrieval scale {} is not a positive number",
+                    header.retrieval_scale
+                ),
+            })?;
         let vars = reader.vs.variables();
         if let Some(extra) = weights.keys().find(|name| !vars.contains_key(*name)) {
             return Err(Error::Checkpoint {
@@ -361,6 +380,37 @@ impl Reader {
             })?;
         }
         Ok(reader)
+    }
+
+    /// The inverse temperature of p(z|x) this reader was trained with (1 for a reader that
+    /// was not trained with retrieval): p(z|x) = softmax over the retrieved passages of
+    /// `retrieval_scale` times the inner-product scores. Saved in checkpoints.
+    pub fn retrieval_scale(&self) -> f64 {
+        self.retrieval_scale
+    }
+
+    /// Sets the inverse temperature of p(z|x) (the trainer records its `scale` here).
+    pub fn set_retrieval_scale(&mut self, scale: f64) -> Result<()> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::InvalidInput {
+                reason: format!("the retrieval scale must be a positive number, not {scale}"),
+            });
+        }
+        self.retrieval_scale = scale;
+        Ok(())
+    }
+
+    /// p(z|x) over retrieved passages from their inner-product `scores`: the softmax of
+    /// `retrieval_scale · score`, as the reader saw it in training.
+    pub fn passage_probs(&self, scores: &[f32]) -> Vec<f32> {
+        let scaled: Vec<f64> = scores
+            .iter()
+            .map(|&s| f64::from(s) * self.retrieval_scale)
+            .collect();
+        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let exp: Vec<f64> = scaled.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        exp.iter().map(|e| (e / sum) as f32).collect()
     }
 
     /// The hex SHA-256 of [`Reader::to_checkpoint_bytes`].
@@ -779,6 +829,7 @@ impl Reader {
             tokenizer,
             pad_id,
             cfg,
+            retrieval_scale: 1.0,
         })
     }
 

@@ -322,6 +322,20 @@ fn checkpoint_round_trip_gives_identical_answers_and_fingerprint() {
     );
     let other = tiny_reader(10);
     assert_ne!(other.fingerprint().unwrap(), reader.fingerprint().unwrap());
+    // The retrieval temperature travels with the checkpoint and is part of the fingerprint.
+    let mut scaled = tiny_reader(9);
+    assert_eq!(scaled.retrieval_scale(), 1.0);
+    scaled.set_retrieval_scale(20.0).unwrap();
+    assert!(scaled.set_retrieval_scale(0.0).is_err());
+    assert!(scaled.set_retrieval_scale(f64::NAN).is_err());
+    assert_eq!(scaled.retrieval_scale(), 20.0);
+    let loaded = Reader::from_checkpoint_bytes(
+        &scaled.to_checkpoint_bytes().unwrap(),
+        ReaderConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(loaded.retrieval_scale(), 20.0);
+    assert_ne!(loaded.fingerprint().unwrap(), reader.fingerprint().unwrap());
     for bad in [&bytes[..bytes.len() - 1], &bytes[1..], &[][..]] {
         assert!(matches!(
             Reader::from_checkpoint_bytes(bad, ReaderConfig::default()),
@@ -387,15 +401,31 @@ fn ask_retrieves_then_answers_from_one_snapshot() {
         .unwrap();
     let snapshot = retriever.snapshot().unwrap();
 
-    let reader = tiny_reader(2);
+    let mut reader = tiny_reader(2);
     let (answer, generation) =
         realm_reader::ask(&reader, &snapshot, "Who wrote Hamlet?", 2).expect("an answer");
     let hits = snapshot.search("Who wrote Hamlet?", 2).unwrap();
     assert_eq!(generation, hits[0].generation);
     assert_eq!(answer.evidence.len(), 2);
+    // At scale 1, p(z|x) is the search's own softmax of the inner products.
     for (e, h) in answer.evidence.iter().zip(&hits) {
         assert_eq!(e.passage_id, h.passage_id);
-        assert!((e.p_z - f64::from(h.prob)).abs() < 1e-9);
+        assert!((e.p_z - f64::from(h.prob)).abs() < 1e-6);
     }
     assert!(hits.iter().any(|h| h.text.contains(&answer.text)));
+    // A reader trained at scale 20 sees p(z|x) = softmax(20 · score): sharper, still a
+    // distribution, and p(y|x) is its marginal.
+    reader.set_retrieval_scale(20.0).unwrap();
+    let (sharp, _) = realm_reader::ask(&reader, &snapshot, "Who wrote Hamlet?", 2).unwrap();
+    let gap = f64::from(hits[0].score - hits[1].score);
+    let want = 1.0 / (1.0 + (-20.0 * gap).exp());
+    assert!((sharp.evidence[0].p_z - want).abs() < 1e-5, "{sharp:?}");
+    let total: f64 = sharp.evidence.iter().map(|e| e.p_z).sum();
+    assert!((total - 1.0).abs() < 1e-6);
+    let marginal: f64 = sharp
+        .evidence
+        .iter()
+        .map(|e| e.p_z * e.p_answer_given_z)
+        .sum();
+    assert!((sharp.prob - marginal).abs() < 1e-6);
 }

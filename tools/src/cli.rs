@@ -382,6 +382,10 @@ pub struct TrainArgs {
     /// MiniLM set-up installs).
     #[arg(long)]
     pub reader_model: Option<PathBuf>,
+    /// Realm: the fraction of articles (by title) whose sentences are held out of training
+    /// and scored at each evaluation (held-out retrieval utility).
+    #[arg(long, default_value_t = 0.0)]
+    pub held_out: f64,
     /// Inverse temperature of the training losses (scores are multiplied by it).
     #[arg(long, default_value_t = 20.0)]
     pub scale: f64,

@@ -66,6 +66,21 @@ fn retriever_is_user(e: &realm_db::Error) -> Option<bool> {
     }
 }
 
+/// Whether a trainer error is the user's to fix; `None` defers to its source.
+fn trainer_is_user(e: &realm_db::trainer::Error) -> Option<bool> {
+    use realm_db::trainer::Error as T;
+    match e {
+        T::Retriever(_) | T::Storage(_) | T::Reader(_) => None,
+        T::Config { .. }
+        | T::UnknownMode { .. }
+        | T::UnknownReader { .. }
+        | T::NoPositives { .. }
+        | T::NoData { .. } => Some(true),
+        // Torch, CorruptState (a damaged trainer state blob) and what comes later.
+        _ => Some(false),
+    }
+}
+
 /// The exit status for an error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -85,6 +100,21 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 Some(false) => return EXIT_INTERNAL,
                 None => {}
             }
+        }
+        if let Some(e) = cause.downcast_ref::<realm_db::trainer::Error>() {
+            match trainer_is_user(e) {
+                Some(true) => return EXIT_USER,
+                Some(false) => return EXIT_INTERNAL,
+                None => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<realm_db::reader::Error>()
+            && matches!(
+                e,
+                realm_db::reader::Error::InvalidInput { .. } | realm_db::reader::Error::NoPassages
+            )
+        {
+            return EXIT_USER;
         }
         if cause.is::<clap::Error>() {
             return EXIT_USER;

@@ -1049,3 +1049,41 @@ fn qa_training_stores_a_reader_that_ask_and_eval_em_use() {
     let em = reader["em"].as_f64().expect("em");
     assert!((0.0..=1.0).contains(&em));
 }
+
+#[test]
+fn realm_training_reports_held_out_utility() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    let line = f.user_error(&["train", db, "--mode", "realm", "--held-out", "1"]);
+    assert!(line.contains("held-out fraction"), "{line}");
+    let out = f.run(&[
+        "train",
+        db,
+        "--mode",
+        "realm",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--reader-passages",
+        "2",
+        "--held-out",
+        "0.5",
+        "--json",
+    ]);
+    let events = events(&out);
+    let held = named(&events, "realm_held_out");
+    // At the start and at the end, on the same held-out sentences.
+    assert_eq!(held.len(), 2, "{out}");
+    for h in &held {
+        assert!(h["sentences"].as_u64().expect("sentences") > 0, "{out}");
+        let with = h["with_retrieval"].as_f64().expect("with_retrieval");
+        let null = h["null_only"].as_f64().expect("null_only");
+        let utility = h["utility"].as_f64().expect("utility");
+        assert!((utility - (with - null)).abs() < 1e-9, "{out}");
+    }
+    assert_eq!(held[0]["sentences"], held[1]["sentences"]);
+    assert_eq!(named(&events, "realm_batch").len(), 2, "{out}");
+    assert_eq!(named(&events, "reader_stored").len(), 1, "{out}");
+}

@@ -123,6 +123,12 @@ pub struct TrainConfig {
     /// ([`realm_retriever::default_model_dir`]).
     #[serde(default)]
     pub reader_model: Option<PathBuf>,
+    /// REALM: the fraction of articles (passages grouped by title, so that neighbouring
+    /// passages of one article never straddle the split) whose sentences are held out of
+    /// training and scored at each evaluation ([`Event::RealmHeldOut`]); chosen by a hash of
+    /// the title and `seed` (default 0: none).
+    #[serde(default)]
+    pub held_out: f64,
 }
 
 fn default_scale() -> f64 {
@@ -156,6 +162,7 @@ impl Default for TrainConfig {
             reader_lr: default_reader_lr(),
             reader_passages: default_reader_passages(),
             reader_model: None,
+            held_out: 0.0,
         }
     }
 }
@@ -192,6 +199,14 @@ impl TrainConfig {
         }
         if self.reader_passages == 0 && self.mode == Mode::Realm {
             return bad("REALM training needs at least 1 retrieved passage per sentence");
+        }
+        if !(0.0..1.0).contains(&self.held_out) {
+            return Err(Error::Config {
+                reason: format!(
+                    "the held-out fraction must be at least 0 and below 1, not {}",
+                    self.held_out
+                ),
+            });
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
             return Err(Error::Config {
@@ -300,6 +315,17 @@ pub enum Event {
     RealmBatch {
         step: u64,
         sentences: usize,
+        utility: f64,
+    },
+    /// REALM, next to each evaluation: over the `sentences` held-out masked sentences (see
+    /// [`TrainConfig::held_out`]; one salient span each, the same masks every time), the
+    /// mean log p(y|x) with retrieval and with only the null document, and their difference,
+    /// the held-out retrieval utility, in nats (no dropout).
+    RealmHeldOut {
+        step: u64,
+        sentences: usize,
+        with_retrieval: f64,
+        null_only: f64,
         utility: f64,
     },
     /// The towers, optimizer and trainer state of `step` were stored.

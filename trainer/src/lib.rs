@@ -47,4 +47,6 @@ mod trainer;
 
 pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
 pub use error::{Error, Result};
-pub use trainer::{DUAL_NOTE, ICT_NOTE, QA_NOTE, QUERY_SIDE_NOTE, REALM_NOTE, Trainer};
+pub use trainer::{
+    DUAL_NOTE, ICT_NOTE, QA_NOTE, QUERY_SIDE_NOTE, REALM_HELD_OUT_SCORED, REALM_NOTE, Trainer,
+};

@@ -34,6 +34,11 @@ const SALT_EPOCH: u64 = 0x6570_6f63_6800_0001;
 const SALT_DROPOUT: u64 = 0x6472_6f70_0000_0002;
 const SALT_ICT: u64 = 0x6963_7400_0000_0003;
 const SALT_REALM: u64 = 0x7265_616c_6d00_0004;
+const SALT_HELD_OUT: u64 = 0x6865_6c64_0000_0005;
+
+/// REALM: at most this many held-out sentences are scored at each evaluation (the first
+/// ones in passage order; all of them stay out of training).
+pub const REALM_HELD_OUT_SCORED: usize = 256;
 
 /// Top-1, top-5 and top-20 accuracy.
 type Accuracy = (f64, f64, f64);
@@ -57,6 +62,20 @@ fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Whether the article `title` is held out of REALM training: a stable hash (FNV-1a) of the
+/// title, mixed with the seed, falls in the lowest `fraction` of the range.
+pub(crate) fn title_held_out(seed: u64, title: &str, fraction: f64) -> bool {
+    if fraction <= 0.0 {
+        return false;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in title.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let unit = (derive(seed, SALT_HELD_OUT, h) >> 11) as f64 / (1u64 << 53) as f64;
+    unit < fraction
 }
 
 /// A 64-bit value derived only from `(seed, salt, x)`.
@@ -337,8 +356,10 @@ pub struct Trainer {
     reader: Option<ReaderTower>,
     /// QA: the questions with answer strings.
     qa: Vec<QaPair>,
-    /// REALM: the sentences with a salient span.
+    /// REALM: the training sentences with a salient span.
     sentences: Vec<RealmSentence>,
+    /// REALM: the held-out sentences with a salient span.
+    held_out: Vec<RealmSentence>,
     /// Query-side and QA: the stored document vectors.
     doc_matrix: Option<DocMatrix>,
     /// The effective batch size (capped at the number of examples).
@@ -428,7 +449,7 @@ impl Trainer {
                 },
                 |r| r.config().clone(),
             );
-            let reader = match (&state, reader) {
+            let mut reader = match (&state, reader) {
                 (Some(s), _) => {
                     let id = s
                         .reader_checkpoint
@@ -454,6 +475,8 @@ impl Trainer {
                     }
                 },
             };
+            // p(z|x) at answer time uses the temperature the reader trains with.
+            reader.set_retrieval_scale(config.scale)?;
             Some(ReaderTower::new(reader))
         } else {
             None
@@ -549,6 +572,7 @@ impl Trainer {
             reader: reader_tower,
             qa: Vec::new(),
             sentences: Vec::new(),
+            held_out: Vec::new(),
             doc_matrix: None,
             batch: 0,
             step,
@@ -593,20 +617,30 @@ impl Trainer {
                 trainer.qa.len()
             }
             Mode::Realm => {
+                let (seed, fraction) = (trainer.config.seed, trainer.config.held_out);
                 for p in trainer.search.storage().passages() {
                     let p = p?;
+                    let held = title_held_out(seed, &p.title, fraction);
                     for sentence in split_sentences(&p.text) {
                         if !salient_spans(sentence).is_empty() {
-                            trainer.sentences.push(RealmSentence {
+                            let s = RealmSentence {
                                 passage: p.id,
                                 text: sentence.to_owned(),
-                            });
+                            };
+                            if held {
+                                trainer.held_out.push(s);
+                            } else {
+                                trainer.sentences.push(s);
+                            }
                         }
                     }
                 }
                 if trainer.sentences.is_empty() {
                     return Err(Error::NoData {
-                        reason: "REALM training needs sentences with a salient span (a name, date or number), and the corpus has none".to_owned(),
+                        reason: format!(
+                            "REALM training needs sentences with a salient span (a name, date or number), and the corpus has none outside the {} held out",
+                            trainer.held_out.len()
+                        ),
                     });
                 }
                 trainer.sentences.len()
@@ -975,6 +1009,15 @@ impl Trainer {
 
     /// Evaluates and emits [`Event::Eval`] when there are eval questions.
     fn eval_event(&self, em: &mut Emitter<'_>) -> Result<Option<Accuracy>> {
+        if let Some((with_retrieval, null_only, sentences)) = self.realm_held_out()? {
+            em.emit(Event::RealmHeldOut {
+                step: self.step,
+                sentences,
+                with_retrieval,
+                null_only,
+                utility: with_retrieval - null_only,
+            });
+        }
         let Some((questions, accuracy)) = self.evaluate()? else {
             return Ok(None);
         };
@@ -1527,6 +1570,26 @@ impl Trainer {
             null += z;
         }
         Ok(Some((with / n, null / n, items.len())))
+    }
+
+    /// REALM: the held-out sentences (at most [`REALM_HELD_OUT_SCORED`] of them), each
+    /// `(source passage id, sentence)`.
+    pub fn held_out_sentences(&self) -> Vec<(u64, &str)> {
+        self.held_out
+            .iter()
+            .take(REALM_HELD_OUT_SCORED)
+            .map(|s| (s.passage, s.text.as_str()))
+            .collect()
+    }
+
+    /// REALM: [`Trainer::realm_log_likelihood`] of the held-out sentences with the run's
+    /// fixed masks; `None` when none is held out.
+    fn realm_held_out(&self) -> Result<Option<(f64, f64, usize)>> {
+        let held = self.held_out_sentences();
+        if held.is_empty() {
+            return Ok(None);
+        }
+        self.realm_log_likelihood(&held, self.config.seed)
     }
 
     /// Stores the towers and the optimizer state, then the state blob naming them.

@@ -120,6 +120,8 @@ fn qa_fine_tuning_raises_exact_match() {
         .expect("a current reader");
     assert_eq!(current, stored);
     assert_eq!(reader.fingerprint().unwrap(), stored);
+    // The stored reader answers with p(z|x) at the temperature it trained with.
+    assert_eq!(reader.retrieval_scale(), TrainConfig::default().scale);
     assert!(
         events
             .iter()

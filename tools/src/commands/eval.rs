@@ -378,9 +378,18 @@ fn exact_match(
     let (mut hits, mut in_corpus, mut in_corpus_hits, mut any_in_corpus) = (0usize, 0, 0, false);
     for (example, matcher) in examples.iter().zip(matchers) {
         let retrieved = snapshot.search_with(&example.question, k, mode)?;
+        // Dense scores are inner products: p(z|x) at the temperature the reader was trained
+        // with. BM25 and fused scores keep the search's own normalization.
+        let p_z: Vec<f32> = if mode == SearchMode::Dense {
+            let scores: Vec<f32> = retrieved.iter().map(|h| h.score).collect();
+            reader.passage_probs(&scores)
+        } else {
+            retrieved.iter().map(|h| h.prob).collect()
+        };
         let passages: Vec<(u64, &str, &str, f32)> = retrieved
             .iter()
-            .map(|h| (h.passage_id, h.title.as_str(), h.text.as_str(), h.prob))
+            .zip(p_z)
+            .map(|(h, p)| (h.passage_id, h.title.as_str(), h.text.as_str(), p))
             .collect();
         let answer = reader.answer(&example.question, &passages)?;
         let predicted = normalize_answer(&answer.text);

@@ -64,6 +64,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         reader_lr: args.reader_lr,
         reader_passages: args.reader_passages,
         reader_model: args.reader_model.clone(),
+        held_out: args.held_out,
     };
     let mut trainer = Trainer::new(retriever, config, train, eval)?;
 
@@ -241,6 +242,15 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
             ));
             return Ok(());
         }
+        Event::RealmHeldOut {
+            step,
+            sentences,
+            with_retrieval,
+            null_only,
+            utility,
+        } => format!(
+            "step {step}: held-out masked sentences ({sentences}): log p(y|x) {with_retrieval:.3} with retrieval, {null_only:.3} with the null document only, utility {utility:+.3} nats"
+        ),
         Event::Checkpoint { step } => format!("Checkpoint at step {step}."),
         Event::ExactMatch {
             step,
