@@ -403,14 +403,9 @@ impl Reader {
     /// p(z|x) over retrieved passages from their inner-product `scores`: the softmax of
     /// `retrieval_scale · score`, as the reader saw it in training.
     pub fn passage_probs(&self, scores: &[f32]) -> Vec<f32> {
-        let scaled: Vec<f64> = scores
-            .iter()
-            .map(|&s| f64::from(s) * self.retrieval_scale)
-            .collect();
-        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let exp: Vec<f64> = scaled.iter().map(|s| (s - max).exp()).collect();
-        let sum: f64 = exp.iter().sum();
-        exp.iter().map(|e| (e / sum) as f32).collect()
+        let scale = self.retrieval_scale as f32;
+        let scaled: Vec<f32> = scores.iter().map(|&s| s * scale).collect();
+        realm_retriever::index::softmax(&scaled)
     }
 
     /// The hex SHA-256 of [`Reader::to_checkpoint_bytes`].

@@ -1098,7 +1098,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-pub(crate) fn softmax(scores: &[f32]) -> Vec<f32> {
+/// The softmax of `scores` (max-shifted): the p(z|x) a dense search reports for its hits.
+pub fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let sum: f32 = exps.iter().sum();

@@ -61,8 +61,6 @@ fn tiny_reader(seed: i64) -> Reader {
 /// Two passages per place, each stating the place's capital: a masked capital (or place)
 /// in one is recoverable only from the other.
 fn setup(dir: &std::path::Path) -> Retriever {
-    let db = Db::create(dir).unwrap();
-    let retriever = Retriever::new(db, common::cpu_options());
     let mut passages = Vec::new();
     for (i, (place, capital)) in PLACES.iter().enumerate() {
         passages.push(
@@ -80,7 +78,13 @@ fn setup(dir: &std::path::Path) -> Retriever {
             .with_external_id(format!("b{i}")),
         );
     }
-    retriever.ingest(&passages).unwrap();
+    store(dir, &passages)
+}
+
+/// A database holding `passages`, with a first generation built by a tiny random encoder.
+fn store(dir: &std::path::Path, passages: &[NewPassage]) -> Retriever {
+    let retriever = Retriever::new(Db::create(dir).unwrap(), common::cpu_options());
+    retriever.ingest(passages).unwrap();
     retriever
         .build_generation(&common::tiny_encoder(0), BuildOptions::default())
         .unwrap();
@@ -239,8 +243,6 @@ fn realm_run_stops_and_resumes() {
 /// place's founding year; `held_out` of the articles are held out of training.
 fn founding_world(dir: &std::path::Path, places: usize) -> Retriever {
     let syllables = ["ka", "lo", "mi", "ru", "ze", "pa", "ti", "vo"];
-    let db = Db::create(dir).unwrap();
-    let retriever = Retriever::new(db, common::cpu_options());
     let mut passages = Vec::new();
     for i in 0..places {
         let name = format!(
@@ -264,11 +266,7 @@ fn founding_world(dir: &std::path::Path, places: usize) -> Retriever {
             );
         }
     }
-    retriever.ingest(&passages).unwrap();
-    retriever
-        .build_generation(&common::tiny_encoder(0), BuildOptions::default())
-        .unwrap();
-    retriever
+    store(dir, &passages)
 }
 
 /// Held-out articles: their sentences are never trained on, and their retrieval utility is
