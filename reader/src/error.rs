@@ -9,6 +9,18 @@ pub enum Error {
     #[error("the retriever reported an error: {0}")]
     Retriever(#[from] realm_retriever::Error),
 
+    /// The store (reader blobs) reported an error.
+    #[error("the store reported an error: {0}")]
+    Storage(#[from] realm_storage::Error),
+
+    /// A reader checkpoint id names no stored reader.
+    #[error("the database holds no reader checkpoint {id:?}")]
+    UnknownReader { id: String },
+
+    /// The blob `reader/current` exists but does not name a stored reader.
+    #[error("the blob \"reader/current\" is corrupt: {reason}")]
+    CorruptCurrentReader { reason: String },
+
     /// libtorch reported an error.
     #[error("libtorch reported an error: {0}")]
     Torch(#[from] tch::TchError),

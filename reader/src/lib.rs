@@ -25,12 +25,16 @@
 //! * self-describing checkpoints (weights, tokenizer, and the inverse temperature of p(z|x)
 //!   the reader was trained with, [`Reader::retrieval_scale`]) and a content fingerprint.
 //!
-//! Open-QA fine-tuning and REALM pre-training run through `realm-trainer`; `realm-db ask`
-//! calls [`ask`].
+//! * readers stored in the database ([`store`]): checkpoints under `reader/<id>` and the
+//!   current reader named by `reader/current`.
+//!
+//! Open-QA fine-tuning and REALM pre-training run through `realm-trainer`, which stores the
+//! readers it trains with [`store`]; `realm-db ask` loads the current one and calls [`ask`].
 
 mod error;
 mod mlm;
 mod reader;
+pub mod store;
 
 pub use error::{Error, Result};
 pub use mlm::SentenceTokens;

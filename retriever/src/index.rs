@@ -755,6 +755,28 @@ impl SearchSnapshot {
         Ok(state)
     }
 
+    /// The pinned generation's stored vectors of `ids`, in that order, as one f32
+    /// `[ids.len(), dim]` tensor on the retriever's device (no gradient).
+    pub fn vectors_of(&self, ids: &[u64]) -> Result<Tensor> {
+        let state = self.state()?;
+        let m = &state.matrix;
+        let pos: std::collections::HashMap<u64, i64> = m.ids[..state.rows]
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as i64))
+            .collect();
+        let rows = ids
+            .iter()
+            .map(|id| {
+                pos.get(id)
+                    .copied()
+                    .ok_or(Error::Storage(realm_storage::Error::UnknownPassage(*id)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let index = Tensor::from_slice(&rows).to_device(m.tensor.device());
+        Ok(m.tensor.index_select(0, &index).to_kind(Kind::Float))
+    }
+
     /// Top-k passages for one query text.
     pub fn search(&self, text: &str, k: usize) -> Result<Vec<Hit>> {
         Ok(self.search_batch(&[text], k)?.pop().unwrap_or_default())

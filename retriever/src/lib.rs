@@ -22,7 +22,8 @@ pub use encoder::{DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling};
 pub use error::{Error, Result};
 pub use hybrid::{HybridOptions, SearchMode};
 pub use index::{
-    BuildOptions, Compute, Hit, Progress, Retriever, RetrieverOptions, SearchSnapshot,
+    BuildOptions, Compute, ENCODER_BLOB_PREFIX, Hit, Progress, Retriever, RetrieverOptions,
+    SearchSnapshot,
 };
 pub use model::default_model_dir;
 pub use tch::Device;

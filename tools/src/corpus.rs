@@ -6,7 +6,7 @@
 //! exactly as `shared/data/README.md` ("How passages were made") describes:
 //!
 //! 1. [`clean`]: U+2060 WORD JOINER removed, every whitespace run made one ASCII space.
-//! 2. [`sentences`]: split after `.`, `!` or `?` (plus closing quotes and brackets) that
+//! 2. [`sentences`] (the one sentence splitter, `realm_db::trainer::sentences`): split after `.`, `!` or `?` (plus closing quotes and brackets) that
 //!    are followed by a space and an upper-case letter, a digit or an opening quote,
 //!    except after an initial, a dotted acronym or a listed abbreviation.
 //! 3. and 4. [`pack`]: sentences longer than the limit are cut into equal word runs,
@@ -24,6 +24,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
+use realm_db::trainer::sentences::sentences;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -129,105 +130,6 @@ pub fn clean(text: &str) -> String {
             pending_space = false;
             out.push(c);
         }
-    }
-    out
-}
-
-/// Characters that may follow the sentence-ending `.`, `!` or `?` before the space.
-fn is_closing(c: char) -> bool {
-    matches!(
-        c,
-        '"' | '\'' | '\u{201d}' | '\u{2019}' | ')' | ']' | '\u{bb}'
-    )
-}
-
-/// Characters that open a quotation.
-fn is_opening_quote(c: char) -> bool {
-    matches!(c, '"' | '\'' | '\u{201c}' | '\u{2018}' | '\u{ab}')
-}
-
-/// Characters stripped from the front of the word before a period.
-fn is_leading_punctuation(c: char) -> bool {
-    matches!(
-        c,
-        '(' | '[' | '"' | '\'' | '\u{201c}' | '\u{2018}' | '\u{ab}'
-    )
-}
-
-/// Words (without their period) after which a period does not end a sentence.
-/// Matched case-sensitively: titles and ranks, months, numbering and reference
-/// abbreviations, and "pH".
-const ABBREVIATIONS: &[&str] = &[
-    "Mr", "Mrs", "Ms", "Dr", "Prof", "Sr", "Jr", "St", "Mt", "Ft", "Rev", "Gen", "Col", "Lt",
-    "Capt", "Sgt", "Gov", "Sen", "Rep", "Hon", "Fr", "Jan", "Feb", "Mar", "Apr", "Jun", "Jul",
-    "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "No", "Nos", "Vol", "Vols", "Op", "pp", "vs", "c",
-    "ca", "fl", "cf", "viz", "approx", "pH",
-];
-
-/// Whether a period right after `word` (leading brackets and quotes already stripped)
-/// is no sentence end: an initial ("C"), a dotted acronym ("U.S", "e.g") or a listed
-/// abbreviation.
-fn is_abbreviation(word: &str) -> bool {
-    let mut chars = word.chars();
-    if let (Some(c), None) = (chars.next(), chars.next()) {
-        return c.is_alphabetic();
-    }
-    let mut parts = word.split('.');
-    let dotted = word.contains('.')
-        && parts.all(|part| {
-            let mut chars = part.chars();
-            matches!((chars.next(), chars.next()), (Some(c), None) if c.is_alphabetic())
-        });
-    dotted || ABBREVIATIONS.contains(&word)
-}
-
-/// Splits cleaned text (see [`clean`]) into sentences.
-///
-/// A sentence ends after `.`, `!` or `?` and any closing quotes or brackets when a
-/// space and then an upper-case letter, a digit or an opening quote follow, except
-/// when the mark is a period after an initial ("J. R. R. Tolkien"), a dotted acronym
-/// ("U.S. Army") or a listed abbreviation ("Dr.", "St.", "c."). The sentences are
-/// slices of `text` without the space between them; empty text gives none.
-pub fn sentences(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut word_start = 0;
-    for (i, c) in text.char_indices() {
-        if c == ' ' {
-            word_start = i + 1;
-            continue;
-        }
-        if !matches!(c, '.' | '!' | '?') {
-            continue;
-        }
-        let after_mark = i + c.len_utf8();
-        let rest = &text[after_mark..];
-        let closing_len: usize = rest
-            .chars()
-            .take_while(|&d| is_closing(d))
-            .map(char::len_utf8)
-            .sum();
-        let end = after_mark + closing_len;
-        let Some(next) = text[end..].strip_prefix(' ') else {
-            continue;
-        };
-        let starts_sentence = next
-            .chars()
-            .next()
-            .is_some_and(|d| d.is_uppercase() || d.is_ascii_digit() || is_opening_quote(d));
-        if !starts_sentence {
-            continue;
-        }
-        if c == '.'
-            && is_abbreviation(text[word_start..i].trim_start_matches(is_leading_punctuation))
-        {
-            continue;
-        }
-        out.push(&text[start..end]);
-        start = end + 1;
-    }
-    if start < text.len() {
-        out.push(&text[start..]);
     }
     out
 }
@@ -355,109 +257,6 @@ mod tests {
         assert_eq!(clean("x\u{2060}y"), "xy");
         assert_eq!(clean("\u{200d}keep,  this!"), "\u{200d}keep, this!");
         assert_eq!(clean(" \n "), "");
-    }
-
-    #[test]
-    fn sentences_split_after_marks_before_capitals_digits_and_quotes() {
-        assert_eq!(
-            sentences("It rains. It pours! Why? 2000 was a year. \"Yes,\" he said."),
-            [
-                "It rains.",
-                "It pours!",
-                "Why?",
-                "2000 was a year.",
-                "\"Yes,\" he said."
-            ]
-        );
-        assert_eq!(
-            sentences("One. \u{201c}Two.\u{201d} Three."),
-            ["One.", "\u{201c}Two.\u{201d}", "Three."]
-        );
-        // No split before a lower-case word or without a space.
-        assert_eq!(
-            sentences("It is 3.5 m. long, e.g. here. ok"),
-            ["It is 3.5 m. long, e.g. here. ok"]
-        );
-        assert_eq!(sentences(""), Vec::<&str>::new());
-        assert_eq!(sentences("No end mark"), ["No end mark"]);
-    }
-
-    #[test]
-    fn sentences_keep_closing_quotes_and_brackets() {
-        assert_eq!(
-            sentences("He said \"Stop.\" Then he left (see above.) Next one.' Last"),
-            [
-                "He said \"Stop.\"",
-                "Then he left (see above.)",
-                "Next one.'",
-                "Last"
-            ]
-        );
-        // A bracket is no opening quote: no sentence starts before it.
-        assert_eq!(
-            sentences("Is it? (Yes.) \"Fine!\" [Done.] End"),
-            ["Is it? (Yes.)", "\"Fine!\" [Done.]", "End"]
-        );
-    }
-
-    #[test]
-    fn sentences_do_not_split_after_initials() {
-        assert_eq!(
-            sentences("The book is by J. R. R. Tolkien. He was born in 1892."),
-            ["The book is by J. R. R. Tolkien.", "He was born in 1892."]
-        );
-        assert_eq!(
-            sentences("Brown, C. Smith and (A. Jones). It ends."),
-            ["Brown, C. Smith and (A. Jones).", "It ends."]
-        );
-        // Any single letter, also lower case or Greek.
-        assert_eq!(
-            sentences("It takes 4.69 s. It is fast. Named after α. The end."),
-            ["It takes 4.69 s. It is fast.", "Named after α. The end."]
-        );
-    }
-
-    #[test]
-    fn sentences_do_not_split_after_dotted_acronyms() {
-        assert_eq!(
-            sentences("He joined the U.S. Army in 1942. He served the U.S.A. Navy too."),
-            [
-                "He joined the U.S. Army in 1942.",
-                "He served the U.S.A. Navy too."
-            ]
-        );
-        assert_eq!(
-            sentences("Some fruits, i.e. Apples. Fine."),
-            ["Some fruits, i.e. Apples.", "Fine."]
-        );
-        // A word that only ends with a period is not an acronym.
-        assert_eq!(
-            sentences("It is the UN. The end."),
-            ["It is the UN.", "The end."]
-        );
-    }
-
-    #[test]
-    fn sentences_do_not_split_after_listed_abbreviations() {
-        assert_eq!(
-            sentences(
-                "Dr. Smith lives on St. Paul street. He was born c. 1500 and fl. 1530. No. 5 won."
-            ),
-            [
-                "Dr. Smith lives on St. Paul street.",
-                "He was born c. 1500 and fl. 1530.",
-                "No. 5 won."
-            ]
-        );
-        assert_eq!(
-            sentences("Born Jan. 5. Blood pH. The end."),
-            ["Born Jan. 5.", "Blood pH. The end."]
-        );
-        // "etc." ends sentences; the list is case-sensitive.
-        assert_eq!(
-            sentences("Cats, dogs, etc. Often more. It is st. Then"),
-            ["Cats, dogs, etc.", "Often more.", "It is st.", "Then"]
-        );
     }
 
     #[test]

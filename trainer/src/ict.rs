@@ -1,38 +1,22 @@
-//! Inverse cloze task examples (ORQA): a sentence of a passage is a pseudo-query whose
-//! positive is the rest of the passage.
+//! ICT training (ORQA's inverse cloze task): no labels; a random sentence of a passage is
+//! the pseudo-query whose positive is the rest of the passage, with in-batch negatives. At
+//! the end a generation built with the trained towers is published.
 
 use rand::Rng;
+use tch::{Kind, Tensor};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::sampling::{SALT_ICT, batch_indices, rng};
+use crate::sentences::sentences;
+use crate::towers::Tower;
+
+/// The provenance note of the generation built at the end of ICT training.
+pub const ICT_NOTE: &str = "ict training";
 
 /// The probability that the pseudo-query sentence is left in its context (ORQA keeps it
 /// 10% of the time, so the encoder also learns word overlap).
 pub const KEEP_PROBABILITY: f64 = 0.1;
-
-/// The sentences of a text: it is split after `.`, `?` or `!` followed by white space; the
-/// punctuation stays with its sentence, surrounding white space is trimmed, empty pieces
-/// are dropped.
-pub fn split_sentences(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if matches!(c, '.' | '?' | '!')
-            && chars.peek().is_some_and(|(_, next)| next.is_whitespace())
-        {
-            let end = i + c.len_utf8();
-            push_trimmed(&mut out, &text[start..end]);
-            start = end;
-        }
-    }
-    push_trimmed(&mut out, &text[start..]);
-    out
-}
-
-fn push_trimmed<'a>(out: &mut Vec<&'a str>, piece: &'a str) {
-    let piece = piece.trim();
-    if !piece.is_empty() {
-        out.push(piece);
-    }
-}
 
 /// One ICT training pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,14 +34,14 @@ pub struct IctExample {
 /// words instead: the first half is the query and the rest the context (`keep` is then
 /// ignored); a single word is both.
 pub fn ict_pair(text: &str, pick: usize, keep: bool) -> IctExample {
-    let sentences = split_sentences(text);
-    if sentences.len() >= 2 {
-        let pick = pick % sentences.len();
-        let query = sentences[pick].to_owned();
+    let parts = sentences(text);
+    if parts.len() >= 2 {
+        let pick = pick % parts.len();
+        let query = parts[pick].to_owned();
         let context = if keep {
-            sentences.join(" ")
+            parts.join(" ")
         } else {
-            sentences
+            parts
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != pick)
@@ -91,10 +75,83 @@ pub fn ict_pair(text: &str, pick: usize, keep: bool) -> IctExample {
 /// A random ICT pair of `text`: a uniformly chosen sentence, kept with probability
 /// [`KEEP_PROBABILITY`].
 pub fn sample_ict_pair(text: &str, rng: &mut impl Rng) -> IctExample {
-    let n = split_sentences(text).len().max(1);
+    let n = sentences(text).len().max(1);
     let pick = rng.random_range(0..n);
     let keep = rng.random::<f64>() < KEEP_PROBABILITY;
     ict_pair(text, pick, keep)
+}
+
+/// The state of an ICT run.
+pub(crate) struct Ict {
+    pub document: Tower,
+    /// `(title, text)` of every non-empty passage.
+    pub passages: Vec<(String, String)>,
+}
+
+impl Ict {
+    /// Collects the passages of the generation in use; an error with fewer than two (no
+    /// in-batch negative).
+    pub(crate) fn new(ctx: &Context, document: Tower) -> Result<Ict> {
+        let mut passages = Vec::new();
+        for p in ctx.search.storage().passages() {
+            let p = p?;
+            if !p.text.trim().is_empty() {
+                passages.push((p.title, p.text));
+            }
+        }
+        if passages.len() < 2 {
+            return Err(Error::NoData {
+                reason: format!(
+                    "ICT needs at least 2 passages for in-batch negatives, and the database has {}",
+                    passages.len()
+                ),
+            });
+        }
+        Ok(Ict { document, passages })
+    }
+
+    /// In-batch cross-entropy of pseudo-queries against their contexts.
+    pub(crate) fn step(&mut self, ctx: &mut Context, step: u64) -> Result<f64> {
+        let seed = ctx.config.seed;
+        let idx = batch_indices(seed, self.passages.len(), ctx.batch, step);
+        let mut rng = rng(seed, SALT_ICT, step);
+        let pairs: Vec<_> = idx
+            .iter()
+            .map(|&i| sample_ict_pair(&self.passages[i].1, &mut rng))
+            .collect();
+        let b = idx.len();
+        let mut mask = vec![false; b * b];
+        for r in 0..b {
+            for c in 0..b {
+                mask[r * b + c] = c != r && idx[c] == idx[r];
+            }
+        }
+        let device = ctx.device();
+        ctx.seed_dropout(step);
+        let queries: Vec<&str> = pairs.iter().map(|p| p.query.as_str()).collect();
+        let docs: Vec<(&str, &str)> = idx
+            .iter()
+            .zip(&pairs)
+            .map(|(&i, p)| (self.passages[i].0.as_str(), p.context.as_str()))
+            .collect();
+        let q = ctx.queries_t(&queries, true)?;
+        let document = &mut self.document;
+        let d = document
+            .encoder
+            .forward_t(&document.encoder.tokenize_docs(&docs)?, true);
+        let mask = Tensor::from_slice(&mask)
+            .view([b as i64, b as i64])
+            .to_device(device);
+        let logits = (q.matmul(&d.tr()) * ctx.config.scale).masked_fill(&mask, f64::NEG_INFINITY);
+        let targets = Tensor::arange(b as i64, (Kind::Int64, device));
+        let loss = logits.cross_entropy_for_logits(&targets);
+        loss.backward();
+        let value = loss.double_value(&[]);
+        let lr = ctx.lr(step);
+        ctx.query.step(lr);
+        document.step(lr);
+        Ok(value)
+    }
 }
 
 #[cfg(test)]
@@ -102,26 +159,6 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
-    #[test]
-    fn sentences_split_after_terminal_punctuation_and_space() {
-        assert_eq!(
-            split_sentences("Zorblat is a city. Is it big? Yes! It has 3.5 million people."),
-            vec![
-                "Zorblat is a city.",
-                "Is it big?",
-                "Yes!",
-                "It has 3.5 million people."
-            ]
-        );
-        // No space after the dot: no boundary (decimals, abbreviations like e.g.x).
-        assert_eq!(
-            split_sentences("Version 2.0 is out"),
-            vec!["Version 2.0 is out"]
-        );
-        assert_eq!(split_sentences("  One.  Two  "), vec!["One.", "Two"]);
-        assert!(split_sentences("   ").is_empty());
-    }
 
     #[test]
     fn the_query_sentence_is_removed_from_its_context_unless_kept() {
@@ -151,7 +188,7 @@ mod tests {
 
     #[test]
     fn sampling_keeps_about_a_tenth_and_picks_every_sentence() {
-        let text = "A b. C d. E f. G h.";
+        let text = "Ab cd. Ef gh. Ij kl. Mn op.";
         let mut rng = StdRng::seed_from_u64(7);
         let mut kept = 0;
         let mut picked = std::collections::HashSet::new();

@@ -1,8 +1,8 @@
 //! # realm-trainer
 //!
-//! Retriever training on a live realm-db database. A [`Trainer`] takes a
+//! Retriever and reader training on a live realm-db database. A [`Trainer`] takes a
 //! [`realm_retriever::Retriever`], a [`TrainConfig`] and question-answer pairs, and trains
-//! in one of three [`Mode`]s:
+//! in one of five [`Mode`]s, each in its own module that owns its state:
 //!
 //! * **query-side** (DensePhrases, Atlas): the document tower is frozen, so the stored
 //!   vectors of the current generation stay valid; only a copy of the generation's query
@@ -23,7 +23,7 @@
 //!   passages, and the loss −log Σ_z p(z|x) Σ_{s∈S(z,y)} p(s|z,x) of a
 //!   [`realm_reader::Reader`] trains both the reader and (through log p(z|x)) the query
 //!   tower. At the end the query tower is attached to the generation and the reader is
-//!   stored and made current ([`readers`]).
+//!   stored and made current ([`realm_reader::store`]).
 //! * **realm** (REALM MLM pre-training): one salient span ([`masking`]) of each sampled
 //!   sentence is masked; the query tower retrieves `reader_passages` passages of the stale
 //!   index, never the sentence's own, which the fresh towers re-score; with a null document
@@ -32,21 +32,43 @@
 //!   and qa; [`Event::RealmBatch`] reports the retrieval utility.
 //!
 //! Runs checkpoint their towers, AdamW state and a JSON state blob into the database
-//! (`trainer/<run>/...`, readers under `reader/<id>`) and resume from it; every random choice of a step derives from the
-//! seed and the step number, so on the CPU a stopped and resumed query-side run ends with
-//! the same weights as an uninterrupted one.
+//! (`trainer/<run>/...`, readers under `reader/<id>`) and resume from it; every random
+//! choice of a step derives from the seed and the step number, so on the CPU a stopped and
+//! resumed run ends with the same weights as an uninterrupted one.
+//!
+//! Where things live: the loop, events, end of run in `trainer.rs`; what every mode shares
+//! (retriever, settings, pinned generation, query tower) in `context.rs`; one module per
+//! mode (`query_side`, `dual`, [`ict`], `qa`, `realm`); distant supervision in
+//! `supervision.rs`; towers and where they start from in `towers.rs`; the index-builder
+//! thread in `builder.rs`; held-out evaluation in `evaluation.rs`; checkpoints and resume
+//! in `checkpoint.rs` and [`state`]; seeded randomness in `sampling.rs`; AdamW in
+//! [`adamw`]; [`sentences`] and REALM's [`masking`].
 
 pub mod adamw;
+mod builder;
+mod checkpoint;
 mod config;
+mod context;
+mod dual;
 mod error;
+mod evaluation;
 pub mod ict;
 pub mod masking;
-pub mod readers;
+mod qa;
+mod query_side;
+mod realm;
+mod sampling;
+pub mod sentences;
 pub mod state;
+mod supervision;
+mod towers;
 mod trainer;
 
 pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
+pub use dual::DUAL_NOTE;
 pub use error::{Error, Result};
-pub use trainer::{
-    DUAL_NOTE, ICT_NOTE, QA_NOTE, QUERY_SIDE_NOTE, REALM_HELD_OUT_SCORED, REALM_NOTE, Trainer,
-};
+pub use ict::ICT_NOTE;
+pub use qa::QA_NOTE;
+pub use query_side::QUERY_SIDE_NOTE;
+pub use realm::{REALM_HELD_OUT_SCORED, REALM_NOTE};
+pub use trainer::Trainer;

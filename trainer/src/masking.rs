@@ -20,6 +20,8 @@
 
 use rand::RngCore;
 
+use crate::sentences::sentences;
+
 const CONNECTORS: [&str; 4] = ["of", "the", "de", "von"];
 
 const MONTHS: [&str; 12] = [
@@ -91,21 +93,26 @@ impl Word<'_> {
 }
 
 /// Splits `text` into words: runs of alphanumeric characters, where `,` and `.` between two
-/// digits stay inside the word. A word starts a sentence when it is the first, or when the
-/// text between it and the previous word holds `.`, `!` or `?`.
+/// digits stay inside the word. A word starts a sentence when it is the first word of one of
+/// the text's [`sentences`].
 fn words(text: &str) -> Vec<Word<'_>> {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let base = text.as_ptr() as usize;
+    let mut starts = sentences(text)
+        .into_iter()
+        .map(|s| s.as_ptr() as usize - base)
+        .peekable();
     let mut out = Vec::new();
     let mut i = 0;
-    let mut sentence_start = true;
     while i < chars.len() {
         let (at, c) = chars[i];
         if !c.is_alphanumeric() {
-            if matches!(c, '.' | '!' | '?') {
-                sentence_start = true;
-            }
             i += 1;
             continue;
+        }
+        let mut sentence_start = false;
+        while starts.next_if(|&s| s <= at).is_some() {
+            sentence_start = true;
         }
         let mut j = i + 1;
         while j < chars.len() {
@@ -126,7 +133,6 @@ fn words(text: &str) -> Vec<Word<'_>> {
             text: &text[at..end],
             sentence_start,
         });
-        sentence_start = false;
         i = j;
     }
     out

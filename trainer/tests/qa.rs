@@ -5,15 +5,15 @@
 
 mod common;
 
+use realm_reader::store::{
+    CURRENT_READER_BLOB, READER_BLOB_PREFIX, current_reader, set_current_reader, store_reader,
+};
 use realm_reader::{Reader, ReaderConfig};
 use realm_retriever::Retriever;
 use realm_retriever::bert::BertConfig;
 use realm_retriever::default_model_dir;
 use realm_retriever::encoder::load_tokenizer;
-use realm_trainer::readers::{
-    CURRENT_READER_BLOB, READER_BLOB_PREFIX, current_reader, set_current_reader, store_reader,
-};
-use realm_trainer::{Control, Error, Event, Mode, TrainConfig, Trainer};
+use realm_trainer::{Control, Event, Mode, TrainConfig, Trainer};
 
 /// Serializes this binary's tests: dropout draws from libtorch's global generator.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -134,7 +134,7 @@ fn qa_fine_tuning_raises_exact_match() {
     assert_eq!(store_reader(&retriever, &reader).unwrap(), stored);
     assert!(matches!(
         set_current_reader(&retriever, "nope"),
-        Err(Error::UnknownReader { .. })
+        Err(realm_reader::Error::UnknownReader { .. })
     ));
     assert_eq!(
         retriever.db().get_blob(CURRENT_READER_BLOB).unwrap(),

@@ -6,12 +6,12 @@
 
 mod common;
 
+use realm_reader::store::current_reader;
 use realm_reader::{Reader, ReaderConfig};
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::load_tokenizer;
 use realm_retriever::{BuildOptions, Retriever, default_model_dir};
 use realm_storage::{Db, NewPassage};
-use realm_trainer::readers::current_reader;
 use realm_trainer::{Control, Event, Mode, TrainConfig, Trainer};
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

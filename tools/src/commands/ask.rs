@@ -4,8 +4,8 @@
 use std::io::Write;
 
 use anyhow::Result;
+use realm_db::reader::store::current_reader;
 use realm_db::reader::{Answer, ReaderConfig, ask};
-use realm_db::trainer::readers::current_reader;
 use serde::Serialize;
 
 use super::search::pin;

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use realm_db::reader::ReaderConfig;
+use realm_db::reader::store::current_reader;
 use realm_db::retriever::eval::{
     AnswerMatcher, QaExample, TopKAccuracy, normalize_answer, read_qa_file,
 };
-use realm_db::trainer::readers::current_reader;
 use realm_db::{SearchMode, SearchSnapshot};
 use serde::Serialize;
 

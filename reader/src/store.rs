@@ -1,10 +1,11 @@
 //! Readers stored in the database: checkpoints under `reader/<sha256>` and the current
-//! reader named by `reader/current` (see docs/format.md, "Trainer state").
+//! reader named by `reader/current` (see docs/format.md, "Readers"). The trainer stores
+//! the readers it trains here; `realm-db ask` and `eval --em` load the current one.
 
-use realm_reader::{Reader, ReaderConfig};
 use realm_retriever::Retriever;
 
 use crate::error::{Error, Result};
+use crate::reader::{Reader, ReaderConfig};
 
 /// The prefix of reader blobs: `reader/<id>` holds a checkpoint
 /// ([`Reader::to_checkpoint_bytes`]) whose id is its SHA-256 fingerprint.
@@ -36,7 +37,7 @@ pub fn load_reader(retriever: &Retriever, id: &str, cfg: ReaderConfig) -> Result
     if id.is_empty() || id == "current" || !db.has_blob(&blob)? {
         return Err(Error::UnknownReader { id: id.to_owned() });
     }
-    Ok(Reader::from_checkpoint_bytes(&db.get_blob(&blob)?, cfg)?)
+    Reader::from_checkpoint_bytes(&db.get_blob(&blob)?, cfg)
 }
 
 /// Makes the stored reader `id` the database's current reader.
@@ -60,15 +61,13 @@ pub fn current_reader(
     }
     let bytes = db.get_blob(CURRENT_READER_BLOB)?;
     let id = std::str::from_utf8(&bytes)
-        .map_err(|_| Error::CorruptState {
-            blob: CURRENT_READER_BLOB.to_owned(),
+        .map_err(|_| Error::CorruptCurrentReader {
             reason: "it is not UTF-8 text".to_owned(),
         })?
         .trim()
         .to_owned();
     let reader = load_reader(retriever, &id, cfg).map_err(|e| match e {
-        Error::UnknownReader { id } => Error::CorruptState {
-            blob: CURRENT_READER_BLOB.to_owned(),
+        Error::UnknownReader { id } => Error::CorruptCurrentReader {
             reason: format!("it names the reader {id:?}, which is not stored"),
         },
         other => other,
