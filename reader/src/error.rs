@@ -46,11 +46,118 @@ pub enum Error {
     NoCandidate { passages: usize },
 }
 
+impl Error {
+    /// Whether the error is the user's to fix: a bad argument, or a question without
+    /// passages. The other errors are internal: a bug or a failure of the environment
+    /// (libtorch, the tokenizer, a stored checkpoint). A retriever error is classified by
+    /// [`realm_retriever::Error::is_user_error`].
+    ///
+    /// The match has no wildcard arm, so a new variant does not compile until it is classified.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Retriever(e) => e.is_user_error(),
+            Error::InvalidInput { .. } | Error::NoPassages => true,
+            // The store rejects empty passages, so no stored passage leads here.
+            Error::NoCandidate { .. } => false,
+            Error::Torch(_) | Error::Tokenizer { .. } | Error::Checkpoint { .. } => false,
+        }
+    }
+}
+
 /// The reader crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn tokenizer_error(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer {
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variant's kind (true: user), written again independently of
+    /// [`Error::is_user_error`]; exhaustive, so a new variant must be listed here too.
+    fn expected_user_error(e: &Error) -> bool {
+        match e {
+            Error::Retriever(e) => e.is_user_error(),
+            Error::Torch(_) => false,
+            Error::Tokenizer { .. } => false,
+            Error::Checkpoint { .. } => false,
+            Error::InvalidInput { .. } => true,
+            Error::NoPassages => true,
+            Error::NoCandidate { .. } => false,
+        }
+    }
+
+    /// The number of arms of `expected_user_error`: one sample of each variant is needed.
+    const VARIANTS: usize = 7;
+
+    fn one_of_each() -> Vec<Error> {
+        vec![
+            Error::Retriever(realm_retriever::Error::InvalidInput {
+                reason: "the batch is empty".into(),
+            }),
+            Error::Torch(tch::TchError::Torch("out of memory".into())),
+            tokenizer_error("the vocabulary is empty"),
+            Error::Checkpoint {
+                reason: "it is truncated".into(),
+            },
+            Error::InvalidInput {
+                reason: "the question is empty".into(),
+            },
+            Error::NoPassages,
+            Error::NoCandidate { passages: 2 },
+        ]
+    }
+
+    /// Asserts the crates' message style: a clause that starts with a lowercase word or an
+    /// acronym ("I/O", "BM25"), on one line, without a final period (the CLI adds it).
+    fn assert_sentence(message: &str) {
+        let first_word = message.split(' ').next().unwrap_or("");
+        let starts_lower = first_word.chars().next().is_some_and(char::is_lowercase);
+        let acronym = first_word.chars().next().is_some_and(char::is_uppercase)
+            && !first_word.chars().any(char::is_lowercase);
+        assert!(
+            starts_lower || acronym,
+            "{message:?} does not start a sentence"
+        );
+        assert!(
+            !message.ends_with(['.', ' ']),
+            "{message:?} ends with a period or a space"
+        );
+        assert!(!message.contains(['\n', '\r']), "{message:?} spans lines");
+        assert!(!message.contains("  "), "{message:?} holds a double space");
+    }
+
+    #[test]
+    fn every_variant_has_a_kind_and_a_sentence() {
+        let samples = one_of_each();
+        let variants: std::collections::HashSet<_> =
+            samples.iter().map(std::mem::discriminant).collect();
+        assert_eq!(variants.len(), samples.len(), "a variant is sampled twice");
+        assert_eq!(samples.len(), VARIANTS, "a variant has no sample");
+        for e in &samples {
+            assert_eq!(e.is_user_error(), expected_user_error(e), "{e:?}");
+            // A source's own message is its crate's business: only this crate's words count.
+            let mut message = e.to_string();
+            if let Some(source) = std::error::Error::source(e) {
+                message = message.replace(&source.to_string(), "SOURCE");
+            }
+            assert_sentence(&message);
+        }
+    }
+
+    #[test]
+    fn retriever_errors_keep_their_kind() {
+        let internal = Error::Retriever(realm_retriever::Error::Checkpoint {
+            reason: "it is truncated".into(),
+        });
+        assert!(!internal.is_user_error());
+        let user = Error::Retriever(realm_retriever::Error::Storage(
+            realm_storage::Error::NoCurrentGeneration,
+        ));
+        assert!(user.is_user_error());
     }
 }

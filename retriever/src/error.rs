@@ -72,5 +72,146 @@ pub enum Error {
     Storage(#[from] realm_storage::Error),
 }
 
+impl Error {
+    /// Whether the error is the user's to fix: a bad argument, model folder or question file,
+    /// a generation without an encoder, a database that kept changing. The other errors are
+    /// internal: a bug or a failure of the environment (I/O, libtorch, the tokenizer, a stored
+    /// checkpoint). A storage error is classified by [`realm_storage::Error::is_user_error`].
+    ///
+    /// The match has no wildcard arm, so a new variant does not compile until it is classified.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_user_error(),
+            Error::ModelFile { .. }
+            | Error::InvalidInput { .. }
+            | Error::NoEncoder { .. }
+            // Concurrent changes: retrying is the fix.
+            | Error::Busy { .. }
+            | Error::QaFile { .. }
+            | Error::QaLine { .. }
+            | Error::AnswerPattern { .. } => true,
+            Error::Io { .. } | Error::Tokenizer { .. } | Error::Checkpoint { .. } | Error::Torch(_) => {
+                false
+            }
+        }
+    }
+}
+
 /// The retriever crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variant's kind (true: user), written again independently of
+    /// [`Error::is_user_error`]; exhaustive, so a new variant must be listed here too.
+    fn expected_user_error(e: &Error) -> bool {
+        match e {
+            Error::Io { .. } => false,
+            Error::ModelFile { .. } => true,
+            Error::Tokenizer { .. } => false,
+            Error::Checkpoint { .. } => false,
+            Error::Torch(_) => false,
+            Error::InvalidInput { .. } => true,
+            Error::NoEncoder { .. } => true,
+            Error::Busy { .. } => true,
+            Error::QaFile { .. } => true,
+            Error::QaLine { .. } => true,
+            Error::AnswerPattern { .. } => true,
+            Error::Storage(e) => e.is_user_error(),
+        }
+    }
+
+    /// The number of arms of `expected_user_error`: one sample of each variant is needed.
+    const VARIANTS: usize = 12;
+
+    fn one_of_each() -> Vec<Error> {
+        let path = PathBuf::from("/data/model");
+        vec![
+            Error::Io {
+                path: path.clone(),
+                source: std::io::Error::other("disk full"),
+            },
+            Error::ModelFile {
+                path: path.clone(),
+                reason: "the weight pooler.dense.weight is missing".into(),
+            },
+            Error::Tokenizer {
+                reason: "the vocabulary is empty".into(),
+            },
+            Error::Checkpoint {
+                reason: "it is truncated".into(),
+            },
+            Error::Torch(tch::TchError::Torch("out of memory".into())),
+            Error::InvalidInput {
+                reason: "the batch is empty".into(),
+            },
+            Error::NoEncoder { generation: 2 },
+            Error::Busy {
+                reason: "the current generation changed three times".into(),
+            },
+            Error::QaFile {
+                path: path.clone(),
+                line: 3,
+                reason: "it has no answers".into(),
+            },
+            Error::QaLine {
+                line: 3,
+                reason: "it is not JSON".into(),
+            },
+            Error::AnswerPattern {
+                pattern: "(".into(),
+                reason: "the group is not closed".into(),
+            },
+            Error::Storage(realm_storage::Error::Locked { path }),
+        ]
+    }
+
+    /// Asserts the crates' message style: a clause that starts with a lowercase word or an
+    /// acronym ("I/O", "BM25"), on one line, without a final period (the CLI adds it).
+    fn assert_sentence(message: &str) {
+        let first_word = message.split(' ').next().unwrap_or("");
+        let starts_lower = first_word.chars().next().is_some_and(char::is_lowercase);
+        let acronym = first_word.chars().next().is_some_and(char::is_uppercase)
+            && !first_word.chars().any(char::is_lowercase);
+        assert!(
+            starts_lower || acronym,
+            "{message:?} does not start a sentence"
+        );
+        assert!(
+            !message.ends_with(['.', ' ']),
+            "{message:?} ends with a period or a space"
+        );
+        assert!(!message.contains(['\n', '\r']), "{message:?} spans lines");
+        assert!(!message.contains("  "), "{message:?} holds a double space");
+    }
+
+    #[test]
+    fn every_variant_has_a_kind_and_a_sentence() {
+        let samples = one_of_each();
+        let variants: std::collections::HashSet<_> =
+            samples.iter().map(std::mem::discriminant).collect();
+        assert_eq!(variants.len(), samples.len(), "a variant is sampled twice");
+        assert_eq!(samples.len(), VARIANTS, "a variant has no sample");
+        for e in &samples {
+            assert_eq!(e.is_user_error(), expected_user_error(e), "{e:?}");
+            // A source's own message is its crate's business: only this crate's words count.
+            let mut message = e.to_string();
+            if let Some(source) = std::error::Error::source(e) {
+                message = message.replace(&source.to_string(), "SOURCE");
+            }
+            assert_sentence(&message);
+        }
+    }
+
+    #[test]
+    fn storage_errors_keep_their_kind() {
+        let internal = Error::Storage(realm_storage::Error::Corrupt {
+            what: "passage 3".into(),
+        });
+        assert!(!internal.is_user_error());
+        let user = Error::Storage(realm_storage::Error::NoCurrentGeneration);
+        assert!(user.is_user_error());
+    }
+}

@@ -168,5 +168,198 @@ pub enum Error {
     InvalidBm25Params { k1: f32, b: f32 },
 }
 
+impl Error {
+    /// Whether the error is the user's to fix: bad input, a wrong argument, a missing, locked
+    /// or foreign database, an unknown id. The other errors are internal: a bug, a damaged
+    /// store, or a failure of the environment (I/O, RocksDB).
+    ///
+    /// The match has no wildcard arm, so a new variant does not compile until it is classified.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::NotFound { .. }
+            | Error::AlreadyExists { .. }
+            | Error::NotARealmDb { .. }
+            | Error::UnsupportedFormat { .. }
+            | Error::Locked { .. }
+            | Error::InvalidPassage { .. }
+            | Error::UnknownPassage(_)
+            | Error::UnknownGeneration(_)
+            | Error::NotPinnable { .. }
+            // Concurrent writers moved the current generation: retrying is the fix.
+            | Error::GenerationChanged { .. }
+            | Error::NoCurrentGeneration
+            | Error::ReadOnly { .. }
+            // A follower of a database whose lexical index no writer has built yet.
+            | Error::LexicalIndexUnavailable { .. }
+            | Error::InvalidBm25Params { .. } => true,
+            Error::Rocks { .. }
+            | Error::Io { .. }
+            | Error::Corrupt { .. }
+            // The layers above build specs, vectors and coverage; a bad one is their bug.
+            | Error::InvalidSpec { .. }
+            | Error::DimensionMismatch { .. }
+            | Error::NonFinite { .. }
+            | Error::NotWritable { .. }
+            | Error::DuplicateVector { .. }
+            | Error::CoverageGap { .. }
+            // A blob the database's own records name (a stored encoder) is missing.
+            | Error::UnknownBlob { .. } => false,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variant's kind (true: user), written again independently of
+    /// [`Error::is_user_error`]; exhaustive, so a new variant must be listed here too.
+    fn expected_user_error(e: &Error) -> bool {
+        match e {
+            Error::NotFound { .. } => true,
+            Error::AlreadyExists { .. } => true,
+            Error::NotARealmDb { .. } => true,
+            Error::UnsupportedFormat { .. } => true,
+            Error::Locked { .. } => true,
+            Error::Rocks { .. } => false,
+            Error::Io { .. } => false,
+            Error::Corrupt { .. } => false,
+            Error::InvalidPassage { .. } => true,
+            Error::UnknownPassage(_) => true,
+            Error::UnknownGeneration(_) => true,
+            Error::InvalidSpec { .. } => false,
+            Error::DimensionMismatch { .. } => false,
+            Error::NonFinite { .. } => false,
+            Error::NotWritable { .. } => false,
+            Error::DuplicateVector { .. } => false,
+            Error::CoverageGap { .. } => false,
+            Error::NotPinnable { .. } => true,
+            Error::GenerationChanged { .. } => true,
+            Error::NoCurrentGeneration => true,
+            Error::ReadOnly { .. } => true,
+            Error::UnknownBlob { .. } => false,
+            Error::LexicalIndexUnavailable { .. } => true,
+            Error::InvalidBm25Params { .. } => true,
+        }
+    }
+
+    /// The number of arms of `expected_user_error`: one sample of each variant is needed.
+    const VARIANTS: usize = 24;
+
+    fn one_of_each() -> Vec<Error> {
+        let path = PathBuf::from("/data/db");
+        let state = GenerationState::Retired;
+        vec![
+            Error::NotFound { path: path.clone() },
+            Error::AlreadyExists { path: path.clone() },
+            Error::NotARealmDb { path: path.clone() },
+            Error::UnsupportedFormat {
+                path: path.clone(),
+                found: 9,
+                supported: 2,
+            },
+            Error::Locked { path: path.clone() },
+            Error::Rocks {
+                path: path.clone(),
+                source: crate::rocks::sample_error(),
+            },
+            Error::Io {
+                path: path.clone(),
+                source: std::io::Error::other("disk full"),
+            },
+            Error::Corrupt {
+                what: "passage 3".into(),
+            },
+            Error::InvalidPassage {
+                index: 1,
+                reason: crate::InvalidPassage::EmptyText.to_string(),
+            },
+            Error::UnknownPassage(3),
+            Error::UnknownGeneration(4),
+            Error::InvalidSpec {
+                reason: "the dimension is 0".into(),
+            },
+            Error::DimensionMismatch {
+                generation: 1,
+                expected: 4,
+                values: 6,
+                ids: 2,
+            },
+            Error::NonFinite {
+                row: 0,
+                position: 2,
+            },
+            Error::NotWritable {
+                generation: 1,
+                state,
+            },
+            Error::DuplicateVector {
+                generation: 1,
+                passage: 2,
+            },
+            Error::CoverageGap {
+                generation: 2,
+                missing: 1,
+                first: vec![5],
+            },
+            Error::NotPinnable {
+                generation: 2,
+                state: GenerationState::Building,
+            },
+            Error::GenerationChanged {
+                expected: 1,
+                found: Some(2),
+            },
+            Error::NoCurrentGeneration,
+            Error::ReadOnly { path: path.clone() },
+            Error::UnknownBlob {
+                name: "encoder".into(),
+            },
+            Error::LexicalIndexUnavailable {
+                path,
+                reason: "the index is being rebuilt".into(),
+            },
+            Error::InvalidBm25Params { k1: -1.0, b: 2.0 },
+        ]
+    }
+
+    /// Asserts the crate's message style: a clause that starts with a lowercase word or an
+    /// acronym ("I/O", "BM25"), on one line, without a final period (the CLI adds it).
+    fn assert_sentence(message: &str) {
+        let first_word = message.split(' ').next().unwrap_or("");
+        let starts_lower = first_word.chars().next().is_some_and(char::is_lowercase);
+        let acronym = first_word.chars().next().is_some_and(char::is_uppercase)
+            && !first_word.chars().any(char::is_lowercase);
+        assert!(
+            starts_lower || acronym,
+            "{message:?} does not start a sentence"
+        );
+        assert!(
+            !message.ends_with(['.', ' ']),
+            "{message:?} ends with a period or a space"
+        );
+        assert!(!message.contains(['\n', '\r']), "{message:?} spans lines");
+        assert!(!message.contains("  "), "{message:?} holds a double space");
+    }
+
+    #[test]
+    fn every_variant_has_a_kind_and_a_sentence() {
+        let samples = one_of_each();
+        let variants: std::collections::HashSet<_> =
+            samples.iter().map(std::mem::discriminant).collect();
+        assert_eq!(variants.len(), samples.len(), "a variant is sampled twice");
+        assert_eq!(samples.len(), VARIANTS, "a variant has no sample");
+        for e in &samples {
+            assert_eq!(e.is_user_error(), expected_user_error(e), "{e:?}");
+            // A source's own message is its crate's business: only this crate's words count.
+            let mut message = e.to_string();
+            if let Some(source) = std::error::Error::source(e) {
+                message = message.replace(&source.to_string(), "SOURCE");
+            }
+            assert_sentence(&message);
+        }
+    }
+}

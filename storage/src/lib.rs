@@ -42,6 +42,7 @@ pub mod lexical;
 mod porter2;
 mod rocks;
 mod snapshot;
+mod validation;
 mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,10 @@ pub use error::{Error, Result};
 pub use generation::GenerationWriter;
 pub use lexical::Bm25Params;
 pub use snapshot::{PassageIter, Snapshot, VectorMatrix};
+pub use validation::{
+    DEFAULT_MAX_META_BYTES, DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TITLE_BYTES, InvalidPassage,
+    MAX_EXTERNAL_ID_BYTES, PassageLimits, validate_passage,
+};
 pub use verify::IntegrityReport;
 
 /// The on-disk format version this build reads and writes. See `docs/format.md`.

@@ -221,6 +221,7 @@ impl Rocks {
 
 /// Drops a column family from a closed database, as if it had been written by a format that
 /// predates it. Only for tests of format upgrades.
+#[cfg(feature = "testing")]
 pub(crate) fn drop_column_family(path: &Path, cf: Cf) -> Result<()> {
     let mut opts = Options::default();
     opts.create_missing_column_families(true);
@@ -283,6 +284,19 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// A genuine RocksDB error (opening a database under a regular file), for tests of the
+/// error type, which cannot build one.
+#[cfg(test)]
+pub(crate) fn sample_error() -> rocksdb::Error {
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    match rocksdb::DB::open(&opts, file.path().join("db")) {
+        Ok(_) => panic!("RocksDB opened a database under a regular file"),
+        Err(e) => e,
+    }
 }
 
 fn classify_open_error(path: &Path, source: rocksdb::Error) -> Error {

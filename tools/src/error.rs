@@ -25,102 +25,36 @@ pub fn user(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(message.into()))
 }
 
-/// Whether a storage error is the user's to fix.
-fn storage_is_user(e: &StorageError) -> bool {
-    matches!(
-        e,
-        StorageError::NotFound { .. }
-            | StorageError::AlreadyExists { .. }
-            | StorageError::NotARealmDb { .. }
-            | StorageError::UnsupportedFormat { .. }
-            | StorageError::Locked { .. }
-            | StorageError::UnknownGeneration(_)
-            | StorageError::UnknownPassage(_)
-            | StorageError::InvalidPassage { .. }
-            | StorageError::ReadOnly { .. }
-            | StorageError::NotPinnable { .. }
-            | StorageError::NoCurrentGeneration
-            // Concurrent writers moved the current generation: retrying is the fix.
-            | StorageError::GenerationChanged { .. }
-            // A follower of a database whose lexical index the writer has not built yet.
-            | StorageError::LexicalIndexUnavailable { .. }
-            | StorageError::InvalidBm25Params { .. }
-    )
-    // Rocks, Io, Corrupt, InvalidSpec, DimensionMismatch, NonFinite, NotWritable,
-    // DuplicateVector, CoverageGap and UnknownBlob (a missing stored encoder) are internal.
-}
-
-/// Whether a retriever error is the user's to fix; `None` defers to its source.
-fn retriever_is_user(e: &realm_db::Error) -> Option<bool> {
-    match e {
-        realm_db::Error::Storage(_) => None,
-        realm_db::Error::ModelFile { .. }
-        | realm_db::Error::InvalidInput { .. }
-        | realm_db::Error::NoEncoder { .. }
-        | realm_db::Error::Busy { .. }
-        | realm_db::Error::QaFile { .. }
-        | realm_db::Error::QaLine { .. }
-        | realm_db::Error::AnswerPattern { .. } => Some(true),
-        // Io (of the tool's own files), Tokenizer, Checkpoint (of a stored encoder) and Torch.
-        _ => Some(false),
-    }
-}
-
-/// Whether a trainer error is the user's to fix; `None` defers to its source.
-fn trainer_is_user(e: &realm_db::trainer::Error) -> Option<bool> {
-    use realm_db::trainer::Error as T;
-    match e {
-        T::Retriever(_) | T::Storage(_) | T::Reader(_) => None,
-        T::Config { .. }
-        | T::UnknownMode { .. }
-        | T::UnknownReader { .. }
-        | T::NoPositives { .. }
-        | T::NoData { .. } => Some(true),
-        // Torch, CorruptState (a damaged trainer state blob) and what comes later.
-        _ => Some(false),
-    }
-}
-
-/// The exit status for an error.
+/// The exit status for an error: the first cause that knows its kind decides. Errors of the
+/// library crates say themselves whether they are the user's to fix
+/// (`is_user_error`, which wrapping errors delegate to the error they wrap).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<UserError>() {
-            return EXIT_USER;
-        }
-        if let Some(e) = cause.downcast_ref::<StorageError>() {
-            return if storage_is_user(e) {
-                EXIT_USER
-            } else {
-                EXIT_INTERNAL
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<realm_db::Error>() {
-            match retriever_is_user(e) {
-                Some(true) => return EXIT_USER,
-                Some(false) => return EXIT_INTERNAL,
-                None => {}
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<realm_db::trainer::Error>() {
-            match trainer_is_user(e) {
-                Some(true) => return EXIT_USER,
-                Some(false) => return EXIT_INTERNAL,
-                None => {}
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<realm_db::reader::Error>()
-            && matches!(
-                e,
-                realm_db::reader::Error::InvalidInput { .. } | realm_db::reader::Error::NoPassages
-            )
-        {
-            return EXIT_USER;
-        }
-        if cause.is::<clap::Error>() {
-            return EXIT_USER;
+        if let Some(user) = is_user_error(cause) {
+            return if user { EXIT_USER } else { EXIT_INTERNAL };
         }
     }
     EXIT_INTERNAL
+}
+
+/// Whether one cause is the user's to fix, if it is an error that knows.
+fn is_user_error(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    if cause.is::<UserError>() || cause.is::<clap::Error>() {
+        return Some(true);
+    }
+    if let Some(e) = cause.downcast_ref::<StorageError>() {
+        return Some(e.is_user_error());
+    }
+    if let Some(e) = cause.downcast_ref::<realm_db::Error>() {
+        return Some(e.is_user_error());
+    }
+    if let Some(e) = cause.downcast_ref::<realm_db::reader::Error>() {
+        return Some(e.is_user_error());
+    }
+    if let Some(e) = cause.downcast_ref::<realm_db::trainer::Error>() {
+        return Some(e.is_user_error());
+    }
+    None
 }
 
 /// Whether the error is a closed standard output (the reader of a pipe went away).
@@ -200,6 +134,73 @@ mod tests {
         assert_eq!(exit_code(&wrapped), EXIT_USER);
         assert_eq!(exit_code(&user("bad")), EXIT_USER);
         assert_eq!(exit_code(&anyhow::anyhow!("boom")), EXIT_INTERNAL);
+    }
+
+    /// One user and one internal error of each library crate, each wrapped as the CLI sees
+    /// it (with context), and whether it is the user's.
+    fn wrapped_errors() -> Vec<(anyhow::Error, bool)> {
+        use realm_db::{reader, trainer};
+        let storage_user = || StorageError::UnknownGeneration(3);
+        let storage_internal = || StorageError::Corrupt {
+            what: "passage 1".into(),
+        };
+        let retriever_user = realm_db::Error::InvalidInput {
+            reason: "the batch is empty".into(),
+        };
+        let retriever_internal = realm_db::Error::Checkpoint {
+            reason: "it is truncated".into(),
+        };
+        let cases = vec![
+            (anyhow::Error::new(storage_user()), true),
+            (anyhow::Error::new(storage_internal()), false),
+            (
+                anyhow::Error::new(realm_db::Error::Storage(storage_user())),
+                true,
+            ),
+            (
+                anyhow::Error::new(realm_db::Error::Storage(storage_internal())),
+                false,
+            ),
+            (anyhow::Error::new(retriever_user), true),
+            (anyhow::Error::new(retriever_internal), false),
+            (anyhow::Error::new(reader::Error::NoPassages), true),
+            (
+                anyhow::Error::new(reader::Error::Checkpoint {
+                    reason: "it is truncated".into(),
+                }),
+                false,
+            ),
+            (
+                anyhow::Error::new(reader::Error::Retriever(realm_db::Error::Storage(
+                    storage_user(),
+                ))),
+                true,
+            ),
+            (anyhow::Error::new(trainer::Error::NoGeneration), true),
+            (anyhow::Error::new(trainer::Error::BuilderPanicked), false),
+            (
+                anyhow::Error::new(trainer::Error::Storage(storage_internal())),
+                false,
+            ),
+            (
+                anyhow::Error::new(trainer::Error::Reader(reader::Error::InvalidInput {
+                    reason: "the question is empty".into(),
+                })),
+                true,
+            ),
+        ];
+        cases
+            .into_iter()
+            .map(|(e, user)| (e.context("running the command failed"), user))
+            .collect()
+    }
+
+    #[test]
+    fn exit_codes_follow_each_crates_error_kind() {
+        for (err, user) in wrapped_errors() {
+            let expected = if user { EXIT_USER } else { EXIT_INTERNAL };
+            assert_eq!(exit_code(&err), expected, "{err:#}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use realm_db::NewPassage;
+use realm_db::storage::{PassageLimits, validate_passage};
 use serde_json::Value;
 
 /// The words a plain-text passage aims for.
@@ -53,27 +54,6 @@ impl Format {
     }
 }
 
-/// Size limits a passage must respect (the store's defaults).
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_text_bytes: usize,
-    pub max_title_bytes: usize,
-    pub max_meta_bytes: usize,
-    pub max_external_id_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        let options = realm_db::Options::default();
-        Limits {
-            max_text_bytes: options.max_text_bytes,
-            max_title_bytes: options.max_title_bytes,
-            max_meta_bytes: options.max_meta_bytes,
-            max_external_id_bytes: 1024,
-        }
-    }
-}
-
 /// A valid passage and the line it starts on (1-based).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -96,7 +76,7 @@ pub type Item = Result<Record, Rejection>;
 pub struct RecordReader<R> {
     input: R,
     format: Format,
-    limits: Limits,
+    limits: PassageLimits,
     line: u64,
     bytes_read: u64,
     buffer: Vec<u8>,
@@ -110,7 +90,7 @@ pub struct RecordReader<R> {
 impl<R: BufRead> RecordReader<R> {
     /// A reader of `input` in `format`; `title` names plain-text passages and `source`
     /// is recorded in their metadata.
-    pub fn new(input: R, format: Format, title: &str, source: &str, limits: Limits) -> Self {
+    pub fn new(input: R, format: Format, title: &str, source: &str, limits: PassageLimits) -> Self {
         RecordReader {
             input,
             format,
@@ -243,7 +223,7 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn parse_json_line(text: &str, line: u64, limits: &Limits) -> Item {
+fn parse_json_line(text: &str, line: u64, limits: &PassageLimits) -> Item {
     let reject = |reason: String| Err(Rejection { line, reason });
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
@@ -303,7 +283,7 @@ fn is_tsv_header(text: &str) -> bool {
     columns == ["id", "title", "text"] || columns == ["title", "text"]
 }
 
-fn parse_tsv_line(text: &str, line: u64, limits: &Limits) -> Item {
+fn parse_tsv_line(text: &str, line: u64, limits: &PassageLimits) -> Item {
     let columns: Vec<&str> = text.split('\t').collect();
     let (id, title, body) = match columns.as_slice() {
         [title, body] => (None, *title, *body),
@@ -329,47 +309,15 @@ fn parse_tsv_line(text: &str, line: u64, limits: &Limits) -> Item {
     }
 }
 
-/// Checks what the store would reject, so one bad record never fails a batch.
-pub fn validate(passage: &NewPassage, limits: &Limits) -> Result<(), String> {
-    if passage.text.trim().is_empty() {
-        return Err("The text is empty.".into());
-    }
-    if passage.text.len() > limits.max_text_bytes {
-        return Err(format!(
-            "The text is {} bytes long, over the limit of {} bytes.",
-            passage.text.len(),
-            limits.max_text_bytes
-        ));
-    }
-    if passage.title.len() > limits.max_title_bytes {
-        return Err(format!(
-            "The title is {} bytes long, over the limit of {} bytes.",
-            passage.title.len(),
-            limits.max_title_bytes
-        ));
-    }
-    if let Some(id) = &passage.external_id {
-        if id.is_empty() {
-            return Err("The id is empty.".into());
-        }
-        if id.len() > limits.max_external_id_bytes {
-            return Err(format!(
-                "The id is {} bytes long, over the limit of {} bytes.",
-                id.len(),
-                limits.max_external_id_bytes
-            ));
-        }
-    }
-    if !passage.meta.is_null() {
-        let meta = passage.meta.to_string().len();
-        if meta > limits.max_meta_bytes {
-            return Err(format!(
-                "The metadata is {meta} bytes of JSON, over the limit of {} bytes.",
-                limits.max_meta_bytes
-            ));
-        }
-    }
-    Ok(())
+/// Checks what the store would reject ([`validate_passage`]), so one bad record never fails
+/// a batch; the reason comes back as a sentence with a capital and a period.
+pub fn validate(passage: &NewPassage, limits: &PassageLimits) -> Result<(), String> {
+    validate_passage(passage, limits).map_err(|reason| {
+        let reason = reason.to_string();
+        let mut chars = reason.chars();
+        let first = chars.next().map(|c| c.to_uppercase().collect::<String>());
+        format!("{}{}.", first.unwrap_or_default(), chars.as_str())
+    })
 }
 
 /// Whether a word ends a sentence: `.`, `!`, `?` or `…`, possibly followed by closing
@@ -483,7 +431,7 @@ mod tests {
             format,
             "doc",
             "doc.txt",
-            Limits::default(),
+            PassageLimits::default(),
         )
         .collect::<std::io::Result<Vec<_>>>()
         .unwrap()
@@ -526,9 +474,9 @@ mod tests {
 
     #[test]
     fn over_long_text_is_rejected() {
-        let limits = Limits {
+        let limits = PassageLimits {
             max_text_bytes: 10,
-            ..Limits::default()
+            ..PassageLimits::default()
         };
         let items: Vec<Item> = RecordReader::new(
             "{\"text\": \"01234567890\"}\n".as_bytes(),

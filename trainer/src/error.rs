@@ -29,8 +29,8 @@ pub enum Error {
     #[error("the training configuration is invalid: {reason}")]
     Config { reason: String },
 
-    /// A training mode name is not one of `query-side`, `dual`, `ict` or `qa`.
-    #[error("{name:?} is not a training mode; use query-side, dual, ict, qa or realm")]
+    /// A training mode name is not one of `query-side`, `dual`, `ict`, `qa` or `realm`.
+    #[error("there is no training mode {name:?}; use query-side, dual, ict, qa or realm")]
     UnknownMode { name: String },
 
     /// The database has no current generation, so there are no encoders to start from.
@@ -58,5 +58,138 @@ pub enum Error {
     BuilderPanicked,
 }
 
+impl Error {
+    /// Whether the error is the user's to fix: a bad configuration or mode, an unknown
+    /// reader, a database without a generation, nothing (or nothing usable) to train on. The
+    /// other errors are internal: a bug, a damaged trainer state, or a failure of the
+    /// environment (libtorch, a panicked thread). Errors of the retriever, the store and the
+    /// reader are classified by their own `is_user_error`.
+    ///
+    /// The match has no wildcard arm, so a new variant does not compile until it is classified.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Retriever(e) => e.is_user_error(),
+            Error::Storage(e) => e.is_user_error(),
+            Error::Reader(e) => e.is_user_error(),
+            Error::UnknownReader { .. }
+            | Error::Config { .. }
+            | Error::UnknownMode { .. }
+            | Error::NoGeneration
+            | Error::NoPositives { .. }
+            | Error::NoData { .. } => true,
+            Error::Torch(_) | Error::CorruptState { .. } | Error::BuilderPanicked => false,
+        }
+    }
+}
+
 /// The trainer crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variant's kind (true: user), written again independently of
+    /// [`Error::is_user_error`]; exhaustive, so a new variant must be listed here too.
+    fn expected_user_error(e: &Error) -> bool {
+        match e {
+            Error::Retriever(e) => e.is_user_error(),
+            Error::Storage(e) => e.is_user_error(),
+            Error::Reader(e) => e.is_user_error(),
+            Error::UnknownReader { .. } => true,
+            Error::Torch(_) => false,
+            Error::Config { .. } => true,
+            Error::UnknownMode { .. } => true,
+            Error::NoGeneration => true,
+            Error::NoPositives { .. } => true,
+            Error::NoData { .. } => true,
+            Error::CorruptState { .. } => false,
+            Error::BuilderPanicked => false,
+        }
+    }
+
+    /// The number of arms of `expected_user_error`: one sample of each variant is needed.
+    const VARIANTS: usize = 12;
+
+    fn one_of_each() -> Vec<Error> {
+        vec![
+            Error::Retriever(realm_retriever::Error::Tokenizer {
+                reason: "the vocabulary is empty".into(),
+            }),
+            Error::Storage(realm_storage::Error::UnknownGeneration(4)),
+            Error::Reader(realm_reader::Error::NoPassages),
+            Error::UnknownReader {
+                id: "reader-1".into(),
+            },
+            Error::Torch(tch::TchError::Torch("out of memory".into())),
+            Error::Config {
+                reason: "the batch size is 0".into(),
+            },
+            Error::UnknownMode {
+                name: "sideways".into(),
+            },
+            Error::NoGeneration,
+            Error::NoPositives {
+                examples: 10,
+                candidates: 5,
+            },
+            Error::NoData {
+                reason: "no question was given".into(),
+            },
+            Error::CorruptState {
+                blob: "trainer-state".into(),
+                reason: "it is truncated".into(),
+            },
+            Error::BuilderPanicked,
+        ]
+    }
+
+    /// Asserts the crates' message style: a clause that starts with a lowercase word or an
+    /// acronym ("I/O", "BM25"), on one line, without a final period (the CLI adds it).
+    fn assert_sentence(message: &str) {
+        let first_word = message.split(' ').next().unwrap_or("");
+        let starts_lower = first_word.chars().next().is_some_and(char::is_lowercase);
+        let acronym = first_word.chars().next().is_some_and(char::is_uppercase)
+            && !first_word.chars().any(char::is_lowercase);
+        assert!(
+            starts_lower || acronym,
+            "{message:?} does not start a sentence"
+        );
+        assert!(
+            !message.ends_with(['.', ' ']),
+            "{message:?} ends with a period or a space"
+        );
+        assert!(!message.contains(['\n', '\r']), "{message:?} spans lines");
+        assert!(!message.contains("  "), "{message:?} holds a double space");
+    }
+
+    #[test]
+    fn every_variant_has_a_kind_and_a_sentence() {
+        let samples = one_of_each();
+        let variants: std::collections::HashSet<_> =
+            samples.iter().map(std::mem::discriminant).collect();
+        assert_eq!(variants.len(), samples.len(), "a variant is sampled twice");
+        assert_eq!(samples.len(), VARIANTS, "a variant has no sample");
+        for e in &samples {
+            assert_eq!(e.is_user_error(), expected_user_error(e), "{e:?}");
+            // A source's own message is its crate's business: only this crate's words count.
+            let mut message = e.to_string();
+            if let Some(source) = std::error::Error::source(e) {
+                message = message.replace(&source.to_string(), "SOURCE");
+            }
+            assert_sentence(&message);
+        }
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_kind() {
+        let internal = Error::Storage(realm_storage::Error::Corrupt {
+            what: "passage 3".into(),
+        });
+        assert!(!internal.is_user_error());
+        let user = Error::Reader(realm_reader::Error::Retriever(
+            realm_retriever::Error::Storage(realm_storage::Error::NoCurrentGeneration),
+        ));
+        assert!(user.is_user_error());
+    }
+}

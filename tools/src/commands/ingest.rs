@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{Env, say};
 use crate::cli::IngestArgs;
 use crate::error::user;
-use crate::ingest::{Format, Limits, RecordReader};
+use crate::ingest::{Format, RecordReader};
 use crate::open;
 use crate::progress;
 
@@ -101,7 +101,7 @@ pub fn run(args: &IngestArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             input.format,
             &title,
             &source,
-            Limits::default(),
+            realm_db::storage::PassageLimits::default(),
         );
         let mut batch = Batch::default();
         while let Some(item) = reader.next() {

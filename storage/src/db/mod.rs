@@ -1,0 +1,337 @@
+//! The database handle: opening (with crash recovery and format upgrades), the handle's
+//! accessors and figures. Each other concern of [`Db`] has its own module.
+
+mod blobs;
+mod generations;
+mod lexical_index;
+mod passages;
+mod pins;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::codec::{self, u64_key};
+use crate::error::{Error, Result};
+use crate::generation;
+use crate::lexical;
+use crate::rocks::{Cf, OpenMode, Reader, Rocks};
+use crate::validation::{
+    DEFAULT_MAX_META_BYTES, DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TITLE_BYTES, PassageLimits,
+};
+use crate::{FORMAT_VERSION, GenerationId, GenerationState};
+
+pub(crate) use generations::{read_current, read_manifest, read_manifests};
+pub use passages::InsertOutcome;
+pub(crate) use passages::{decode_passage, read_passage};
+pub use pins::GcReport;
+
+pub(crate) const META_FORMAT: &[u8] = b"format_version";
+pub(crate) const META_NEXT_PASSAGE: &[u8] = b"next_passage_id";
+pub(crate) const META_NEXT_GENERATION: &[u8] = b"next_generation_id";
+pub(crate) const META_CURRENT: &[u8] = b"current_generation";
+pub(crate) const META_PASSAGE_COUNT: &[u8] = b"passage_count";
+
+/// The format before the lexical index: a writer upgrades it on open.
+const FORMAT_VERSION_1: u32 = 1;
+
+/// Tunables of an open database.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Create the database when the directory holds none (default: false for `open`).
+    pub create_if_missing: bool,
+    /// Fail if a database already exists (set by `create`).
+    pub error_if_exists: bool,
+    /// Open as a read-only follower of a database another handle holds for writing.
+    pub follower: bool,
+    /// fsync every write, not only publishes (default: false; a killed process still keeps
+    /// every acknowledged write, a power loss may lose the last unsynced ones).
+    pub sync_all_writes: bool,
+    /// Largest accepted passage text, in bytes.
+    pub max_text_bytes: usize,
+    /// Largest accepted title, in bytes.
+    pub max_title_bytes: usize,
+    /// Largest accepted metadata, in bytes of JSON.
+    pub max_meta_bytes: usize,
+    /// Rows per stored vector block.
+    pub block_rows: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create_if_missing: false,
+            error_if_exists: false,
+            follower: false,
+            sync_all_writes: false,
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            max_title_bytes: DEFAULT_MAX_TITLE_BYTES,
+            max_meta_bytes: DEFAULT_MAX_META_BYTES,
+            block_rows: 1024,
+        }
+    }
+}
+
+impl Options {
+    /// The size limits passages must respect under these options.
+    pub fn passage_limits(&self) -> PassageLimits {
+        PassageLimits {
+            max_text_bytes: self.max_text_bytes,
+            max_title_bytes: self.max_title_bytes,
+            max_meta_bytes: self.max_meta_bytes,
+        }
+    }
+}
+
+/// Builds a [`Db`] with non-default [`Options`].
+#[derive(Clone, Debug)]
+pub struct DbBuilder {
+    path: PathBuf,
+    options: Options,
+}
+
+impl DbBuilder {
+    /// Creates the database if the directory holds none.
+    pub fn create_if_missing(mut self, yes: bool) -> Self {
+        self.options.create_if_missing = yes;
+        self
+    }
+
+    /// Opens as a read-only follower (see [`Options::follower`]).
+    pub fn follower(mut self, yes: bool) -> Self {
+        self.options.follower = yes;
+        self
+    }
+
+    /// Sets every option at once.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Opens the database.
+    pub fn open(self) -> Result<Db> {
+        Db::open_with(&self.path, self.options)
+    }
+}
+
+/// Figures about a database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbStats {
+    pub passages: u64,
+    pub current_generation: Option<GenerationId>,
+    pub generations: usize,
+    /// Live SST bytes per column family (after a flush, for a writer).
+    pub disk_bytes: BTreeMap<&'static str, u64>,
+}
+
+pub(crate) struct Inner {
+    /// The instance; a follower swaps in a fresh read-only one when it catches up.
+    rocks: RwLock<Arc<Rocks>>,
+    pub(crate) options: Options,
+    /// Serializes read-modify-write sequences (id counters, manifests, coverage checks).
+    pub(crate) write_lock: Mutex<()>,
+    /// Live snapshots per generation, in this process.
+    pub(crate) pins: Mutex<HashMap<GenerationId, usize>>,
+}
+
+/// An open realm-db database. Cheap to clone; clones share one RocksDB instance.
+///
+/// One process opens a database for writing at a time; others may open it as read-only
+/// followers ([`DbBuilder::follower`]).
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.path())
+            .field("follower", &self.is_follower())
+            .finish()
+    }
+}
+
+impl Db {
+    /// Creates a new database; fails if one exists at `path`.
+    pub fn create(path: impl AsRef<Path>) -> Result<Db> {
+        let options = Options {
+            create_if_missing: true,
+            error_if_exists: true,
+            ..Options::default()
+        };
+        Db::open_with(path.as_ref(), options)
+    }
+
+    /// Opens an existing database for writing.
+    pub fn open(path: impl AsRef<Path>) -> Result<Db> {
+        Db::open_with(path.as_ref(), Options::default())
+    }
+
+    /// Starts building a handle with options.
+    pub fn builder(path: impl AsRef<Path>) -> DbBuilder {
+        DbBuilder {
+            path: path.as_ref().to_path_buf(),
+            options: Options::default(),
+        }
+    }
+
+    fn open_with(path: &Path, options: Options) -> Result<Db> {
+        let exists = path.join("CURRENT").exists();
+        if exists && options.error_if_exists {
+            return Err(Error::AlreadyExists {
+                path: path.to_path_buf(),
+            });
+        }
+        if !exists && (options.follower || !options.create_if_missing) {
+            return Err(Error::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let rocks = if options.follower {
+            Rocks::open(path, OpenMode::Follower)?
+        } else {
+            if !exists {
+                std::fs::create_dir_all(path).map_err(|source| Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+            Rocks::open(path, OpenMode::Writer { create: true })?
+        };
+        let db = Db {
+            inner: Arc::new(Inner {
+                rocks: RwLock::new(Arc::new(rocks)),
+                options,
+                write_lock: Mutex::new(()),
+                pins: Mutex::new(HashMap::new()),
+            }),
+        };
+        match db.rocks().get(Cf::Meta, META_FORMAT)? {
+            None if !exists => db.initialize()?,
+            None => {
+                return Err(Error::NotARealmDb {
+                    path: path.to_path_buf(),
+                });
+            }
+            Some(bytes) => {
+                let found = codec::decode_u64(&bytes, &|| "the format version record".into())?;
+                let found = u32::try_from(found).unwrap_or(u32::MAX);
+                // Version 1 lacks only the lexical index: a writer builds it below, and a
+                // follower reads everything else and reports lexical search as unavailable.
+                if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
+                    return Err(Error::UnsupportedFormat {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        if !db.is_follower() {
+            db.discard_unfinished_generations()?;
+            db.ensure_lexical_index()?;
+        }
+        Ok(db)
+    }
+
+    fn initialize(&self) -> Result<()> {
+        let rocks = self.rocks();
+        let mut batch = rocks.batch();
+        batch.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION)));
+        batch.put(Cf::Meta, META_NEXT_PASSAGE, &u64_key(0));
+        batch.put(Cf::Meta, META_NEXT_GENERATION, &u64_key(1));
+        batch.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(0));
+        batch.put(Cf::Meta, lexical::META_DOCS, &u64_key(0));
+        batch.put(Cf::Meta, lexical::META_TOKENS, &u64_key(0));
+        batch.put(
+            Cf::Meta,
+            lexical::META_ANALYZER,
+            lexical::ANALYZER_VERSION.as_bytes(),
+        );
+        rocks.write(batch, true)
+    }
+
+    /// Crash recovery: a generation still `building` at open was interrupted; remove it.
+    fn discard_unfinished_generations(&self) -> Result<()> {
+        let _guard = self.inner.write_lock.lock();
+        let rocks = self.rocks();
+        let mut batch = rocks.batch();
+        let mut any = false;
+        for manifest in read_manifests(&*rocks)? {
+            if manifest.state == GenerationState::Building {
+                generation::delete_generation_data(&mut batch, manifest.id);
+                any = true;
+            }
+        }
+        if any {
+            rocks.write(batch, true)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rocks(&self) -> Arc<Rocks> {
+        self.inner.rocks.read().clone()
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> PathBuf {
+        self.rocks().path().to_path_buf()
+    }
+
+    /// Whether this handle is a read-only follower.
+    pub fn is_follower(&self) -> bool {
+        self.inner.options.follower
+    }
+
+    pub(crate) fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.is_follower() {
+            return Err(Error::ReadOnly { path: self.path() });
+        }
+        Ok(())
+    }
+
+    /// A follower catches up with everything the writer has acknowledged so far (it opens a
+    /// fresh read-only view; snapshots taken before keep theirs); a writer does nothing.
+    pub fn catch_up(&self) -> Result<()> {
+        if self.is_follower() {
+            let fresh = Rocks::open(&self.path(), OpenMode::Follower)?;
+            *self.inner.rocks.write() = Arc::new(fresh);
+        }
+        Ok(())
+    }
+
+    /// Counts and disk usage.
+    pub fn stats(&self) -> Result<DbStats> {
+        let rocks = self.rocks();
+        if !self.is_follower() {
+            rocks.flush()?;
+        }
+        let mut disk_bytes = BTreeMap::new();
+        for cf in Cf::ALL {
+            disk_bytes.insert(cf.name(), rocks.disk_bytes(cf)?);
+        }
+        Ok(DbStats {
+            passages: read_meta_u64(&*rocks, META_PASSAGE_COUNT)?.unwrap_or(0),
+            current_generation: read_current(&*rocks)?,
+            generations: read_manifests(&*rocks)?.len(),
+            disk_bytes,
+        })
+    }
+}
+
+pub(crate) fn read_meta_u64(r: &dyn Reader, key: &[u8]) -> Result<Option<u64>> {
+    match r.get(Cf::Meta, key)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(codec::decode_u64(&bytes, &|| {
+            format!("meta record {}", String::from_utf8_lossy(key))
+        })?)),
+    }
+}
