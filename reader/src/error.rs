@@ -47,16 +47,18 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error is the user's to fix: a bad argument, or a question without
-    /// passages. The other errors are internal: a bug or a failure of the environment
-    /// (libtorch, the tokenizer, a stored checkpoint). A retriever error is classified by
-    /// [`realm_retriever::Error::is_user_error`].
+    /// Whether the error is the user's to fix: a bad argument, a question without
+    /// passages, or a reader id that names no stored reader. The other errors are internal: a bug or a failure of the environment
+    /// (libtorch, the tokenizer, a stored checkpoint, a damaged `reader/current`). Retriever
+    /// and store errors are classified by their own `is_user_error`.
     ///
     /// The match has no wildcard arm, so a new variant does not compile until it is classified.
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Retriever(e) => e.is_user_error(),
-            Error::InvalidInput { .. } | Error::NoPassages => true,
+            Error::Storage(e) => e.is_user_error(),
+            Error::InvalidInput { .. } | Error::NoPassages | Error::UnknownReader { .. } => true,
+            Error::CorruptCurrentReader { .. } => false,
             // The store rejects empty passages, so no stored passage leads here.
             Error::NoCandidate { .. } => false,
             Error::Torch(_) | Error::Tokenizer { .. } | Error::Checkpoint { .. } => false,
@@ -82,6 +84,9 @@ mod tests {
     fn expected_user_error(e: &Error) -> bool {
         match e {
             Error::Retriever(e) => e.is_user_error(),
+            Error::Storage(e) => e.is_user_error(),
+            Error::UnknownReader { .. } => true,
+            Error::CorruptCurrentReader { .. } => false,
             Error::Torch(_) => false,
             Error::Tokenizer { .. } => false,
             Error::Checkpoint { .. } => false,
@@ -92,13 +97,18 @@ mod tests {
     }
 
     /// The number of arms of `expected_user_error`: one sample of each variant is needed.
-    const VARIANTS: usize = 7;
+    const VARIANTS: usize = 10;
 
     fn one_of_each() -> Vec<Error> {
         vec![
             Error::Retriever(realm_retriever::Error::InvalidInput {
                 reason: "the batch is empty".into(),
             }),
+            Error::Storage(realm_storage::Error::NoCurrentGeneration),
+            Error::UnknownReader { id: "abc".into() },
+            Error::CorruptCurrentReader {
+                reason: "it is not UTF-8 text".into(),
+            },
             Error::Torch(tch::TchError::Torch("out of memory".into())),
             tokenizer_error("the vocabulary is empty"),
             Error::Checkpoint {

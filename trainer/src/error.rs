@@ -16,10 +16,6 @@ pub enum Error {
     #[error("the reader reported an error: {0}")]
     Reader(#[from] realm_reader::Error),
 
-    /// A reader checkpoint id names no stored reader.
-    #[error("the database holds no reader checkpoint {id:?}")]
-    UnknownReader { id: String },
-
     /// libtorch reported an error during a training step.
     #[error("libtorch reported an error: {0}")]
     Torch(#[from] tch::TchError),
@@ -59,8 +55,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error is the user's to fix: a bad configuration or mode, an unknown
-    /// reader, a database without a generation, nothing (or nothing usable) to train on. The
+    /// Whether the error is the user's to fix: a bad configuration or mode, a database without a generation, nothing (or nothing usable) to train on. The
     /// other errors are internal: a bug, a damaged trainer state, or a failure of the
     /// environment (libtorch, a panicked thread). Errors of the retriever, the store and the
     /// reader are classified by their own `is_user_error`.
@@ -71,8 +66,7 @@ impl Error {
             Error::Retriever(e) => e.is_user_error(),
             Error::Storage(e) => e.is_user_error(),
             Error::Reader(e) => e.is_user_error(),
-            Error::UnknownReader { .. }
-            | Error::Config { .. }
+            Error::Config { .. }
             | Error::UnknownMode { .. }
             | Error::NoGeneration
             | Error::NoPositives { .. }
@@ -96,7 +90,6 @@ mod tests {
             Error::Retriever(e) => e.is_user_error(),
             Error::Storage(e) => e.is_user_error(),
             Error::Reader(e) => e.is_user_error(),
-            Error::UnknownReader { .. } => true,
             Error::Torch(_) => false,
             Error::Config { .. } => true,
             Error::UnknownMode { .. } => true,
@@ -109,7 +102,7 @@ mod tests {
     }
 
     /// The number of arms of `expected_user_error`: one sample of each variant is needed.
-    const VARIANTS: usize = 12;
+    const VARIANTS: usize = 11;
 
     fn one_of_each() -> Vec<Error> {
         vec![
@@ -118,9 +111,6 @@ mod tests {
             }),
             Error::Storage(realm_storage::Error::UnknownGeneration(4)),
             Error::Reader(realm_reader::Error::NoPassages),
-            Error::UnknownReader {
-                id: "reader-1".into(),
-            },
             Error::Torch(tch::TchError::Torch("out of memory".into())),
             Error::Config {
                 reason: "the batch size is 0".into(),
