@@ -405,7 +405,7 @@ impl Reader {
     pub fn passage_probs(&self, scores: &[f32]) -> Vec<f32> {
         let scale = self.retrieval_scale as f32;
         let scaled: Vec<f32> = scores.iter().map(|&s| s * scale).collect();
-        realm_retriever::index::softmax(&scaled)
+        realm_retriever::softmax(&scaled)
     }
 
     /// The hex SHA-256 of [`Reader::to_checkpoint_bytes`].

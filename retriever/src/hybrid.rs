@@ -10,7 +10,8 @@ use std::str::FromStr;
 use realm_storage::Bm25Params;
 
 use crate::error::{Error, Result};
-use crate::index::{Hit, SearchSnapshot, softmax};
+use crate::search::{Hit, SearchSnapshot};
+use crate::topk::softmax;
 
 /// How a search ranks passages.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -5,25 +5,30 @@
 //! * [`bert`]: a BERT encoder that loads Hugging Face model folders (safetensors);
 //! * [`encoder`]: text and document encoders with sentence-transformers mean pooling or
 //!   REALM's projected [CLS], batched inference, and self-describing checkpoints;
-//! * [`index`]: the in-database query path. A [`Retriever`] keeps each pinned generation's
-//!   matrix resident on the device (CUDA when available, else CPU) and answers exact
-//!   inner-product top-k with p(z|x); it also builds generations from an encoder and
-//!   embeds passages on ingest.
+//! * the in-database query path, re-exported here: a [`Retriever`] keeps each pinned
+//!   generation's matrix resident on the device (CUDA when available, else CPU; module
+//!   `matrix`), builds generations from an encoder and embeds passages on ingest (`build`);
+//!   a [`SearchSnapshot`] answers exact inner-product top-k with p(z|x) (`search`, `topk`).
 
 pub mod bert;
+mod build;
 pub mod encoder;
 mod error;
 pub mod eval;
 pub mod hybrid;
-pub mod index;
+mod matrix;
 mod model;
+mod retriever;
+mod search;
+mod topk;
 
+pub use build::{BuildOptions, Progress};
 pub use encoder::{DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling};
 pub use error::{Error, Result};
 pub use hybrid::{HybridOptions, SearchMode};
-pub use index::{
-    BuildOptions, Compute, ENCODER_BLOB_PREFIX, Hit, Progress, Retriever, RetrieverOptions,
-    SearchSnapshot,
-};
+pub use matrix::tensor_rows;
 pub use model::default_model_dir;
+pub use retriever::{Compute, ENCODER_BLOB_PREFIX, Retriever, RetrieverOptions};
+pub use search::{Hit, SearchSnapshot};
 pub use tch::Device;
+pub use topk::softmax;

@@ -49,7 +49,7 @@ pub fn run(args: &EmbedArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             return Ok(());
         }
         let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let values = realm_db::retriever::index::tensor_rows(&encoder.encode(&texts)?)?;
+        let values = realm_db::retriever::tensor_rows(&encoder.encode(&texts)?)?;
         for (i, text) in texts.iter().enumerate() {
             json_line(
                 out,

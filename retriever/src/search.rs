@@ -1,0 +1,306 @@
+//! Searching a pinned generation.
+//!
+//! A [`SearchSnapshot`] pins a storage snapshot and searches it: tokenize → query encoder →
+//! exact inner-product top-k over the pinned generation's device matrix → [`Hit`]s with
+//! scores and p(z|x). Small batches on a CPU matrix held as host rows are scanned directly;
+//! everything else is scored by chunked GEMM on the matrix's device. Both paths rank the same
+//! way (score descending, then passage id ascending).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use realm_storage::{GenerationId, Snapshot};
+use tch::{Device, Kind, Tensor};
+
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::matrix::{DeviceMatrix, ReadOnlyTensor};
+use crate::retriever::Retriever;
+use crate::topk::{GemmScan, HOST_SCAN_MAX_BATCH, HostScan, softmax};
+
+/// One retrieved passage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// 1-based rank.
+    pub rank: usize,
+    /// The passage's id in the store.
+    pub passage_id: u64,
+    /// The passage's title.
+    pub title: String,
+    /// The passage's text.
+    pub text: String,
+    /// The ranking score: the inner product of query and passage vectors for a dense
+    /// search; see [`crate::SearchMode`] for the other modes.
+    pub score: f32,
+    /// p(z|x) over the returned candidates: the softmax of the scores for dense and BM25
+    /// searches, the fused scores normalized to sum to 1 for hybrid ones.
+    pub prob: f32,
+    /// The generation that was searched.
+    pub generation: GenerationId,
+}
+
+/// The pinned generation's matrix as one snapshot sees it.
+struct SearchState {
+    matrix: Arc<DeviceMatrix>,
+    /// Rows visible to the snapshot.
+    rows: usize,
+    /// Rows of passages deleted before the snapshot, excluded from ranking.
+    dead: Option<ReadOnlyTensor>,
+    dead_host: Option<Vec<bool>>,
+}
+
+impl SearchState {
+    /// The row of passage `id`'s vector if the snapshot sees one (not deleted, not pending).
+    fn live_row(&self, id: u64) -> Option<usize> {
+        self.matrix
+            .row_of(id)
+            .filter(|&r| r < self.rows && !self.dead_host.as_ref().is_some_and(|dead| dead[r]))
+    }
+}
+
+/// A pinned, searchable snapshot: every search through it uses the same generation and
+/// passage set.
+pub struct SearchSnapshot {
+    retriever: Retriever,
+    snapshot: Snapshot,
+    state: Mutex<Option<Arc<SearchState>>>,
+}
+
+impl std::fmt::Debug for SearchSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchSnapshot")
+            .field("generation", &self.snapshot.generation_id())
+            .finish()
+    }
+}
+
+impl SearchSnapshot {
+    /// Searches `snapshot` with `retriever`'s encoders and matrices.
+    pub(crate) fn new(retriever: Retriever, snapshot: Snapshot) -> Self {
+        SearchSnapshot {
+            retriever,
+            snapshot,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The storage snapshot (passages, pending, vectors).
+    pub fn storage(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The pinned generation.
+    pub fn generation_id(&self) -> Option<GenerationId> {
+        self.snapshot.generation_id()
+    }
+
+    /// Moves forward to the current generation.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.snapshot.refresh()?;
+        *self.state.lock() = None;
+        Ok(())
+    }
+
+    /// The query encoder used by [`SearchSnapshot::search`].
+    pub fn query_encoder(&self) -> Result<Arc<Encoder>> {
+        let manifest = self
+            .snapshot
+            .generation()
+            .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
+        self.retriever.query_encoder(manifest)
+    }
+
+    fn state(&self) -> Result<Arc<SearchState>> {
+        let mut guard = self.state.lock();
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let matrix = self.retriever.matrix_for(&self.snapshot)?;
+        let manifest = self
+            .snapshot
+            .generation()
+            .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
+        let rows = matrix.rows_for(manifest.blocks);
+        let deleted = self.snapshot.deleted_vectors()?;
+        let (dead, dead_host) = if deleted.is_empty() {
+            (None, None)
+        } else {
+            let mask: Vec<bool> = matrix.ids[..rows]
+                .iter()
+                .map(|id| deleted.contains(id))
+                .collect();
+            let tensor = Tensor::from_slice(&mask).to_device(matrix.tensor.device());
+            (Some(ReadOnlyTensor(tensor)), Some(mask))
+        };
+        let state = Arc::new(SearchState {
+            matrix,
+            rows,
+            dead,
+            dead_host,
+        });
+        *guard = Some(state.clone());
+        Ok(state)
+    }
+
+    /// Top-k passages for one query text.
+    pub fn search(&self, text: &str, k: usize) -> Result<Vec<Hit>> {
+        Ok(self.search_batch(&[text], k)?.pop().unwrap_or_default())
+    }
+
+    /// Top-k passages for each query text.
+    pub fn search_batch(&self, texts: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoder = self.query_encoder()?;
+        let queries = tch::no_grad(|| encoder.encode(texts))?;
+        self.search_vectors(&queries, k)
+    }
+
+    /// Top-k passages for query vectors `[B, D]`.
+    pub fn search_vectors(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<Hit>>> {
+        self.top_k(queries, k)?
+            .into_iter()
+            .map(|row| {
+                let probs = softmax(&row.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+                self.hits(row, probs)
+            })
+            .collect()
+    }
+
+    /// Hits for ranked `(passage id, score)` pairs with their probabilities, passages read
+    /// through the snapshot.
+    pub(crate) fn hits(&self, ranked: Vec<(u64, f32)>, probs: Vec<f32>) -> Result<Vec<Hit>> {
+        let generation = self.generation_id().unwrap_or_default();
+        let mut hits = Vec::with_capacity(ranked.len());
+        for (rank, ((id, score), prob)) in ranked.into_iter().zip(probs).enumerate() {
+            let passage = self
+                .snapshot
+                .get(id)?
+                .ok_or(Error::Storage(realm_storage::Error::UnknownPassage(id)))?;
+            hits.push(Hit {
+                rank: rank + 1,
+                passage_id: id,
+                title: passage.title,
+                text: passage.text,
+                score,
+                prob,
+                generation,
+            });
+        }
+        Ok(hits)
+    }
+
+    /// The pinned generation's stored vectors of `ids`, in that order, as one f32
+    /// `[ids.len(), dim]` tensor on the retriever's device (no gradient). Errors if an id has
+    /// no row in the generation as this snapshot sees it: unknown, pending, or deleted, like
+    /// the rows [`Snapshot::vectors`] leaves out. With [`crate::Compute::F16`] the rows are
+    /// the f16 values the searches score, widened to f32.
+    pub fn vectors_of(&self, ids: &[u64]) -> Result<Tensor> {
+        let state = self.state()?;
+        let rows = ids
+            .iter()
+            .map(|&id| {
+                state.live_row(id).map(|r| r as i64).ok_or_else(|| Error::InvalidInput {
+                    reason: format!(
+                        "passage {id} has no vector in generation {} as this snapshot sees it (it is unknown, pending or deleted)",
+                        state.matrix.generation
+                    ),
+                })
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        let matrix = &state.matrix.tensor;
+        tch::no_grad(|| -> Result<Tensor> {
+            let index = Tensor::f_from_slice(&rows)?.f_to_device(matrix.device())?;
+            // `index_select` copies, so the result never aliases the matrix's host rows.
+            Ok(matrix.f_index_select(0, &index)?.f_to_kind(Kind::Float)?)
+        })
+    }
+
+    /// Exact MIPS: for each query row, the `k` best `(passage id, score)` pairs, by score
+    /// descending and then passage id ascending (a deterministic order for ties). `queries`
+    /// is `[B, dim]` on any device and of any float kind; this is the top-k to call with
+    /// query vectors computed outside the retriever (a trainer's query tower, for one).
+    pub fn top_k(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
+        let state = self.state()?;
+        let matrix = &state.matrix;
+        let dim = matrix.tensor.size().get(1).copied().unwrap_or(0);
+        let qsize = queries.size();
+        if qsize.len() != 2 || qsize[1] != dim {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "query vectors have shape {qsize:?}, but generation {} stores {dim}-dimensional vectors",
+                    matrix.generation
+                ),
+            });
+        }
+        let batch = qsize[0] as usize;
+        let live = state.rows
+            - state
+                .dead
+                .as_ref()
+                .map_or(0, |d| d.sum(Kind::Int64).int64_value(&[]) as usize);
+        let k = k.min(live);
+        if k == 0 || batch == 0 {
+            return Ok(vec![Vec::new(); batch]);
+        }
+        if let Some(host) = &matrix.host
+            && batch <= HOST_SCAN_MAX_BATCH
+        {
+            let q = queries
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
+            let q: Vec<f32> = Vec::try_from(&q.view(-1))?;
+            let scan = HostScan {
+                rows: host,
+                dim: matrix.dim,
+                len: state.rows,
+                ids: &matrix.ids,
+                dead: state.dead_host.as_deref(),
+            };
+            return Ok(scan.top_k(&q, k));
+        }
+        GemmScan {
+            matrix: &matrix.tensor,
+            len: state.rows,
+            ids: &matrix.ids,
+            dead: state.dead.as_deref(),
+            chunk_rows: self.chunk_rows(batch, matrix),
+        }
+        .top_k(queries, k)
+    }
+
+    /// Rows per scoring chunk: the [batch, chunk] score block and, for f16 on CPU, the
+    /// widened chunk stay around the size of a last-level cache.
+    fn chunk_rows(&self, batch: usize, matrix: &DeviceMatrix) -> usize {
+        let fixed = self.retriever.options().score_chunk_rows;
+        if fixed > 0 {
+            return fixed;
+        }
+        if matrix.host.is_none() {
+            // A device tensor (CUDA): one GEMM over the whole matrix.
+            return matrix.ids.len().max(1);
+        }
+        let dim = matrix.tensor.size().get(1).copied().unwrap_or(1).max(1) as usize;
+        let budget = 8 << 20; // bytes
+        let per_row = 4 * batch
+            + if matrix.tensor.kind() == Kind::Half {
+                4 * dim
+            } else {
+                0
+            };
+        (budget / per_row.max(1)).clamp(1024, 1 << 20)
+    }
+
+    /// Device memory of the pinned generation's matrix, once loaded.
+    pub fn matrix_bytes(&self) -> Result<usize> {
+        Ok(self.state()?.matrix.bytes())
+    }
+
+    /// Passage ids deleted since their rows were written (excluded from results).
+    pub fn deleted(&self) -> Result<HashSet<u64>> {
+        Ok(self.snapshot.deleted_vectors()?)
+    }
+}
