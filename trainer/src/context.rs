@@ -3,7 +3,7 @@
 
 use realm_retriever::{Retriever, SearchSnapshot};
 use realm_storage::Passage;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::adamw::learning_rate;
 use crate::config::TrainConfig;
@@ -65,6 +65,21 @@ impl Context {
     pub(crate) fn queries_t(&self, texts: &[&str], train: bool) -> Result<Tensor> {
         let tokens = self.query.encoder.tokenize(texts)?;
         Ok(self.query.encoder.forward_t(&tokens, train))
+    }
+
+    /// In-batch softmax cross-entropy, back-propagated: query `r` of `q` ([b, dim]) against
+    /// the columns of `candidates` ([c, dim]), scaled by `config.scale`, with column `r` its
+    /// target and the columns that `mask` (row-major [b, c]) marks left out. Returns the loss.
+    pub(crate) fn in_batch_loss(&self, q: &Tensor, candidates: &Tensor, mask: &[bool]) -> f64 {
+        let device = self.device();
+        let (b, c) = (q.size()[0], candidates.size()[0]);
+        let mask = Tensor::from_slice(mask).view([b, c]).to_device(device);
+        let logits =
+            (q.matmul(&candidates.tr()) * self.config.scale).masked_fill(&mask, f64::NEG_INFINITY);
+        let targets = Tensor::arange(b, (Kind::Int64, device));
+        let loss = logits.cross_entropy_for_logits(&targets);
+        loss.backward();
+        loss.double_value(&[])
     }
 
     /// The passages `ids` that the pinned snapshot holds, in order (missing ones skipped).

@@ -3,7 +3,6 @@
 //! the end a generation built with the trained towers is published.
 
 use rand::Rng;
-use tch::{Kind, Tensor};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -126,7 +125,6 @@ impl Ict {
                 mask[r * b + c] = c != r && idx[c] == idx[r];
             }
         }
-        let device = ctx.device();
         ctx.seed_dropout(step);
         let queries: Vec<&str> = pairs.iter().map(|p| p.query.as_str()).collect();
         let docs: Vec<(&str, &str)> = idx
@@ -139,14 +137,7 @@ impl Ict {
         let d = document
             .encoder
             .forward_t(&document.encoder.tokenize_docs(&docs)?, true);
-        let mask = Tensor::from_slice(&mask)
-            .view([b as i64, b as i64])
-            .to_device(device);
-        let logits = (q.matmul(&d.tr()) * ctx.config.scale).masked_fill(&mask, f64::NEG_INFINITY);
-        let targets = Tensor::arange(b as i64, (Kind::Int64, device));
-        let loss = logits.cross_entropy_for_logits(&targets);
-        loss.backward();
-        let value = loss.double_value(&[]);
+        let value = ctx.in_batch_loss(&q, &d, &mask);
         let lr = ctx.lr(step);
         ctx.query.step(lr);
         document.step(lr);

@@ -5,7 +5,6 @@
 //! same generation as a new query-encoder version.
 
 use realm_retriever::eval::QaExample;
-use tch::{Kind, Tensor};
 
 use crate::context::Context;
 use crate::error::Result;
@@ -57,20 +56,11 @@ impl QuerySide {
                 }
             }
         }
-        let device = ctx.device();
         let candidates = ctx.search.vectors_of(&columns)?;
         let questions: Vec<&str> = idx.iter().map(|&i| examples[i].question.as_str()).collect();
         ctx.seed_dropout(step);
         let q = ctx.queries_t(&questions, true)?;
-        let mask = Tensor::from_slice(&mask)
-            .view([b as i64, c as i64])
-            .to_device(device);
-        let logits =
-            (q.matmul(&candidates.tr()) * ctx.config.scale).masked_fill(&mask, f64::NEG_INFINITY);
-        let targets = Tensor::arange(b as i64, (Kind::Int64, device));
-        let loss = logits.cross_entropy_for_logits(&targets);
-        loss.backward();
-        let value = loss.double_value(&[]);
+        let value = ctx.in_batch_loss(&q, &candidates, &mask);
         let lr = ctx.lr(step);
         ctx.query.step(lr);
         Ok(value)
