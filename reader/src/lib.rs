@@ -28,13 +28,18 @@
 //! Open-QA fine-tuning and REALM pre-training run through `realm-trainer`; `realm-db ask`
 //! calls [`ask`].
 
+mod answer;
+mod checkpoint;
 mod error;
 mod mlm;
 mod reader;
+mod spans;
 
 pub use error::{Error, Result};
 pub use mlm::SentenceTokens;
-pub use reader::{Answer, Evidence, PassageSpans, Reader, ReaderConfig, Span, SpanScores};
+pub use answer::{Answer, Evidence};
+pub use reader::{Reader, ReaderConfig};
+pub use spans::{PassageSpans, Span, SpanScores};
 
 /// Retrieves the top `k` passages for `question` from `snapshot` (dense search) and answers
 /// from them, with p(z|x) the softmax of the inner products times the reader's

@@ -1,17 +1,19 @@
 //! Reader checkpoints written by earlier builds stay loadable and keep their outputs.
 //!
 //! `tests/fixtures/reader-v1.ckpt` was written by the reader as it was before its weights
-//! section became a safetensors file (format version 1: a hand-rolled list of f32 tensors),
-//! together with `reader-v1.json`: the SHA-256 of the file and the outputs that build
-//! computed from it. [`regenerate_fixtures`] (ignored) rewrites them from a tiny seeded
-//! model and a tiny WordPiece tokenizer; run it with
-//! `cargo test -p realm-reader --test checkpoints -- --ignored regenerate_fixtures`.
+//! section became a safetensors file (format version 1: a hand-rolled list of f32 tensors,
+//! commit fd73949), together with `reader-v1.json`: the SHA-256 of the file and the outputs
+//! that build computed from it. `reader-v2.ckpt` holds the same weights in format 2
+//! (safetensors weights), with `reader-v2.json`. [`regenerate_fixtures`] (ignored)
+//! rewrites the format-2 pair from a tiny seeded model and a tiny WordPiece tokenizer; run
+//! it with `cargo test -p realm-reader --test checkpoints -- --ignored regenerate_fixtures`.
 
 use std::path::PathBuf;
 
 use realm_reader::{Reader, ReaderConfig};
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::checkpoint_fingerprint;
+use realm_retriever::tokenizer::bert_wordpiece;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -23,44 +25,10 @@ const PASSAGES: [(u64, &str, &str, f32); 2] = [
 /// "the globe stood in [MASK]" as ids of the tiny vocabulary, with its masked target.
 const MASKED: [i64; 5] = [5, 24, 28, 8, 4];
 const TARGETS: [(usize, i64); 1] = [(4, 23)];
-const VOCAB: [&str; 36] = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "the",
-    "a",
-    "of",
-    "in",
-    "is",
-    "was",
-    "by",
-    "who",
-    "what",
-    "where",
-    "wrote",
-    "ham",
-    "##let",
-    "shakespeare",
-    "william",
-    "play",
-    "tragedy",
-    "denmark",
-    "london",
-    "globe",
-    "theatre",
-    "river",
-    "thames",
-    "stood",
-    "near",
-    "written",
-    "##s",
-    "##ed",
-    ".",
-    ",",
-    "?",
-];
+/// The tiny vocabulary of the fixture's tokenizer, ids in order.
+const VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of in is was by who what where wrote ham \
+    ##let shakespeare william play tragedy denmark london globe theatre river thames stood near \
+    written ##s ##ed . , ?";
 
 /// What a reader fixture must reproduce.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -97,44 +65,8 @@ fn tiny_config() -> BertConfig {
         num_attention_heads: 2,
         intermediate_size: 32,
         max_position_embeddings: 32,
-        ..BertConfig::tiny(VOCAB.len() as i64)
+        ..BertConfig::tiny(VOCAB.split_whitespace().count() as i64)
     }
-}
-
-/// A lower-casing BERT WordPiece tokenizer over [`VOCAB`], shaped like MiniLM's.
-fn tiny_tokenizer() -> tokenizers::Tokenizer {
-    let special = |id: usize| {
-        serde_json::json!({"id": id, "special": true, "content": VOCAB[id], "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false})
-    };
-    let vocab: serde_json::Map<String, serde_json::Value> = VOCAB
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ((*t).to_owned(), i.into()))
-        .collect();
-    let cls = serde_json::json!({"SpecialToken": {"id": "[CLS]", "type_id": 0}});
-    let sep = |t: u32| serde_json::json!({"SpecialToken": {"id": "[SEP]", "type_id": t}});
-    let seq = |id: &str, t: u32| serde_json::json!({"Sequence": {"id": id, "type_id": t}});
-    let json = serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": (0..5).map(special).collect::<Vec<_>>(),
-        "normalizer": {"type": "BertNormalizer", "clean_text": true,
-            "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
-        "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "post_processor": {"type": "TemplateProcessing",
-            "single": [cls, seq("A", 0), sep(0)],
-            "pair": [cls, seq("A", 0), sep(0), seq("B", 1), sep(1)],
-            "special_tokens": {
-                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
-                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
-        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
-        "model": {"type": "WordPiece", "unk_token": "[UNK]",
-            "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
-            "vocab": vocab}
-    });
-    tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).expect("the tokenizer builds")
 }
 
 fn floats(t: &Tensor) -> Vec<f32> {
@@ -215,17 +147,19 @@ fn load(bytes: &[u8]) -> Reader {
     Reader::from_checkpoint_bytes(bytes, config()).expect("the checkpoint loads")
 }
 
-/// Loads the fixture, compares it with its recorded outputs, and checks that re-saving
-/// and reloading keeps the outputs and gives stable bytes.
-#[test]
-fn v1_reader_checkpoint_loads_with_its_recorded_outputs() {
-    let text = std::fs::read_to_string(fixtures().join("reader-v1.json"))
-        .expect("the expected outputs are readable");
-    let want: Expected = serde_json::from_str(&text).expect("the expected outputs are JSON");
-    let bytes = std::fs::read(fixtures().join("reader-v1.ckpt")).expect("the fixture reads");
-    assert_eq!(checkpoint_fingerprint(&bytes), want.sha256);
+fn read_expected(file: &str) -> Expected {
+    let text = std::fs::read_to_string(fixtures().join(file)).expect("the outputs are readable");
+    serde_json::from_str(&text).expect("the expected outputs are JSON")
+}
+
+/// Loads a fixture, compares it with its recorded outputs, and checks that re-saving and
+/// reloading keeps the outputs and gives stable bytes; returns the re-saved bytes.
+fn check_fixture(file: &str, expected: &str) -> Vec<u8> {
+    let want = read_expected(expected);
+    let bytes = std::fs::read(fixtures().join(file)).expect("the fixture reads");
+    assert_eq!(checkpoint_fingerprint(&bytes), want.sha256, "{file}: its id");
     let reader = load(&bytes);
-    assert_matches("reader-v1", &outputs(&reader, String::new()), &want);
+    assert_matches(file, &outputs(&reader, String::new()), &want);
 
     let resaved = reader.to_checkpoint_bytes().expect("the reader saves");
     let reloaded = load(&resaved);
@@ -235,20 +169,43 @@ fn v1_reader_checkpoint_loads_with_its_recorded_outputs() {
         reloaded.fingerprint().unwrap(),
         checkpoint_fingerprint(&resaved)
     );
+    resaved
 }
 
-/// Rewrites the reader fixture and its expected outputs.
+/// A format-1 checkpoint loads with its recorded outputs and re-saves as exactly the
+/// format-2 fixture of the same weights.
+#[test]
+fn v1_reader_checkpoint_loads_with_its_recorded_outputs() {
+    let resaved = check_fixture("reader-v1.ckpt", "reader-v1.json");
+    let v2 = std::fs::read(fixtures().join("reader-v2.ckpt")).expect("the fixture reads");
+    assert!(resaved == v2, "a re-saved v1 reader differs from reader-v2.ckpt");
+}
+
+/// A format-2 checkpoint (safetensors weights) loads with the outputs recorded for the same
+/// weights in format 1, and re-saves to its own bytes.
+#[test]
+fn v2_reader_checkpoint_loads_with_the_v1_outputs() {
+    let bytes = std::fs::read(fixtures().join("reader-v2.ckpt")).expect("the fixture reads");
+    let resaved = check_fixture("reader-v2.ckpt", "reader-v2.json");
+    assert!(resaved == bytes, "re-saving changed the checkpoint's bytes");
+    let (v1, v2) = (read_expected("reader-v1.json"), read_expected("reader-v2.json"));
+    assert_matches("v2 against v1", &v2, &v1);
+}
+
+/// Rewrites the format-2 reader fixture and its expected outputs (the format-1 fixture
+/// came from this generator at commit fd73949, before format 2 existed).
 #[test]
 #[ignore = "rewrites the committed fixtures"]
 fn regenerate_fixtures() {
     let dir = fixtures();
     std::fs::create_dir_all(&dir).expect("the fixture folder exists");
-    let mut reader =
-        Reader::random(tiny_config(), tiny_tokenizer(), config(), 21).expect("a tiny reader");
+    let vocab: Vec<&str> = VOCAB.split_whitespace().collect();
+    let tokenizer = bert_wordpiece(&vocab).expect("the tokenizer builds");
+    let mut reader = Reader::random(tiny_config(), tokenizer, config(), 21).expect("a reader");
     reader.set_retrieval_scale(2.5).expect("a valid scale");
     let bytes = reader.to_checkpoint_bytes().expect("the reader saves");
-    std::fs::write(dir.join("reader-v1.ckpt"), &bytes).expect("the fixture is written");
+    std::fs::write(dir.join("reader-v2.ckpt"), &bytes).expect("the fixture is written");
     let expected = outputs(&load(&bytes), checkpoint_fingerprint(&bytes));
     let json = serde_json::to_string_pretty(&expected).expect("the outputs serialize");
-    std::fs::write(dir.join("reader-v1.json"), json + "\n").expect("the outputs are written");
+    std::fs::write(dir.join("reader-v2.json"), json + "\n").expect("the outputs are written");
 }

@@ -3,6 +3,10 @@
 //! The learned retriever of realm-db, on libtorch through `tch`:
 //!
 //! * [`bert`]: a BERT encoder that loads Hugging Face model folders (safetensors);
+//! * the BERT plumbing the encoder and the reader share: [`backbone`] (settings checks and
+//!   the var store), [`tokenizer`] (set-up), [`model_folder`] (Hugging Face folders),
+//!   [`weights`] (safetensors, copies, seeded initialization), [`checkpoint`] (framing and
+//!   ids), [`random`] (SplitMix64 and FNV-1a);
 //! * [`encoder`]: text and document encoders with sentence-transformers mean pooling or
 //!   REALM's projected [CLS], batched inference, and self-describing checkpoints;
 //! * [`index`]: the in-database query path. A [`Retriever`] keeps each pinned generation's
@@ -10,13 +14,20 @@
 //!   inner-product top-k with p(z|x); it also builds generations from an encoder and
 //!   embeds passages on ingest.
 
+pub mod backbone;
+pub mod batch;
 pub mod bert;
+pub mod checkpoint;
 pub mod encoder;
 mod error;
 pub mod eval;
 pub mod hybrid;
 pub mod index;
 mod model;
+pub mod model_folder;
+pub mod random;
+pub mod tokenizer;
+pub mod weights;
 
 pub use encoder::{DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling};
 pub use error::{Error, Result};

@@ -3,15 +3,17 @@
 //! `tests/fixtures/encoder-v1.ckpt` (a REALM head with a projection, f32 weights) and
 //! `tests/fixtures/encoder-v1-f16.ckpt` (a normalized mean-pooling head, f16 weights) were
 //! written by the encoder as it was before the checkpoint code moved to the `safetensors`
-//! crate, together with `encoder-v1.json`: the SHA-256 of each file and the embeddings that
-//! build computed from it. [`regenerate_fixtures`] (ignored) rewrites all of them from a
-//! tiny seeded model and a tiny WordPiece tokenizer; run it with
+//! crate (commit fd73949), together with `encoder-v1.json`: the SHA-256 of each file and
+//! the embeddings that build computed from it. [`regenerate_fixtures`] (ignored) rewrites
+//! all of them from a tiny seeded model and a tiny WordPiece tokenizer; the current code
+//! writes the same bytes as that build did. Run it with
 //! `cargo test -p realm-retriever --test checkpoints -- --ignored regenerate_fixtures`.
 
 use std::path::{Path, PathBuf};
 
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::{Encoder, EncoderConfig, EncoderHead, checkpoint_fingerprint};
+use realm_retriever::tokenizer::bert_wordpiece;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -24,44 +26,10 @@ const DOCS: [(&str, &str); 2] = [
     ("Hamlet", "Hamlet is a tragedy written by William Shakespeare."),
     ("Globe", "The Globe stood in London, near the Thames."),
 ];
-const VOCAB: [&str; 36] = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "the",
-    "a",
-    "of",
-    "in",
-    "is",
-    "was",
-    "by",
-    "who",
-    "what",
-    "where",
-    "wrote",
-    "ham",
-    "##let",
-    "shakespeare",
-    "william",
-    "play",
-    "tragedy",
-    "denmark",
-    "london",
-    "globe",
-    "theatre",
-    "river",
-    "thames",
-    "stood",
-    "near",
-    "written",
-    "##s",
-    "##ed",
-    ".",
-    ",",
-    "?",
-];
+/// The tiny vocabulary of the fixtures' tokenizer, ids in order.
+const VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of in is was by who what where wrote ham \
+    ##let shakespeare william play tragedy denmark london globe theatre river thames stood near \
+    written ##s ##ed . , ?";
 
 /// What an encoder fixture must reproduce.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -91,44 +59,16 @@ fn tiny_config() -> BertConfig {
         num_attention_heads: 2,
         intermediate_size: 32,
         max_position_embeddings: 32,
-        ..BertConfig::tiny(VOCAB.len() as i64)
+        ..BertConfig::tiny(vocab().len() as i64)
     }
 }
 
-/// A lower-casing BERT WordPiece tokenizer over [`VOCAB`], shaped like MiniLM's.
+fn vocab() -> Vec<&'static str> {
+    VOCAB.split_whitespace().collect()
+}
+
 fn tiny_tokenizer() -> tokenizers::Tokenizer {
-    let special = |id: usize| {
-        serde_json::json!({"id": id, "special": true, "content": VOCAB[id], "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false})
-    };
-    let vocab: serde_json::Map<String, serde_json::Value> = VOCAB
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ((*t).to_owned(), i.into()))
-        .collect();
-    let cls = serde_json::json!({"SpecialToken": {"id": "[CLS]", "type_id": 0}});
-    let sep = |t: u32| serde_json::json!({"SpecialToken": {"id": "[SEP]", "type_id": t}});
-    let seq = |id: &str, t: u32| serde_json::json!({"Sequence": {"id": id, "type_id": t}});
-    let json = serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": (0..5).map(special).collect::<Vec<_>>(),
-        "normalizer": {"type": "BertNormalizer", "clean_text": true,
-            "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
-        "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "post_processor": {"type": "TemplateProcessing",
-            "single": [cls, seq("A", 0), sep(0)],
-            "pair": [cls, seq("A", 0), sep(0), seq("B", 1), sep(1)],
-            "special_tokens": {
-                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
-                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
-        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
-        "model": {"type": "WordPiece", "unk_token": "[UNK]",
-            "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
-            "vocab": vocab}
-    });
-    tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).expect("the tokenizer builds")
+    bert_wordpiece(&vocab()).expect("the tokenizer builds")
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -174,8 +114,9 @@ fn read_expected() -> ExpectedFile {
 }
 
 /// Loads one fixture, compares it with its recorded outputs, and checks that re-saving and
-/// reloading keeps the outputs and gives stable bytes.
-fn check_fixture(file: &str) {
+/// reloading keeps the outputs and gives stable bytes; returns the fixture and the re-saved
+/// bytes.
+fn check_fixture(file: &str) -> (Vec<u8>, Vec<u8>) {
     let expected = read_expected();
     let want = &expected[file];
     let bytes = std::fs::read(fixtures().join(file)).expect("the fixture is readable");
@@ -199,16 +140,22 @@ fn check_fixture(file: &str) {
         reloaded.fingerprint().unwrap(),
         checkpoint_fingerprint(&resaved)
     );
+    (bytes, resaved)
 }
 
+/// An f32 encoder re-saves to the very bytes it was loaded from: checkpoint ids written
+/// before the move to the `safetensors` crate stay the ids of the same weights.
 #[test]
 fn v1_encoder_checkpoint_loads_with_its_recorded_outputs() {
-    check_fixture("encoder-v1.ckpt");
+    let (bytes, resaved) = check_fixture("encoder-v1.ckpt");
+    assert!(resaved == bytes, "re-saving changed the checkpoint's bytes");
 }
 
+/// f16 weights load into f32 variables, and re-saving writes them as f32.
 #[test]
 fn v1_f16_encoder_checkpoint_loads_with_its_recorded_outputs() {
-    check_fixture("encoder-v1-f16.ckpt");
+    let (bytes, resaved) = check_fixture("encoder-v1-f16.ckpt");
+    assert!(resaved.len() > bytes.len(), "f32 weights take more room");
 }
 
 fn write_fixture(dir: &Path, file: &str, encoder: &Encoder, expected: &mut ExpectedFile) {
