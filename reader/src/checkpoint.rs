@@ -63,7 +63,8 @@ impl Reader {
     /// Rebuilds a reader from [`Reader::to_checkpoint_bytes`] (format version 2) or from a
     /// version-1 checkpoint, with the runtime settings `cfg`.
     pub fn from_checkpoint_bytes(bytes: &[u8], cfg: ReaderConfig) -> Result<Reader> {
-        let checkpoint = Checkpoint::parse(bytes, &READER_CHECKPOINT).map_err(Error::from_format)?;
+        let checkpoint =
+            Checkpoint::parse(bytes, &READER_CHECKPOINT).map_err(Error::from_format)?;
         let header: CheckpointHeader = checkpoint.header().map_err(Error::from_format)?;
         header.bert.validate().map_err(|reason| Error::Checkpoint {
             reason: FormatError::Config { reason }.to_string(),
@@ -121,9 +122,9 @@ fn load_legacy(reader: &Reader, weights: &HashMap<String, Tensor>) -> Result<(),
         });
     }
     for (name, var) in &vars {
-        let src = weights.get(name).ok_or_else(|| FormatError::Missing {
-            name: name.clone(),
-        })?;
+        let src = weights
+            .get(name)
+            .ok_or_else(|| FormatError::Missing { name: name.clone() })?;
         copy_into(name, var, src)?;
     }
     Ok(())

@@ -35,9 +35,9 @@ mod mlm;
 mod reader;
 mod spans;
 
+pub use answer::{Answer, Evidence};
 pub use error::{Error, Result};
 pub use mlm::SentenceTokens;
-pub use answer::{Answer, Evidence};
 pub use reader::{Reader, ReaderConfig};
 pub use spans::{PassageSpans, Span, SpanScores};
 

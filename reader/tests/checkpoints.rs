@@ -19,8 +19,18 @@ use tch::Tensor;
 
 const QUESTION: &str = "Who wrote Hamlet?";
 const PASSAGES: [(u64, &str, &str, f32); 2] = [
-    (1, "Hamlet", "Hamlet is a tragedy written by William Shakespeare.", 0.7),
-    (2, "Globe", "The Globe stood in London, near the Thames.", 0.3),
+    (
+        1,
+        "Hamlet",
+        "Hamlet is a tragedy written by William Shakespeare.",
+        0.7,
+    ),
+    (
+        2,
+        "Globe",
+        "The Globe stood in London, near the Thames.",
+        0.3,
+    ),
 ];
 /// "the globe stood in [MASK]" as ids of the tiny vocabulary, with its masked target.
 const MASKED: [i64; 5] = [5, 24, 28, 8, 4];
@@ -157,7 +167,11 @@ fn read_expected(file: &str) -> Expected {
 fn check_fixture(file: &str, expected: &str) -> Vec<u8> {
     let want = read_expected(expected);
     let bytes = std::fs::read(fixtures().join(file)).expect("the fixture reads");
-    assert_eq!(checkpoint_fingerprint(&bytes), want.sha256, "{file}: its id");
+    assert_eq!(
+        checkpoint_fingerprint(&bytes),
+        want.sha256,
+        "{file}: its id"
+    );
     let reader = load(&bytes);
     assert_matches(file, &outputs(&reader, String::new()), &want);
 
@@ -178,7 +192,10 @@ fn check_fixture(file: &str, expected: &str) -> Vec<u8> {
 fn v1_reader_checkpoint_loads_with_its_recorded_outputs() {
     let resaved = check_fixture("reader-v1.ckpt", "reader-v1.json");
     let v2 = std::fs::read(fixtures().join("reader-v2.ckpt")).expect("the fixture reads");
-    assert!(resaved == v2, "a re-saved v1 reader differs from reader-v2.ckpt");
+    assert!(
+        resaved == v2,
+        "a re-saved v1 reader differs from reader-v2.ckpt"
+    );
 }
 
 /// A format-2 checkpoint (safetensors weights) loads with the outputs recorded for the same
@@ -188,7 +205,10 @@ fn v2_reader_checkpoint_loads_with_the_v1_outputs() {
     let bytes = std::fs::read(fixtures().join("reader-v2.ckpt")).expect("the fixture reads");
     let resaved = check_fixture("reader-v2.ckpt", "reader-v2.json");
     assert!(resaved == bytes, "re-saving changed the checkpoint's bytes");
-    let (v1, v2) = (read_expected("reader-v1.json"), read_expected("reader-v2.json"));
+    let (v1, v2) = (
+        read_expected("reader-v1.json"),
+        read_expected("reader-v2.json"),
+    );
     assert_matches("v2 against v1", &v2, &v1);
 }
 

@@ -211,7 +211,9 @@ pub struct CheckpointParts<'a, H> {
 }
 
 /// Frames a checkpoint: magic, current version, header, tokenizer and weights sections.
-pub fn write_checkpoint<H: Serialize>(parts: CheckpointParts<'_, H>) -> Result<Vec<u8>, FormatError> {
+pub fn write_checkpoint<H: Serialize>(
+    parts: CheckpointParts<'_, H>,
+) -> Result<Vec<u8>, FormatError> {
     let header = serde_json::to_vec(parts.header).map_err(|e| FormatError::Header {
         reason: e.to_string(),
     })?;

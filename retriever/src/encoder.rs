@@ -209,7 +209,8 @@ impl Encoder {
     ) -> Result<Encoder> {
         let default_max_len = usize::try_from(bert.max_position_embeddings).unwrap_or(0);
         let encoder = Self::build(bert, tokenizer, head, cfg, default_max_len, None)?;
-        reinitialize(&encoder.vs, &encoder.bert_config, seed, |_| true).map_err(checkpoint_error)?;
+        reinitialize(&encoder.vs, &encoder.bert_config, seed, |_| true)
+            .map_err(checkpoint_error)?;
         Ok(encoder)
     }
 
@@ -421,9 +422,9 @@ impl Encoder {
         cfg: EncoderConfig,
         seed: i64,
     ) -> Result<Encoder> {
-        let default_max_len = folder.max_seq_length.unwrap_or_else(|| {
-            usize::try_from(folder.bert.max_position_embeddings).unwrap_or(0)
-        });
+        let default_max_len = folder
+            .max_seq_length
+            .unwrap_or_else(|| usize::try_from(folder.bert.max_position_embeddings).unwrap_or(0));
         let (bert, tokenizer) = (folder.bert.clone(), folder.tokenizer.clone());
         let encoder = Self::build(bert, tokenizer, head, cfg, default_max_len, None)?;
         reinitialize(&encoder.vs, &encoder.bert_config, seed, |name| {

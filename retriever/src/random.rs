@@ -23,9 +23,9 @@ pub fn splitmix64(z: u64) -> u64 {
 
 /// The 64-bit FNV-1a hash of `bytes`: a stable hash of names and titles.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(FNV_OFFSET, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 /// A 64-bit value derived only from `(seed, salt, x)`:

@@ -71,8 +71,10 @@ pub fn bert_wordpiece(vocab: &[&str]) -> Result<Tokenizer> {
     let special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let mut added = Vec::with_capacity(special.len());
     for token in special {
-        added.push(serde_json::json!({"id": id(token)?, "special": true, "content": token,
-            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false}));
+        added.push(
+            serde_json::json!({"id": id(token)?, "special": true, "content": token,
+            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false}),
+        );
     }
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     let ids: serde_json::Map<String, serde_json::Value> = vocab
@@ -80,7 +82,8 @@ pub fn bert_wordpiece(vocab: &[&str]) -> Result<Tokenizer> {
         .enumerate()
         .map(|(i, t)| ((*t).to_owned(), i.into()))
         .collect();
-    let special_token = |name: &str, t: u32| serde_json::json!({"SpecialToken": {"id": name, "type_id": t}});
+    let special_token =
+        |name: &str, t: u32| serde_json::json!({"SpecialToken": {"id": name, "type_id": t}});
     let sequence = |name: &str, t: u32| serde_json::json!({"Sequence": {"id": name, "type_id": t}});
     let json = serde_json::json!({
         "version": "1.0",

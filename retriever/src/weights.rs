@@ -173,9 +173,9 @@ pub fn load_exact(vs: &nn::VarStore, file: &TensorFile<'_>) -> Result<(), Format
         });
     }
     for (name, var) in &vars {
-        let src = file.tensor(name)?.ok_or_else(|| FormatError::Missing {
-            name: name.clone(),
-        })?;
+        let src = file
+            .tensor(name)?
+            .ok_or_else(|| FormatError::Missing { name: name.clone() })?;
         copy_into(name, var, &src)?;
     }
     Ok(())

@@ -23,7 +23,10 @@ const TEXTS: [&str; 3] = [
     "",
 ];
 const DOCS: [(&str, &str); 2] = [
-    ("Hamlet", "Hamlet is a tragedy written by William Shakespeare."),
+    (
+        "Hamlet",
+        "Hamlet is a tragedy written by William Shakespeare.",
+    ),
     ("Globe", "The Globe stood in London, near the Thames."),
 ];
 /// The tiny vocabulary of the fixtures' tokenizer, ids in order.
@@ -120,7 +123,11 @@ fn check_fixture(file: &str) -> (Vec<u8>, Vec<u8>) {
     let expected = read_expected();
     let want = &expected[file];
     let bytes = std::fs::read(fixtures().join(file)).expect("the fixture is readable");
-    assert_eq!(checkpoint_fingerprint(&bytes), want.sha256, "{file}: its id");
+    assert_eq!(
+        checkpoint_fingerprint(&bytes),
+        want.sha256,
+        "{file}: its id"
+    );
     let encoder = load(&bytes);
     let got = outputs(&encoder, want.sha256.clone());
     assert_eq!(
