@@ -22,7 +22,9 @@ pub struct Answer {
 /// What one passage contributes to an [`Answer`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evidence {
+    /// The passage's id, as given.
     pub passage_id: u64,
+    /// The passage's title, as given.
     pub title: String,
     /// p(z|x) as given.
     pub p_z: f64,

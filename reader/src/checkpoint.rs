@@ -1,7 +1,6 @@
 //! Reader checkpoints: the framing of [`realm_retriever::checkpoint`] with the magic
 //! `b"REALMRDR"`. Version 2 (written) holds the weights as a safetensors file; version 1
-//! (still read) held them as a list of little-endian f32 tensors, parsed by
-//! [`legacy_weights`].
+//! (still read) held them as a list of little-endian f32 tensors.
 
 use std::collections::HashMap;
 
@@ -9,7 +8,7 @@ use realm_retriever::bert::BertConfig;
 use realm_retriever::checkpoint::{
     Checkpoint, CheckpointKind, CheckpointParts, FormatError, write_checkpoint,
 };
-use realm_retriever::weights::{TensorFile, copy_into, load_exact, to_safetensors};
+use realm_retriever::weights::{TensorFile, load_exact, load_named, to_safetensors};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -104,30 +103,17 @@ impl Error {
     /// A checkpoint or weights error as the reader's error: libtorch failures stay
     /// [`Error::Torch`], the rest is [`Error::Checkpoint`].
     pub(crate) fn from_format(e: FormatError) -> Error {
-        match e {
-            FormatError::Torch { source, .. } => Error::Torch(source),
-            other => Error::Checkpoint {
-                reason: other.to_string(),
-            },
-        }
+        e.into_torch()
+            .map_or_else(|reason| Error::Checkpoint { reason }, Error::Torch)
     }
 }
 
 /// Fills every variable of the reader from version-1 weights.
 fn load_legacy(reader: &Reader, weights: &HashMap<String, Tensor>) -> Result<(), FormatError> {
-    let vars = reader.vs.variables();
-    if let Some(extra) = weights.keys().find(|name| !vars.contains_key(*name)) {
-        return Err(FormatError::Extra {
-            name: extra.clone(),
-        });
-    }
-    for (name, var) in &vars {
-        let src = weights
-            .get(name)
-            .ok_or_else(|| FormatError::Missing { name: name.clone() })?;
-        copy_into(name, var, src)?;
-    }
-    Ok(())
+    let names: Vec<&str> = weights.keys().map(String::as_str).collect();
+    load_named(&reader.vs, &names, |name| {
+        Ok(weights.get(name).map(Tensor::shallow_clone))
+    })
 }
 
 /// Parses the weights section of a version-1 reader checkpoint: per tensor a u32 name

@@ -149,7 +149,7 @@ impl Reader {
         &self.cfg
     }
 
-    /// The BERT configuration.
+    /// The configuration of the reader's BERT.
     pub fn bert_config(&self) -> &BertConfig {
         &self.bert_config
     }

@@ -68,15 +68,14 @@ fn config() -> ReaderConfig {
     }
 }
 
+/// The fixture's BERT: 16 hidden units in 2 heads, 2 layers of 32 inner units, 32
+/// positions (the encoder fixtures' shape).
 fn tiny_config() -> BertConfig {
-    BertConfig {
-        hidden_size: 16,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        intermediate_size: 32,
-        max_position_embeddings: 32,
-        ..BertConfig::tiny(VOCAB.split_whitespace().count() as i64)
-    }
+    let mut config = BertConfig::tiny(VOCAB.split_whitespace().count() as i64);
+    (config.hidden_size, config.num_attention_heads) = (16, 2);
+    (config.num_hidden_layers, config.intermediate_size) = (2, 32);
+    config.max_position_embeddings = 32;
+    config
 }
 
 fn floats(t: &Tensor) -> Vec<f32> {

@@ -47,31 +47,45 @@ impl HiddenAct {
 /// defaults of `transformers.BertConfig` (except `vocab_size`, which is required).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BertConfig {
+    /// The number of token ids.
     pub vocab_size: i64,
+    /// The width of the hidden states, H.
     #[serde(default = "defaults::hidden_size")]
     pub hidden_size: i64,
+    /// The number of transformer layers.
     #[serde(default = "defaults::num_hidden_layers")]
     pub num_hidden_layers: i64,
+    /// The number of attention heads; H must be a multiple of it.
     #[serde(default = "defaults::num_attention_heads")]
     pub num_attention_heads: i64,
+    /// The width of the feed-forward block.
     #[serde(default = "defaults::intermediate_size")]
     pub intermediate_size: i64,
+    /// The number of positions, hence the longest sequence.
     #[serde(default = "defaults::max_position_embeddings")]
     pub max_position_embeddings: i64,
+    /// The number of token types (segments).
     #[serde(default = "defaults::type_vocab_size")]
     pub type_vocab_size: i64,
+    /// The epsilon of every LayerNorm.
     #[serde(default = "defaults::layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// The activation of the feed-forward block.
     #[serde(default)]
     pub hidden_act: HiddenAct,
+    /// The padding token, whose word embedding starts at zero.
     #[serde(default)]
     pub pad_token_id: i64,
+    /// The dropout probability of the embeddings and of each block's output.
     #[serde(default = "defaults::dropout")]
     pub hidden_dropout_prob: f64,
+    /// The dropout probability of the attention weights.
     #[serde(default = "defaults::dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// The standard deviation of the normal initialization of matrices.
     #[serde(default = "defaults::initializer_range")]
     pub initializer_range: f64,
+    /// The kind of position embeddings; only `"absolute"` is supported.
     #[serde(default = "defaults::position_embedding_type")]
     pub position_embedding_type: String,
 }

@@ -105,6 +105,18 @@ pub enum FormatError {
     },
 }
 
+impl FormatError {
+    /// Splits off libtorch failures, which callers report as their own libtorch errors:
+    /// `Ok` with libtorch's error for [`FormatError::Torch`], else `Err` with this error's
+    /// message (a reason for the caller's checkpoint error).
+    pub fn into_torch(self) -> Result<tch::TchError, String> {
+        match self {
+            FormatError::Torch { source, .. } => Ok(source),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
 /// A kind of checkpoint: its magic bytes and the format versions this build reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointKind {

@@ -584,10 +584,6 @@ fn parameter_count(bert: &BertConfig, head: &EncoderHead) -> u128 {
 /// A checkpoint or weights error as the retriever's error: libtorch failures stay
 /// [`Error::Torch`], the rest is [`Error::Checkpoint`].
 fn checkpoint_error(e: FormatError) -> Error {
-    match e {
-        FormatError::Torch { source, .. } => Error::Torch(source),
-        other => Error::Checkpoint {
-            reason: other.to_string(),
-        },
-    }
+    e.into_torch()
+        .map_or_else(|reason| Error::Checkpoint { reason }, Error::Torch)
 }

@@ -166,16 +166,24 @@ pub fn copy_into(name: &str, var: &Tensor, src: &Tensor) -> Result<(), FormatErr
 /// Fills every variable of `vs` from the tensor of the same name in `file`; a missing
 /// tensor, a tensor that names no variable, or a shape mismatch is an error.
 pub fn load_exact(vs: &nn::VarStore, file: &TensorFile<'_>) -> Result<(), FormatError> {
+    load_named(vs, &file.names(), |name| file.tensor(name))
+}
+
+/// Fills every variable of `vs` from `tensor(name)`, given the `names` of every tensor at
+/// hand; a missing tensor, a tensor that names no variable, or a shape mismatch is an error.
+pub fn load_named(
+    vs: &nn::VarStore,
+    names: &[&str],
+    tensor: impl Fn(&str) -> Result<Option<Tensor>, FormatError>,
+) -> Result<(), FormatError> {
     let vars = vs.variables();
-    if let Some(extra) = file.names().into_iter().find(|n| !vars.contains_key(*n)) {
+    if let Some(extra) = names.iter().find(|n| !vars.contains_key(**n)) {
         return Err(FormatError::Extra {
-            name: extra.to_owned(),
+            name: (*extra).to_owned(),
         });
     }
     for (name, var) in &vars {
-        let src = file
-            .tensor(name)?
-            .ok_or_else(|| FormatError::Missing { name: name.clone() })?;
+        let src = tensor(name)?.ok_or_else(|| FormatError::Missing { name: name.clone() })?;
         copy_into(name, var, &src)?;
     }
     Ok(())
