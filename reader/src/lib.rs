@@ -31,14 +31,19 @@
 //! Open-QA fine-tuning and REALM pre-training run through `realm-trainer`, which stores the
 //! readers it trains with [`store`]; `realm-db ask` loads the current one and calls [`ask`].
 
+mod answer;
+mod checkpoint;
 mod error;
 mod mlm;
 mod reader;
+mod spans;
 pub mod store;
 
+pub use answer::{Answer, Evidence};
 pub use error::{Error, Result};
 pub use mlm::SentenceTokens;
-pub use reader::{Answer, Evidence, PassageSpans, Reader, ReaderConfig, Span, SpanScores};
+pub use reader::{Reader, ReaderConfig};
+pub use spans::{PassageSpans, Span, SpanScores};
 
 /// Retrieves the top `k` passages for `question` from `snapshot` (dense search) and answers
 /// from them, with p(z|x) the softmax of the inner products times the reader's

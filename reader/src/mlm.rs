@@ -2,6 +2,7 @@
 //! log-likelihood log p(y|z,x) of the masked tokens y of a sentence x read together with a
 //! retrieved passage z, `[CLS] x [SEP] z [SEP]`, or with the null document, `[CLS] x [SEP]`.
 
+use realm_retriever::encoder::TokenBatch;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result, tokenizer_error};
@@ -101,21 +102,16 @@ impl Reader {
             }
         }
         let device = self.config().device;
-        let shape = [n as i64, cols as i64];
-        let tensor = |v: &[i64]| -> Result<Tensor> {
-            Ok(Tensor::f_from_slice(v)?
-                .f_view(shape)?
-                .f_to_device(device)?)
-        };
+        let batch = TokenBatch::from_rows([n, cols], &ids, &mask, &types, device)?;
         let positions: Vec<i64> = targets.iter().map(|&(p, _)| p as i64 + 1).collect();
         let positions = Tensor::f_from_slice(&positions)?.f_to_device(device)?;
         let truth: Vec<i64> = targets.iter().map(|&(_, id)| id).collect();
         let m = targets.len() as i64;
         let picked = self
             .mlm_logits_at(
-                &tensor(&ids)?,
-                &tensor(&mask)?,
-                &tensor(&types)?,
+                &batch.input_ids,
+                &batch.attention_mask,
+                &batch.token_type_ids,
                 &positions,
                 train,
             )

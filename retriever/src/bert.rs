@@ -14,6 +14,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::random::{SplitMix64, variable_seed};
 
 /// The activation of the feed-forward block, as named by `hidden_act` in `config.json`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -46,31 +47,45 @@ impl HiddenAct {
 /// defaults of `transformers.BertConfig` (except `vocab_size`, which is required).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BertConfig {
+    /// The number of token ids.
     pub vocab_size: i64,
+    /// The width of the hidden states, H.
     #[serde(default = "defaults::hidden_size")]
     pub hidden_size: i64,
+    /// The number of transformer layers.
     #[serde(default = "defaults::num_hidden_layers")]
     pub num_hidden_layers: i64,
+    /// The number of attention heads; H must be a multiple of it.
     #[serde(default = "defaults::num_attention_heads")]
     pub num_attention_heads: i64,
+    /// The width of the feed-forward block.
     #[serde(default = "defaults::intermediate_size")]
     pub intermediate_size: i64,
+    /// The number of positions, hence the longest sequence.
     #[serde(default = "defaults::max_position_embeddings")]
     pub max_position_embeddings: i64,
+    /// The number of token types (segments).
     #[serde(default = "defaults::type_vocab_size")]
     pub type_vocab_size: i64,
+    /// The epsilon of every LayerNorm.
     #[serde(default = "defaults::layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// The activation of the feed-forward block.
     #[serde(default)]
     pub hidden_act: HiddenAct,
+    /// The padding token, whose word embedding starts at zero.
     #[serde(default)]
     pub pad_token_id: i64,
+    /// The dropout probability of the embeddings and of each block's output.
     #[serde(default = "defaults::dropout")]
     pub hidden_dropout_prob: f64,
+    /// The dropout probability of the attention weights.
     #[serde(default = "defaults::dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// The standard deviation of the normal initialization of matrices.
     #[serde(default = "defaults::initializer_range")]
     pub initializer_range: f64,
+    /// The kind of position embeddings; only `"absolute"` is supported.
     #[serde(default = "defaults::position_embedding_type")]
     pub position_embedding_type: String,
 }
@@ -202,12 +217,38 @@ impl BertConfig {
         Ok(())
     }
 
+    /// The number of scalar parameters of the encoder (embeddings and layers, no pooler),
+    /// saturating, so that untrusted configurations can be sized before allocating.
+    pub fn parameter_count(&self) -> u128 {
+        let n = |v: i64| u128::try_from(v).unwrap_or(0);
+        let sum = |xs: &[u128]| xs.iter().fold(0u128, |a, &x| a.saturating_add(x));
+        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
+        let embeddings = sum(&[
+            n(self.vocab_size).saturating_mul(h),
+            n(self.max_position_embeddings).saturating_mul(h),
+            n(self.type_vocab_size).saturating_mul(h),
+            h.saturating_mul(2),
+        ]);
+        // Q, K, V and attention output (weights and biases), two LayerNorms, the feed-forward.
+        let layer = sum(&[
+            h.saturating_mul(h).saturating_mul(4),
+            h.saturating_mul(4),
+            h.saturating_mul(4),
+            h.saturating_mul(i).saturating_mul(2),
+            i,
+            h,
+        ]);
+        embeddings.saturating_add(layer.saturating_mul(n(self.num_hidden_layers)))
+    }
+
     fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads
     }
 }
 
-fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, cfg: &BertConfig) -> nn::Linear {
+/// A linear layer (with bias) under `vs` with BERT's initialization: normal weights with
+/// standard deviation `initializer_range`, zero bias.
+pub fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, cfg: &BertConfig) -> nn::Linear {
     let lc = nn::LinearConfig {
         ws_init: nn::Init::Randn {
             mean: 0.0,
@@ -219,7 +260,9 @@ fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, cfg: &BertConfig) -> nn::Line
     nn::linear(vs, in_dim, out_dim, lc)
 }
 
-fn layer_norm(vs: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
+/// A LayerNorm over `hidden_size` features under `vs`, with `layer_norm_eps`, unit gain
+/// and zero bias.
+pub fn layer_norm(vs: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
     let lc = nn::LayerNormConfig {
         eps: cfg.layer_norm_eps,
         ..Default::default()
@@ -449,7 +492,7 @@ pub fn initial_values(config: &BertConfig, name: &str, numel: usize, seed: i64) 
     if name.ends_with("bias") {
         return vec![0.0; numel];
     }
-    let mut rng = SplitMix64(seed as u64 ^ fnv1a(name.as_bytes()));
+    let mut rng = SplitMix64::new(variable_seed(seed, name));
     let stdev = config.initializer_range;
     let mut values: Vec<f32> = (0..numel).map(|_| (rng.normal() * stdev) as f32).collect();
     if name.ends_with("word_embeddings.weight") {
@@ -460,34 +503,4 @@ pub fn initial_values(config: &BertConfig, name: &str, numel: usize, seed: i64) 
         }
     }
     values
-}
-
-/// A small deterministic generator (SplitMix64) for seeded initialization.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

@@ -12,23 +12,27 @@
 //! encoder without the model folder: the BERT config, the head, the maximum length, the
 //! tokenizer JSON, and all weights in safetensors layout.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
-use tokenizers::{
-    EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
-};
+use tokenizers::{EncodeInput, Encoding, Tokenizer};
 
+use crate::backbone::{BertParts, BertSetup};
+pub use crate::batch::TokenBatch;
 use crate::bert::{BertConfig, BertModel};
+pub use crate::checkpoint::checkpoint_fingerprint;
+use crate::checkpoint::{
+    Checkpoint, CheckpointKind, CheckpointParts, FormatError, write_checkpoint,
+};
 use crate::error::{Error, Result};
+use crate::model_folder::ModelFolder;
+pub use crate::tokenizer::load_tokenizer;
+use crate::tokenizer::tokenizer_error;
+use crate::weights::{TensorFile, load_exact, reinitialize, to_safetensors};
 
 /// How the per-token hidden states become one vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,43 +118,6 @@ impl Default for EncoderConfig {
     }
 }
 
-/// A tokenized, padded batch on the encoder's device. All three tensors are [B, T] int64,
-/// `T` being the longest sequence in the batch (dynamic padding).
-#[derive(Debug)]
-pub struct TokenBatch {
-    pub input_ids: Tensor,
-    /// 1 for real tokens, 0 for padding.
-    pub attention_mask: Tensor,
-    /// 0 for the first segment, 1 for the second (only [`DocFormat::Pair`] documents).
-    pub token_type_ids: Tensor,
-}
-
-impl TokenBatch {
-    /// The number of sequences, B.
-    pub fn len(&self) -> usize {
-        self.input_ids.size().first().map_or(0, |&b| b as usize)
-    }
-
-    /// Whether the batch holds no sequence.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The padded length, T.
-    pub fn seq_len(&self) -> usize {
-        self.input_ids.size().get(1).map_or(0, |&t| t as usize)
-    }
-
-    /// A copy of the batch on `device`.
-    pub fn to_device(&self, device: Device) -> TokenBatch {
-        TokenBatch {
-            input_ids: self.input_ids.to_device(device),
-            attention_mask: self.attention_mask.to_device(device),
-            token_type_ids: self.token_type_ids.to_device(device),
-        }
-    }
-}
-
 /// A text encoder: tokenizer, BERT, pooling, optional projection. It owns its
 /// [`nn::VarStore`]; train it through [`Encoder::var_store`] and [`Encoder::forward_t`].
 ///
@@ -186,8 +153,12 @@ struct Network {
     projection: Option<nn::Linear>,
 }
 
-const CHECKPOINT_MAGIC: &[u8; 8] = b"REALMENC";
-const CHECKPOINT_VERSION: u32 = 1;
+/// Encoder checkpoints: `b"REALMENC"`, format version 1 (weights in safetensors layout).
+const ENCODER_CHECKPOINT: CheckpointKind = CheckpointKind {
+    magic: b"REALMENC",
+    name: "encoder",
+    versions: &[1],
+};
 
 /// The JSON header of a checkpoint.
 #[derive(Serialize, Deserialize)]
@@ -238,7 +209,8 @@ impl Encoder {
     ) -> Result<Encoder> {
         let default_max_len = usize::try_from(bert.max_position_embeddings).unwrap_or(0);
         let encoder = Self::build(bert, tokenizer, head, cfg, default_max_len, None)?;
-        encoder.reinitialize(seed, |_| true)?;
+        reinitialize(&encoder.vs, &encoder.bert_config, seed, |_| true)
+            .map_err(checkpoint_error)?;
         Ok(encoder)
     }
 
@@ -250,32 +222,24 @@ impl Encoder {
         tokenizer: Option<Tokenizer>,
         cfg: EncoderConfig,
     ) -> Result<Encoder> {
-        let sections = CheckpointSections::parse(bytes)?;
-        let header: CheckpointHeader =
-            serde_json::from_slice(sections.header).map_err(|e| Error::Checkpoint {
-                reason: format!("its header is not valid JSON of the expected shape ({e})"),
-            })?;
+        let checkpoint = Checkpoint::parse(bytes, &ENCODER_CHECKPOINT).map_err(checkpoint_error)?;
+        let header: CheckpointHeader = checkpoint.header().map_err(checkpoint_error)?;
         let tokenizer = match tokenizer {
             Some(t) => t,
-            None => Tokenizer::from_bytes(sections.tokenizer).map_err(|e| Error::Checkpoint {
-                reason: format!("its tokenizer JSON cannot be parsed ({e})"),
-            })?,
+            None => checkpoint.tokenizer().map_err(checkpoint_error)?,
         };
-        let file = SafeTensors::parse(sections.weights).map_err(|reason| Error::Checkpoint {
-            reason: format!("its weights section is malformed: {reason}"),
-        })?;
-        header.bert.validate().map_err(|reason| Error::Checkpoint {
-            reason: format!("its BERT configuration is invalid: {reason}"),
-        })?;
+        let file = TensorFile::parse(checkpoint.weights).map_err(checkpoint_error)?;
+        header
+            .bert
+            .validate()
+            .map_err(|reason| checkpoint_error(FormatError::Config { reason }))?;
         // Refuse before allocating: every parameter takes at least two bytes.
         let needed = parameter_count(&header.bert, &header.head).saturating_mul(2);
-        if needed > sections.weights.len() as u128 {
-            return Err(Error::Checkpoint {
-                reason: format!(
-                    "its configuration needs at least {needed} bytes of weights but the weights section has {}",
-                    sections.weights.len()
-                ),
-            });
+        if needed > checkpoint.weights.len() as u128 {
+            return Err(checkpoint_error(FormatError::TooSmall {
+                needed,
+                available: checkpoint.weights.len(),
+            }));
         }
         let encoder = Self::build(
             header.bert,
@@ -285,32 +249,15 @@ impl Encoder {
             header.max_len,
             Some(header.pad_id),
         )?;
-        let vars = encoder.vs.variables();
-        if let Some(extra) = file.names().find(|name| !vars.contains_key(*name)) {
-            return Err(Error::Checkpoint {
-                reason: format!("it holds a tensor {extra:?} that this encoder does not have"),
-            });
-        }
-        for (name, var) in &vars {
-            let Some(src) = file.tensor(name).map_err(|reason| Error::Checkpoint {
-                reason: format!("its tensor {name:?} is unusable: {reason}"),
-            })?
-            else {
-                return Err(Error::Checkpoint {
-                    reason: format!("it has no tensor {name:?}"),
-                });
-            };
-            copy_into(var, &src).map_err(|reason| Error::Checkpoint {
-                reason: format!("its tensor {name:?} does not fit: {reason}"),
-            })?;
-        }
+        load_exact(&encoder.vs, &file).map_err(checkpoint_error)?;
         Ok(encoder)
     }
 
-    /// Serializes the encoder: `b"REALMENC"`, a little-endian u32 format version, then three
-    /// sections, each a little-endian u64 length followed by its bytes: a JSON header (BERT
-    /// config, head, max length, pad id), the tokenizer JSON, and the weights as a
-    /// safetensors file with names sorted. Equal weights and settings give equal bytes.
+    /// Serializes the encoder: `b"REALMENC"`, a little-endian u32 format version (1), then
+    /// three sections, each a little-endian u64 length followed by its bytes: a JSON header
+    /// (BERT config, head, max length, pad id), the tokenizer JSON, and the weights as a
+    /// safetensors file (see [`crate::checkpoint`]). Equal weights and settings give equal
+    /// bytes.
     pub fn to_checkpoint_bytes(&self) -> Result<Vec<u8>> {
         let header = CheckpointHeader {
             bert: self.bert_config.clone(),
@@ -318,20 +265,14 @@ impl Encoder {
             max_len: self.cfg.max_len,
             pad_id: self.pad_id,
         };
-        let header = serde_json::to_vec(&header).map_err(|e| Error::Checkpoint {
-            reason: format!("its header could not be serialized ({e})"),
-        })?;
-        let tokenizer = self.tokenizer.to_string(false).map_err(tokenizer_error)?;
-        let weights = self.weights_safetensors()?;
-        let total = 12 + 24 + header.len() + tokenizer.len() + weights.len();
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(CHECKPOINT_MAGIC);
-        out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-        for section in [&header[..], tokenizer.as_bytes(), &weights[..]] {
-            out.extend_from_slice(&(section.len() as u64).to_le_bytes());
-            out.extend_from_slice(section);
-        }
-        Ok(out)
+        let weights = to_safetensors(&self.vs).map_err(checkpoint_error)?;
+        write_checkpoint(CheckpointParts {
+            kind: &ENCODER_CHECKPOINT,
+            header: &header,
+            tokenizer: &self.tokenizer,
+            weights: &weights,
+        })
+        .map_err(checkpoint_error)
     }
 
     /// The hex SHA-256 of [`Encoder::to_checkpoint_bytes`]: equal weights and settings give
@@ -481,51 +422,18 @@ impl Encoder {
         cfg: EncoderConfig,
         seed: i64,
     ) -> Result<Encoder> {
-        let ModelFolder {
-            root,
-            bert,
-            tokenizer,
-            max_seq_length,
-            ..
-        } = folder;
-        let default_max_len = max_seq_length
-            .unwrap_or_else(|| usize::try_from(bert.max_position_embeddings).unwrap_or(0));
+        let default_max_len = folder
+            .max_seq_length
+            .unwrap_or_else(|| usize::try_from(folder.bert.max_position_embeddings).unwrap_or(0));
+        let (bert, tokenizer) = (folder.bert.clone(), folder.tokenizer.clone());
         let encoder = Self::build(bert, tokenizer, head, cfg, default_max_len, None)?;
-        encoder.reinitialize(seed, |name| name.starts_with("projection."))?;
-        let weights_path = root.join("model.safetensors");
-        let bytes = std::fs::read(&weights_path).map_err(|source| Error::Io {
-            path: weights_path.clone(),
-            source,
+        reinitialize(&encoder.vs, &encoder.bert_config, seed, |name| {
+            name.starts_with("projection.")
+        })
+        .map_err(checkpoint_error)?;
+        folder.load_weights(&encoder.vs, |name| {
+            (!name.starts_with("projection.")).then_some(name)
         })?;
-        let model_file = |reason: String| Error::ModelFile {
-            path: weights_path.clone(),
-            reason,
-        };
-        let file = SafeTensors::parse(&bytes).map_err(|reason| {
-            model_file(format!("it is not a valid safetensors file: {reason}"))
-        })?;
-        for (name, var) in encoder.vs.variables() {
-            if name.starts_with("projection.") {
-                continue;
-            }
-            let mut found = None;
-            for candidate in hf_name_candidates(&name) {
-                if let Some(t) = file.tensor(&candidate).map_err(|reason| {
-                    model_file(format!("its tensor {candidate:?} is unusable: {reason}"))
-                })? {
-                    found = Some(t);
-                    break;
-                }
-            }
-            let Some(src) = found else {
-                return Err(model_file(format!(
-                    "it has no tensor for the variable {name:?} (also tried a \"bert.\" prefix)"
-                )));
-            };
-            copy_into(&var, &src).map_err(|reason| {
-                model_file(format!("its tensor for {name:?} does not fit: {reason}"))
-            })?;
-        }
         Ok(encoder)
     }
 
@@ -539,9 +447,6 @@ impl Encoder {
         pad_id: Option<i64>,
     ) -> Result<Encoder> {
         let invalid = |reason: String| Error::InvalidInput { reason };
-        bert_config
-            .validate()
-            .map_err(|reason| invalid(format!("the BERT configuration is invalid: {reason}")))?;
         if let Some(dim) = head.projection_dim
             && dim <= 0
         {
@@ -560,112 +465,41 @@ impl Encoder {
             }
             tch::set_num_threads(threads);
         }
-        if let Device::Cuda(index) = cfg.device {
-            let available = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
-            if index >= available {
-                return Err(invalid(format!(
-                    "CUDA device {index} was requested, but libtorch sees {available} CUDA device(s)"
-                )));
-            }
-        }
-
-        let max_len = if cfg.max_len == 0 {
+        cfg.max_len = if cfg.max_len == 0 {
             default_max_len
         } else {
             cfg.max_len
         };
-        let max_positions = usize::try_from(bert_config.max_position_embeddings).unwrap_or(0);
-        if max_len > max_positions {
-            return Err(invalid(format!(
-                "the maximum length {max_len} exceeds the model's {max_positions} positions"
-            )));
-        }
-        let special = tokenizer
-            .get_post_processor()
-            .map_or(0, |p| p.added_tokens(true));
-        if max_len <= special {
-            return Err(invalid(format!(
-                "the maximum length {max_len} leaves no room beside the {special} special tokens of a pair"
-            )));
-        }
-        cfg.max_len = max_len;
-        if head.doc_format == DocFormat::Pair && bert_config.type_vocab_size < 2 {
-            return Err(invalid(format!(
-                "title/body pairs need two token types, but the model has {}",
-                bert_config.type_vocab_size
-            )));
-        }
-
-        let vocab = tokenizer.get_vocab_size(true);
-        if i64::try_from(vocab).map_or(true, |v| v > bert_config.vocab_size) {
-            return Err(invalid(format!(
-                "the tokenizer has {vocab} tokens but the model's vocabulary holds only {}",
-                bert_config.vocab_size
-            )));
-        }
-        let pad_id = pad_id
-            .or_else(|| tokenizer.get_padding().map(|p| i64::from(p.pad_id)))
-            .or_else(|| tokenizer.token_to_id("[PAD]").map(i64::from))
-            .unwrap_or(bert_config.pad_token_id);
-        if pad_id < 0 || pad_id >= bert_config.vocab_size {
-            return Err(invalid(format!(
-                "the padding id {pad_id} is outside the model's vocabulary"
-            )));
-        }
-        let mut tokenizer = tokenizer;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: max_len,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(tokenizer_error)?;
-
-        let vs = nn::VarStore::new(cfg.device);
-        let root = vs.root();
-        let bert = BertModel::new(&root, &bert_config);
+        let parts = BertParts::build(BertSetup {
+            config: bert_config,
+            tokenizer,
+            device: cfg.device,
+            max_len: cfg.max_len,
+            reserved_tokens: 0,
+            pairs: (head.doc_format == DocFormat::Pair).then_some("title/body pairs"),
+            pad_id,
+            scope: None,
+        })?;
         let projection = head.projection_dim.map(|dim| {
-            let lc = nn::LinearConfig {
-                ws_init: nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: bert_config.initializer_range,
-                },
-                bs_init: Some(nn::Init::Const(0.0)),
-                bias: true,
-            };
-            nn::linear(&root / "projection", bert_config.hidden_size, dim, lc)
+            crate::bert::linear(
+                &parts.vs.root() / "projection",
+                parts.config.hidden_size,
+                dim,
+                &parts.config,
+            )
         });
         Ok(Encoder {
-            vs,
-            network: Mutex::new(Network { bert, projection }),
-            bert_config,
+            vs: parts.vs,
+            network: Mutex::new(Network {
+                bert: parts.bert,
+                projection,
+            }),
+            bert_config: parts.config,
             head,
-            tokenizer,
-            pad_id,
+            tokenizer: parts.tokenizer,
+            pad_id: parts.pad_id,
             cfg,
         })
-    }
-
-    /// Overwrites the variables selected by `select` with BERT's initialization drawn from a
-    /// generator seeded by `seed` and the variable's name.
-    fn reinitialize(&self, seed: i64, select: impl Fn(&str) -> bool) -> Result<()> {
-        let mut vars: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(name, _)| select(name))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, mut var) in vars {
-            let size = var.size();
-            let numel: usize = size.iter().map(|&d| d as usize).product();
-            let values = crate::bert::initial_values(&self.bert_config, &name, numel, seed);
-            let src = Tensor::from_slice(&values).view(size.as_slice());
-            tch::no_grad(|| var.f_copy_(&src))?;
-        }
-        Ok(())
     }
 
     fn encode_texts(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
@@ -697,41 +531,12 @@ impl Encoder {
                 reason: "an empty batch cannot be tokenized".to_owned(),
             });
         }
-        let rows = encodings.len();
-        let cols = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
-        if cols == 0 {
+        if encodings.iter().all(|e| e.is_empty()) {
             return Err(Error::InvalidInput {
                 reason: "the tokenizer produced no tokens for any input of the batch".to_owned(),
             });
         }
-        let mut ids = vec![self.pad_id; rows * cols];
-        let mut mask = vec![0i64; rows * cols];
-        let mut types = vec![0i64; rows * cols];
-        for (row, encoding) in encodings.iter().enumerate() {
-            let start = row * cols;
-            let tokens = encoding
-                .get_ids()
-                .iter()
-                .zip(encoding.get_type_ids())
-                .zip(encoding.get_attention_mask());
-            for (col, ((&id, &type_id), &m)) in tokens.enumerate() {
-                ids[start + col] = i64::from(id);
-                types[start + col] = i64::from(type_id);
-                mask[start + col] = i64::from(m);
-            }
-        }
-        let device = self.device();
-        let shape = [rows as i64, cols as i64];
-        let tensor = |v: &[i64]| -> Result<Tensor> {
-            Ok(Tensor::f_from_slice(v)?
-                .f_view(shape)?
-                .f_to_device(device)?)
-        };
-        Ok(TokenBatch {
-            input_ids: tensor(&ids)?,
-            attention_mask: tensor(&mask)?,
-            token_type_ids: tensor(&types)?,
-        })
+        TokenBatch::from_encodings(encodings, self.pad_id, self.device())
     }
 
     /// Runs encodings through the network sorted by length, `batch_size` at a time, and
@@ -764,460 +569,21 @@ impl Encoder {
     fn empty_output(&self) -> Tensor {
         Tensor::zeros([0, self.dim()], (Kind::Float, Device::Cpu))
     }
-
-    /// All variables as a safetensors file, names sorted.
-    fn weights_safetensors(&self) -> Result<Vec<u8>> {
-        let vars = self.vs.variables();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        let mut entries = BTreeMap::new();
-        let mut data = Vec::new();
-        for name in names {
-            let var = &vars[name];
-            let tensor = var.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
-            let kind = tensor.f_kind()?;
-            let dtype = dtype_name(kind).ok_or_else(|| Error::Checkpoint {
-                reason: format!("the variable {name:?} has the unsupported kind {kind:?}"),
-            })?;
-            let numel = tensor.numel();
-            let start = data.len();
-            let end = start + numel * kind.elt_size_in_bytes();
-            data.resize(end, 0u8);
-            tensor.f_copy_data_u8(&mut data[start..end], numel)?;
-            let shape = tensor.size().iter().map(|&d| d as usize).collect();
-            entries.insert(
-                name.clone(),
-                TensorEntry {
-                    dtype: dtype.to_owned(),
-                    shape,
-                    data_offsets: [start, end],
-                },
-            );
-        }
-        let mut header = serde_json::to_vec(&entries).map_err(|e| Error::Checkpoint {
-            reason: format!("the weights header could not be serialized ({e})"),
-        })?;
-        header.resize(header.len().next_multiple_of(8), b' ');
-        let mut out = Vec::with_capacity(8 + header.len() + data.len());
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&data);
-        Ok(out)
-    }
 }
 
 /// The number of scalar parameters of BERT plus the head (saturating, for untrusted configs).
 fn parameter_count(bert: &BertConfig, head: &EncoderHead) -> u128 {
-    let n = |v: i64| u128::try_from(v).unwrap_or(0);
-    let sum = |xs: &[u128]| xs.iter().fold(0u128, |a, &x| a.saturating_add(x));
-    let (h, i) = (n(bert.hidden_size), n(bert.intermediate_size));
-    let embeddings = sum(&[
-        n(bert.vocab_size).saturating_mul(h),
-        n(bert.max_position_embeddings).saturating_mul(h),
-        n(bert.type_vocab_size).saturating_mul(h),
-        h.saturating_mul(2),
-    ]);
-    // Q, K, V and attention output (weights and biases), two LayerNorms, the feed-forward.
-    let layer = sum(&[
-        h.saturating_mul(h).saturating_mul(4),
-        h.saturating_mul(4),
-        h.saturating_mul(4),
-        h.saturating_mul(i).saturating_mul(2),
-        i,
-        h,
-    ]);
-    let projection = head
-        .projection_dim
-        .map_or(0, |d| n(d).saturating_mul(h).saturating_add(n(d)));
-    sum(&[
-        embeddings,
-        layer.saturating_mul(n(bert.num_hidden_layers)),
-        projection,
-    ])
+    let h = u128::try_from(bert.hidden_size).unwrap_or(0);
+    let projection = head.projection_dim.map_or(0, |d| {
+        let d = u128::try_from(d).unwrap_or(0);
+        d.saturating_mul(h).saturating_add(d)
+    });
+    bert.parameter_count().saturating_add(projection)
 }
 
-/// The hex SHA-256 of checkpoint bytes, as [`Encoder::fingerprint`] computes it.
-pub fn checkpoint_fingerprint(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads a `tokenizer.json` file.
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Tokenizer::from_bytes(&bytes).map_err(|e| Error::ModelFile {
-        path: path.to_path_buf(),
-        reason: format!("it is not a valid tokenizer.json ({e})"),
-    })
-}
-
-fn tokenizer_error(e: tokenizers::Error) -> Error {
-    Error::Tokenizer {
-        reason: e.to_string(),
-    }
-}
-
-/// The names under which a Hugging Face checkpoint may store the variable `name`.
-fn hf_name_candidates(name: &str) -> Vec<String> {
-    let mut names = vec![name.to_owned()];
-    if let Some(stem) = name.strip_suffix("LayerNorm.weight") {
-        names.push(format!("{stem}LayerNorm.gamma"));
-    } else if let Some(stem) = name.strip_suffix("LayerNorm.bias") {
-        names.push(format!("{stem}LayerNorm.beta"));
-    }
-    let prefixed: Vec<String> = names.iter().map(|n| format!("bert.{n}")).collect();
-    names.extend(prefixed);
-    names
-}
-
-/// Copies `src` into the variable `var` (converting the element kind and device).
-fn copy_into(var: &Tensor, src: &Tensor) -> std::result::Result<(), String> {
-    if var.size() != src.size() {
-        return Err(format!(
-            "its shape is {:?} but the variable's is {:?}",
-            src.size(),
-            var.size()
-        ));
-    }
-    let mut dst = var.shallow_clone();
-    tch::no_grad(|| dst.f_copy_(src)).map_err(|e| e.to_string())
-}
-
-/// What a sentence-transformers / Hugging Face model folder provides.
-struct ModelFolder {
-    /// The folder holding `config.json`, `model.safetensors` and `tokenizer.json`.
-    root: PathBuf,
-    bert: BertConfig,
-    head: EncoderHead,
-    max_seq_length: Option<usize>,
-    tokenizer: Tokenizer,
-}
-
-#[derive(Deserialize)]
-struct ModuleEntry {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    path: String,
-}
-
-#[derive(Deserialize)]
-struct PoolingFile {
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pooling_mode_mean_sqrt_len_tokens: bool,
-    #[serde(default)]
-    pooling_mode_weightedmean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_lasttoken: bool,
-}
-
-#[derive(Deserialize)]
-struct SentenceBertFile {
-    #[serde(default)]
-    max_seq_length: Option<usize>,
-    #[serde(default)]
-    do_lower_case: bool,
-}
-
-impl ModelFolder {
-    fn read(dir: &Path) -> Result<ModelFolder> {
-        let modules_path = dir.join("modules.json");
-        let modules: Option<Vec<ModuleEntry>> = read_json_if_present(&modules_path)?;
-        let (root, head) = match modules {
-            None => (dir.to_path_buf(), EncoderHead::mean(false)),
-            Some(modules) => Self::head_from_modules(dir, &modules_path, &modules)?,
-        };
-        let bert = BertConfig::from_file(&root.join("config.json"))?;
-        let sbert_path = root.join("sentence_bert_config.json");
-        let sbert: Option<SentenceBertFile> = read_json_if_present(&sbert_path)?;
-        if sbert.as_ref().is_some_and(|s| s.do_lower_case) {
-            return Err(Error::ModelFile {
-                path: sbert_path,
-                reason:
-                    "do_lower_case is true, and lower-casing outside the tokenizer is not supported"
-                        .to_owned(),
-            });
-        }
-        let tokenizer = load_tokenizer(&root.join("tokenizer.json"))?;
-        Ok(ModelFolder {
-            root,
-            bert,
-            head,
-            max_seq_length: sbert.and_then(|s| s.max_seq_length),
-            tokenizer,
-        })
-    }
-
-    fn head_from_modules(
-        dir: &Path,
-        modules_path: &Path,
-        modules: &[ModuleEntry],
-    ) -> Result<(PathBuf, EncoderHead)> {
-        let unsupported = |reason: String| Error::ModelFile {
-            path: modules_path.to_path_buf(),
-            reason,
-        };
-        let mut root = None;
-        let mut pooling = None;
-        let mut normalize = false;
-        for module in modules {
-            let kind = module.kind.rsplit('.').next().unwrap_or_default();
-            match kind {
-                "Transformer" => root = Some(dir.join(&module.path)),
-                "Pooling" => {
-                    let path = dir.join(&module.path).join("config.json");
-                    let file: PoolingFile = read_json(&path)?;
-                    pooling = Some(pooling_from_file(&file).ok_or_else(|| Error::ModelFile {
-                        path: path.clone(),
-                        reason: "only a single mean or [CLS] pooling mode is supported".to_owned(),
-                    })?);
-                }
-                "Normalize" => normalize = true,
-                _ => {
-                    return Err(unsupported(format!(
-                        "the module type {:?} is not supported (only Transformer, Pooling and Normalize are)",
-                        module.kind
-                    )));
-                }
-            }
-        }
-        let root = root.ok_or_else(|| unsupported("it lists no Transformer module".to_owned()))?;
-        let pooling =
-            pooling.ok_or_else(|| unsupported("it lists no Pooling module".to_owned()))?;
-        let pooling = match pooling {
-            Pooling::Mean { .. } => Pooling::Mean { normalize },
-            Pooling::Cls if normalize => {
-                return Err(unsupported(
-                    "a Normalize module after [CLS] pooling is not supported".to_owned(),
-                ));
-            }
-            Pooling::Cls => Pooling::Cls,
-        };
-        let head = EncoderHead {
-            pooling,
-            projection_dim: None,
-            doc_format: DocFormat::Joined,
-        };
-        Ok((root, head))
-    }
-}
-
-fn pooling_from_file(file: &PoolingFile) -> Option<Pooling> {
-    let others = file.pooling_mode_max_tokens
-        || file.pooling_mode_mean_sqrt_len_tokens
-        || file.pooling_mode_weightedmean_tokens
-        || file.pooling_mode_lasttoken;
-    match (
-        file.pooling_mode_mean_tokens,
-        file.pooling_mode_cls_token,
-        others,
-    ) {
-        (true, false, false) => Some(Pooling::Mean { normalize: false }),
-        (false, true, false) => Some(Pooling::Cls),
-        _ => None,
-    }
-}
-
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::ModelFile {
-        path: path.to_path_buf(),
-        reason: format!("its JSON does not have the expected shape ({e})"),
-    })
-}
-
-fn read_json_if_present<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match std::fs::metadata(path) {
-        Ok(_) => read_json(path).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// The three sections of a checkpoint, borrowed from its bytes.
-struct CheckpointSections<'a> {
-    header: &'a [u8],
-    tokenizer: &'a [u8],
-    weights: &'a [u8],
-}
-
-impl<'a> CheckpointSections<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<CheckpointSections<'a>> {
-        let fail = |reason: &str| Error::Checkpoint {
-            reason: reason.to_owned(),
-        };
-        let rest = bytes
-            .strip_prefix(CHECKPOINT_MAGIC)
-            .ok_or_else(|| fail("it does not start with the realm-db encoder magic bytes"))?;
-        let (version, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| fail("it ends before its format version"))?;
-        let version = u32::from_le_bytes(*version);
-        if version != CHECKPOINT_VERSION {
-            return Err(Error::Checkpoint {
-                reason: format!(
-                    "it has format version {version}, but this build reads only version {CHECKPOINT_VERSION}"
-                ),
-            });
-        }
-        let mut rest = rest;
-        let mut sections = [&[][..]; 3];
-        for (slot, name) in sections.iter_mut().zip(["header", "tokenizer", "weights"]) {
-            let (len, tail) = rest
-                .split_first_chunk::<8>()
-                .ok_or_else(|| Error::Checkpoint {
-                    reason: format!("it ends before the length of its {name} section"),
-                })?;
-            let len = usize::try_from(u64::from_le_bytes(*len)).unwrap_or(usize::MAX);
-            if len > tail.len() {
-                return Err(Error::Checkpoint {
-                    reason: format!(
-                        "its {name} section claims {len} bytes but only {} remain",
-                        tail.len()
-                    ),
-                });
-            }
-            let (section, tail) = tail.split_at(len);
-            *slot = section;
-            rest = tail;
-        }
-        if !rest.is_empty() {
-            return Err(Error::Checkpoint {
-                reason: format!(
-                    "it has {} unexpected bytes after its last section",
-                    rest.len()
-                ),
-            });
-        }
-        let [header, tokenizer, weights] = sections;
-        Ok(CheckpointSections {
-            header,
-            tokenizer,
-            weights,
-        })
-    }
-}
-
-/// One entry of a safetensors header.
-#[derive(Serialize, Deserialize)]
-struct TensorEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [usize; 2],
-}
-
-/// A parsed safetensors buffer (little-endian data, as the format specifies).
-struct SafeTensors<'a> {
-    entries: HashMap<String, TensorEntry>,
-    data: &'a [u8],
-}
-
-impl<'a> SafeTensors<'a> {
-    fn parse(bytes: &'a [u8]) -> std::result::Result<SafeTensors<'a>, String> {
-        let (len, rest) = bytes
-            .split_first_chunk::<8>()
-            .ok_or("it is shorter than its 8-byte header length")?;
-        let len = usize::try_from(u64::from_le_bytes(*len)).unwrap_or(usize::MAX);
-        if len > rest.len() {
-            return Err(format!(
-                "its header claims {len} bytes but only {} remain",
-                rest.len()
-            ));
-        }
-        let (header, data) = rest.split_at(len);
-        let raw: HashMap<String, serde_json::Value> =
-            serde_json::from_slice(header).map_err(|e| format!("its header is not JSON ({e})"))?;
-        let mut entries = HashMap::with_capacity(raw.len());
-        for (name, value) in raw {
-            if name == "__metadata__" {
-                continue;
-            }
-            let entry: TensorEntry = serde_json::from_value(value)
-                .map_err(|e| format!("its header entry for {name:?} is malformed ({e})"))?;
-            entries.insert(name, entry);
-        }
-        Ok(SafeTensors { entries, data })
-    }
-
-    fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
-    }
-
-    /// The tensor `name` on the CPU, `Ok(None)` if the file has no such tensor.
-    fn tensor(&self, name: &str) -> std::result::Result<Option<Tensor>, String> {
-        let Some(entry) = self.entries.get(name) else {
-            return Ok(None);
-        };
-        let kind = kind_of_dtype(&entry.dtype)
-            .ok_or_else(|| format!("its dtype {:?} is not supported", entry.dtype))?;
-        let [start, end] = entry.data_offsets;
-        let bytes = self
-            .data
-            .get(start..end)
-            .ok_or_else(|| format!("its data offsets {start}..{end} lie outside the file"))?;
-        let numel = entry
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or("its shape overflows")?;
-        if numel.checked_mul(kind.elt_size_in_bytes()) != Some(bytes.len()) {
-            return Err(format!(
-                "its shape {:?} of {} needs a different byte count than its {} bytes",
-                entry.shape,
-                entry.dtype,
-                bytes.len()
-            ));
-        }
-        let shape: Vec<i64> = entry.shape.iter().map(|&d| d as i64).collect();
-        Tensor::f_from_data_size(bytes, &shape, kind)
-            .map(Some)
-            .map_err(|e| e.to_string())
-    }
-}
-
-fn kind_of_dtype(dtype: &str) -> Option<Kind> {
-    Some(match dtype {
-        "F64" => Kind::Double,
-        "F32" => Kind::Float,
-        "F16" => Kind::Half,
-        "BF16" => Kind::BFloat16,
-        "I64" => Kind::Int64,
-        "I32" => Kind::Int,
-        "I16" => Kind::Int16,
-        "I8" => Kind::Int8,
-        "U8" => Kind::Uint8,
-        "BOOL" => Kind::Bool,
-        _ => return None,
-    })
-}
-
-fn dtype_name(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Double => "F64",
-        Kind::Float => "F32",
-        Kind::Half => "F16",
-        Kind::BFloat16 => "BF16",
-        Kind::Int64 => "I64",
-        Kind::Int => "I32",
-        Kind::Int16 => "I16",
-        Kind::Int8 => "I8",
-        Kind::Uint8 => "U8",
-        Kind::Bool => "BOOL",
-        _ => return None,
-    })
+/// A checkpoint or weights error as the retriever's error: libtorch failures stay
+/// [`Error::Torch`], the rest is [`Error::Checkpoint`].
+fn checkpoint_error(e: FormatError) -> Error {
+    e.into_torch()
+        .map_or_else(|reason| Error::Checkpoint { reason }, Error::Torch)
 }

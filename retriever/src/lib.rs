@@ -3,6 +3,10 @@
 //! The learned retriever of realm-db, on libtorch through `tch`:
 //!
 //! * [`bert`]: a BERT encoder that loads Hugging Face model folders (safetensors);
+//! * the BERT plumbing the encoder and the reader share: [`backbone`] (settings checks and
+//!   the var store), [`tokenizer`] (set-up), [`model_folder`] (Hugging Face folders),
+//!   [`weights`] (safetensors, copies, seeded initialization), [`checkpoint`] (framing and
+//!   ids), [`random`] (SplitMix64 and FNV-1a);
 //! * [`encoder`]: text and document encoders with sentence-transformers mean pooling or
 //!   REALM's projected [CLS], batched inference, and self-describing checkpoints;
 //! * the in-database query path, re-exported here: a [`Retriever`] keeps each pinned
@@ -10,17 +14,24 @@
 //!   `matrix`), builds generations from an encoder and embeds passages on ingest (`build`);
 //!   a [`SearchSnapshot`] answers exact inner-product top-k with p(z|x) (`search`, `topk`).
 
+pub mod backbone;
+pub mod batch;
 pub mod bert;
 mod build;
+pub mod checkpoint;
 pub mod encoder;
 mod error;
 pub mod eval;
 pub mod hybrid;
 mod matrix;
 mod model;
+pub mod model_folder;
+pub mod random;
 mod retriever;
 mod search;
+pub mod tokenizer;
 mod topk;
+pub mod weights;
 
 pub use build::{BuildOptions, Progress};
 pub use encoder::{DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling};

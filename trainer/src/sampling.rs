@@ -1,10 +1,12 @@
 //! Every random choice of a run derives from `(seed, salt, x)`: the batches of a step, the
 //! dropout masks, ICT's pseudo-queries, REALM's masks and held-out articles. A run stopped
-//! and resumed therefore draws exactly what an uninterrupted one draws.
+//! and resumed therefore draws exactly what an uninterrupted one draws. The mixing functions
+//! (SplitMix64, FNV-1a) are [`realm_retriever::random`]'s.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use realm_retriever::random::{derive_seed, fnv1a64};
 
 /// Salts that separate the random streams derived from the seed.
 pub(crate) const SALT_EPOCH: u64 = 0x6570_6f63_6800_0001;
@@ -13,32 +15,14 @@ pub(crate) const SALT_ICT: u64 = 0x6963_7400_0000_0003;
 pub(crate) const SALT_REALM: u64 = 0x7265_616c_6d00_0004;
 pub(crate) const SALT_HELD_OUT: u64 = 0x6865_6c64_0000_0005;
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// A 64-bit value derived only from `(seed, salt, x)`.
-pub(crate) fn derive(seed: u64, salt: u64, x: u64) -> u64 {
-    splitmix(splitmix(seed ^ salt) ^ x)
-}
-
 /// A generator for the stream `salt` of step `x`.
 pub(crate) fn rng(seed: u64, salt: u64, x: u64) -> StdRng {
-    StdRng::seed_from_u64(derive(seed, salt, x))
+    StdRng::seed_from_u64(derive_seed(seed, salt, x))
 }
 
 /// Seeds libtorch's global generator (dropout) for `step`.
 pub(crate) fn seed_dropout(seed: u64, step: u64) {
-    tch::manual_seed((derive(seed, SALT_DROPOUT, step) >> 1) as i64);
+    tch::manual_seed((derive_seed(seed, SALT_DROPOUT, step) >> 1) as i64);
 }
 
 /// Whether the article `title` is held out of REALM training: a stable hash (FNV-1a) of the
@@ -47,8 +31,8 @@ pub(crate) fn title_held_out(seed: u64, title: &str, fraction: f64) -> bool {
     if fraction <= 0.0 {
         return false;
     }
-    let h = fnv1a(title.as_bytes());
-    let unit = (derive(seed, SALT_HELD_OUT, h) >> 11) as f64 / (1u64 << 53) as f64;
+    let h = fnv1a64(title.as_bytes());
+    let unit = (derive_seed(seed, SALT_HELD_OUT, h) >> 11) as f64 / (1u64 << 53) as f64;
     unit < fraction
 }
 
