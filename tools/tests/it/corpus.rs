@@ -9,7 +9,7 @@
 //! the test (PyPI is reachable wherever the reference is).
 
 #[allow(dead_code)]
-#[path = "../src/corpus.rs"]
+#[path = "../../src/corpus.rs"]
 mod corpus;
 
 use std::path::PathBuf;
@@ -25,12 +25,7 @@ const ARTICLES: usize = 10_033;
 
 fn reference_path() -> PathBuf {
     std::env::var_os("REALM_CORPUS_REFERENCE").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/data/corpus.jsonl"
-            ))
-        },
+        || realm_testing::shared_file("data/corpus.jsonl"),
         PathBuf::from,
     )
 }

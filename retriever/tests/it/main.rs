@@ -1,0 +1,7 @@
+//! realm-retriever's integration tests: one binary (`cargo test -p realm-retriever --test
+//! it`), a module per topic. Shared fixtures live in the `realm-testing` crate.
+
+mod eval;
+mod hybrid;
+mod parity;
+mod query;
