@@ -122,6 +122,7 @@ fn query_side_training_raises_top1_accuracy() {
 
 #[test]
 fn bad_configs_and_unusable_data_are_refused() {
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let (retriever, questions) = towns_retriever(dir.path(), 1);
     let zero_batch = TrainConfig {
