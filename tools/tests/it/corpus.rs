@@ -10,13 +10,13 @@
 
 #[allow(dead_code)]
 #[path = "../../src/corpus.rs"]
-mod corpus;
+mod corpus_builder;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use corpus::{CorpusPassage, split_articles, write_jsonl};
+use corpus_builder::{CorpusPassage, split_articles, write_jsonl};
 
 /// Passages in the reference corpus.
 const REFERENCE_PASSAGES: usize = 12_371;
