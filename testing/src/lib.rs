@@ -1,10 +1,9 @@
 //! Shared fixtures of realm-db's tests, one home for each: where the model and the shared
-//! reference files are, temporary databases, toy corpora, the lock that serializes tests
-//! using libtorch's global generator and, with the `torch` feature, the tiny random encoder,
-//! CPU retriever options and indexed toy databases (`reader`: the tiny reader; `trainer`:
-//! running a trainer while recording its events).
-//!
-//! Without features this crate does not link libtorch, so `realm-storage`'s tests use it.
+//! reference files are, temporary databases, toy corpora and the lock that serializes tests
+//! using libtorch's global generator. This crate does not link libtorch, so
+//! `realm-storage`'s tests use it; `realm-testing-torch` (`testing/torch/`) holds the
+//! fixtures that do (tiny encoder and reader, CPU retriever options, indexed toy databases,
+//! a trainer runner) and re-exports this crate's.
 //! Each crate's integration tests are one binary, `tests/it/main.rs`, with a module per
 //! topic.
 
@@ -13,21 +12,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use realm_storage::{Db, NewPassage};
 use tempfile::TempDir;
-
-#[cfg(feature = "torch")]
-mod torch;
-#[cfg(feature = "torch")]
-pub use torch::*;
-
-#[cfg(feature = "reader")]
-mod reader;
-#[cfg(feature = "reader")]
-pub use reader::*;
-
-#[cfg(feature = "trainer")]
-mod trainer;
-#[cfg(feature = "trainer")]
-pub use trainer::*;
 
 /// The workspace root (the folder of the top `Cargo.toml`).
 pub fn workspace_dir() -> PathBuf {

@@ -1,7 +1,7 @@
 //! MLM scoring for REALM pre-training with a tiny random reader and the real MiniLM
 //! tokenizer.
 
-use realm_testing::{reader_config, tiny_reader};
+use realm_testing_torch::{reader_config, tiny_reader};
 
 #[test]
 fn mlm_log_likelihoods_per_passage_and_null_document() {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use realm_reader::{Error, Reader, ReaderConfig};
 use realm_retriever::eval::normalize_answer;
 use realm_storage::NewPassage;
-use realm_testing::{indexed_retriever, model_dir, tiny_reader};
+use realm_testing_torch::{indexed_retriever, model_dir, tiny_reader};
 use tch::{Kind, Tensor};
 
 const PASSAGES: [(u64, &str, &str, f32); 3] = [

@@ -7,7 +7,7 @@ use realm_retriever::eval::{
     AnswerMatcher, PreparedText, QaExample, TopKAccuracy, first_hit, normalize_answer,
     parse_qa_line, read_qa_file,
 };
-use realm_testing::qa;
+use realm_testing_torch::qa;
 
 fn example(answers: &[&str], patterns: &[&str]) -> QaExample {
     qa(1, "q", answers, patterns)

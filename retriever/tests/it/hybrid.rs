@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use realm_retriever::{HybridOptions, Retriever, SearchMode};
 use realm_storage::{Bm25Params, NewPassage};
-use realm_testing::{FACTS, facts, indexed_retriever};
+use realm_testing_torch::{FACTS, facts, indexed_retriever};
 
 /// [`FACTS`] with a first generation of a tiny random encoder.
 fn retriever(dir: &std::path::Path) -> Retriever {

@@ -1,17 +1,17 @@
 //! Parity of the encoder with sentence-transformers on all-MiniLM-L6-v2, batching
 //! invariance, and checkpoint round trips.
 //!
-//! The model folder is `realm_testing::model_dir()` (`$REALM_DB_MODEL`, else
+//! The model folder is `realm_testing_torch::model_dir()` (`$REALM_DB_MODEL`, else
 //! `.deps/models/all-MiniLM-L6-v2` in the workspace); the reference vectors are
 //! `shared/reference/minilm-embeddings.jsonl` beside the workspace
-//! (`realm_testing::shared_file`). Missing files fail the tests.
+//! (`realm_testing_torch::shared_file`). Missing files fail the tests.
 
 use std::path::PathBuf;
 
 use realm_retriever::encoder::{
     DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling, checkpoint_fingerprint,
 };
-use realm_testing::{model_dir, shared_file, tiny_bert, tiny_encoder, tokenizer};
+use realm_testing_torch::{model_dir, shared_file, tiny_bert, tiny_encoder, tokenizer};
 use serde::Deserialize;
 use tch::Tensor;
 

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use realm_retriever::{BuildOptions, Compute, Error, Retriever, RetrieverOptions};
 use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
-use realm_testing::{FACTS, cpu_options, facts, temp_db, tiny_encoder};
+use realm_testing_torch::{FACTS, cpu_options, facts, temp_db, tiny_encoder};
 use tch::Tensor;
 
 /// Writes `vectors` (one row per live passage, in id order, inserting passages as needed) as

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use realm_db::{BuildOptions, NewPassage};
-use realm_testing::{indexed_retriever, tiny_encoder};
+use realm_testing_torch::{indexed_retriever, tiny_encoder};
 
 fn passage(i: u64) -> NewPassage {
     NewPassage::new(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use realm_testing::{global_rng_lock, pick, towns_retriever, train};
+use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
 use realm_trainer::{DUAL_NOTE, Event, Mode, TrainConfig, Trainer};
 
 #[test]

@@ -1,6 +1,6 @@
 //! ICT pre-training runs without labels and publishes a generation.
 
-use realm_testing::{global_rng_lock, pick, towns_retriever, train};
+use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
 use realm_trainer::{Event, ICT_NOTE, Mode, TrainConfig, Trainer};
 
 #[test]

@@ -5,7 +5,9 @@
 //! while it runs.
 
 use realm_retriever::Retriever;
-use realm_testing::{global_rng_lock, pick, reader_config, tiny_reader, towns_retriever, train};
+use realm_testing_torch::{
+    global_rng_lock, pick, reader_config, tiny_reader, towns_retriever, train,
+};
 use realm_trainer::readers::{
     CURRENT_READER_BLOB, READER_BLOB_PREFIX, current_reader, set_current_reader, store_reader,
 };

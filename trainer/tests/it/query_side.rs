@@ -1,7 +1,7 @@
 //! Query-side fine-tuning raises retrieval accuracy without changing the generation.
 
 use realm_retriever::eval::AnswerMatcher;
-use realm_testing::{global_rng_lock, qa, towns_retriever, train};
+use realm_testing_torch::{global_rng_lock, qa, towns_retriever, train};
 use realm_trainer::{Event, Mode, QUERY_SIDE_NOTE, TrainConfig, Trainer};
 
 #[test]

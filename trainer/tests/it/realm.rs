@@ -8,7 +8,7 @@ use realm_reader::{Reader, ReaderConfig};
 use realm_retriever::Retriever;
 use realm_retriever::bert::BertConfig;
 use realm_storage::NewPassage;
-use realm_testing::{
+use realm_testing_torch::{
     global_rng_lock, indexed_retriever, pick, reader_config, tiny_bert, tiny_reader, tokenizer,
     train,
 };

@@ -2,7 +2,7 @@
 //! one (CPU, same seed). Holds the global RNG lock, so that no other test draws from
 //! libtorch's global generator (dropout) while it runs.
 
-use realm_testing::{global_rng_lock, pick, towns_retriever, train};
+use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
 use realm_trainer::{Event, Mode, TrainConfig, Trainer};
 
 fn config(seed: u64) -> TrainConfig {

@@ -1,5 +1,7 @@
-//! Fixtures that link libtorch: the tiny random encoder with the real tokenizer, CPU
-//! retriever options, indexed databases and the toy world of made-up towns.
+//! The fixtures of realm-db's tests that link libtorch: the tiny random encoder with the
+//! real tokenizer, CPU retriever options, indexed databases and the toy world of made-up
+//! towns; with the `reader` feature the tiny reader, with `trainer` a trainer runner. Re-exports
+//! the libtorch-free fixtures of `realm-testing`, so tests import from one crate.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -13,7 +15,17 @@ use realm_retriever::{
 use realm_storage::{Db, NewPassage};
 use tokenizers::Tokenizer;
 
-use crate::model_dir;
+pub use realm_testing::*;
+
+#[cfg(feature = "reader")]
+mod reader;
+#[cfg(feature = "reader")]
+pub use reader::*;
+
+#[cfg(feature = "trainer")]
+mod trainer;
+#[cfg(feature = "trainer")]
+pub use trainer::*;
 
 /// The MiniLM WordPiece tokenizer of [`model_dir`] (read once per process).
 pub fn tokenizer() -> Tokenizer {
