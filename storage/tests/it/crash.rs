@@ -145,6 +145,10 @@ fn parent(cycles: usize) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let test = writer_test_name();
+    // The database exists before the first child starts: a kill while `Db::create` runs
+    // leaves a folder without a format record, which does not reopen (the child, this
+    // whole test binary, may still be starting when the first kill comes).
+    drop(Db::create(dir.path().join("db")).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut max_generation = 0;
     for cycle in 0..cycles {
