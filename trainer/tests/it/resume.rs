@@ -1,10 +1,9 @@
 //! A run stopped at a checkpoint and resumed ends with the same weights as an uninterrupted
-//! one (CPU, same seed). Its own test binary, so that no other test shares libtorch's global
-//! generator (dropout) while it runs.
+//! one (CPU, same seed). Holds the global RNG lock, so that no other test draws from
+//! libtorch's global generator (dropout) while it runs.
 
-mod common;
-
-use realm_trainer::{Control, Event, Mode, TrainConfig, Trainer};
+use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
+use realm_trainer::{Event, Mode, TrainConfig, Trainer};
 
 fn config(seed: u64) -> TrainConfig {
     TrainConfig {
@@ -25,9 +24,9 @@ fn config(seed: u64) -> TrainConfig {
 /// Runs to the end; returns the query tower's fingerprint and the attached checkpoint id.
 fn uninterrupted(seed: u64) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 0);
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
     let mut trainer = Trainer::new(retriever.clone(), config(seed), questions, Vec::new()).unwrap();
-    let report = trainer.run(&mut |_| Control::Continue).unwrap();
+    let (report, _) = train(&mut trainer, None);
     assert_eq!(report.final_step, 12);
     let generation = retriever.db().current_generation().unwrap().unwrap();
     let manifest = retriever.db().generation(generation).unwrap();
@@ -39,6 +38,7 @@ fn uninterrupted(seed: u64) -> (String, String) {
 
 #[test]
 fn a_stopped_run_resumes_from_its_checkpoint() {
+    let _rng = global_rng_lock();
     let (a, a_attached) = uninterrupted(5);
     assert_eq!(a, a_attached);
     // Same seed, fresh database: identical weights.
@@ -47,21 +47,12 @@ fn a_stopped_run_resumes_from_its_checkpoint() {
     assert_ne!(uninterrupted(6).0, a);
 
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 0);
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
     let k = 4;
     let mut trainer =
         Trainer::new(retriever.clone(), config(5), questions.clone(), Vec::new()).unwrap();
-    let mut checkpoints = Vec::new();
-    let report = trainer
-        .run(&mut |e| match e {
-            Event::Step { step, .. } if *step == k => Control::Stop,
-            Event::Checkpoint { step } => {
-                checkpoints.push(*step);
-                Control::Continue
-            }
-            _ => Control::Continue,
-        })
-        .unwrap();
+    let (report, events) = train(&mut trainer, Some(k));
+    let checkpoints: Vec<u64> = pick!(events, Event::Checkpoint { step } => *step);
     assert_eq!((report.steps_run, report.final_step), (k, k));
     assert_eq!(report.query_encoder_version, None);
     assert_eq!(checkpoints, vec![k]);
@@ -81,13 +72,7 @@ fn a_stopped_run_resumes_from_its_checkpoint() {
     // A new trainer on the same database resumes at step k and finishes.
     let mut resumed = Trainer::new(retriever.clone(), config(5), questions, Vec::new()).unwrap();
     assert_eq!(resumed.step(), k);
-    let mut events = Vec::new();
-    let report = resumed
-        .run(&mut |e| {
-            events.push(e.clone());
-            Control::Continue
-        })
-        .unwrap();
+    let (report, events) = train(&mut resumed, None);
     assert_eq!(events[0], Event::Resumed { step: k });
     assert!(matches!(
         events[1],

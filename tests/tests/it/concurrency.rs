@@ -7,23 +7,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use realm_db::retriever::EncoderHead;
-use realm_db::retriever::bert::BertConfig;
-use realm_db::retriever::encoder::load_tokenizer;
-use realm_db::{
-    BuildOptions, Db, Device, Encoder, EncoderConfig, NewPassage, Retriever, RetrieverOptions,
-};
-
-fn tiny_encoder(seed: i64) -> Encoder {
-    let dir = realm_db::default_model_dir().expect("set-up installs the default model");
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer");
-    let config = BertConfig::tiny(tokenizer.get_vocab_size(true) as i64);
-    let cfg = EncoderConfig {
-        max_len: 32,
-        ..EncoderConfig::default()
-    };
-    Encoder::random(config, tokenizer, EncoderHead::mean(true), cfg, seed).expect("encoder")
-}
+use realm_db::{BuildOptions, NewPassage};
+use realm_testing_torch::{indexed_retriever, tiny_encoder};
 
 fn passage(i: u64) -> NewPassage {
     NewPassage::new(
@@ -36,21 +21,7 @@ fn passage(i: u64) -> NewPassage {
 #[test]
 fn ingest_publish_and_search_concurrently() {
     let dir = tempfile::tempdir().unwrap();
-    let options = RetrieverOptions {
-        encoder: EncoderConfig {
-            device: Device::Cpu,
-            ..EncoderConfig::default()
-        },
-        build_batch: 16,
-        ..RetrieverOptions::default()
-    };
-    let retriever = Retriever::new(Db::create(dir.path()).unwrap(), options);
-    retriever
-        .ingest(&(0..20).map(passage).collect::<Vec<_>>())
-        .unwrap();
-    retriever
-        .build_generation(&tiny_encoder(1), BuildOptions::default())
-        .unwrap();
+    let retriever = indexed_retriever(dir.path(), &(0..20).map(passage).collect::<Vec<_>>(), 1);
 
     let stop = Arc::new(AtomicBool::new(false));
     // Highest passage index whose ingest call has returned.

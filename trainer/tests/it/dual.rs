@@ -1,17 +1,17 @@
 //! Dual training publishes generations from a builder thread while searches run; every
 //! search result comes from exactly one generation.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use realm_trainer::{Control, DUAL_NOTE, Event, Mode, TrainConfig, Trainer};
+use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
+use realm_trainer::{DUAL_NOTE, Event, Mode, TrainConfig, Trainer};
 
 #[test]
 fn dual_training_publishes_generations_while_searches_run() {
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 2);
+    let (retriever, questions) = towns_retriever(dir.path(), 2);
     let first = retriever.db().current_generation().unwrap().unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let searchers: Vec<_> = (0..2)
@@ -64,13 +64,7 @@ fn dual_training_publishes_generations_while_searches_run() {
     };
     let mut trainer =
         Trainer::new(retriever.clone(), config, questions.clone(), questions).unwrap();
-    let mut events = Vec::new();
-    let report = trainer
-        .run(&mut |e| {
-            events.push(e.clone());
-            Control::Continue
-        })
-        .unwrap();
+    let (report, events) = train(&mut trainer, None);
     done.store(true, Ordering::SeqCst);
     let mut seen = std::collections::BTreeSet::new();
     for s in searchers {
@@ -84,17 +78,10 @@ fn dual_training_publishes_generations_while_searches_run() {
         report.generations_published
     );
     assert!(report.generations_published.len() >= 2, "{report:?}");
-    let published: Vec<(u64, u64)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Published {
-                generation,
-                weights_step,
-                ..
-            } => Some((*generation, *weights_step)),
-            _ => None,
-        })
-        .collect();
+    let published = pick!(
+        events,
+        Event::Published { generation, weights_step, .. } => (*generation, *weights_step)
+    );
     assert_eq!(
         published.iter().map(|p| p.0).collect::<Vec<_>>(),
         report.generations_published

@@ -2,85 +2,14 @@
 //! against independently computed expectations, and their consistency with snapshots.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-use realm_retriever::bert::BertConfig;
-use realm_retriever::encoder::load_tokenizer;
-use realm_retriever::{
-    BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, HybridOptions, Retriever,
-    RetrieverOptions, SearchMode,
-};
-use realm_storage::{Bm25Params, Db, NewPassage};
+use realm_retriever::{HybridOptions, Retriever, SearchMode};
+use realm_storage::{Bm25Params, NewPassage};
+use realm_testing_torch::{FACTS, facts, indexed_retriever};
 
-fn model_dir() -> PathBuf {
-    std::env::var_os("REALM_DB_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.deps/models/all-MiniLM-L6-v2"
-            ))
-        })
-}
-
-fn tiny_encoder() -> Encoder {
-    let tokenizer = load_tokenizer(&model_dir().join("tokenizer.json")).unwrap();
-    let config = BertConfig::tiny(tokenizer.get_vocab_size(true) as i64);
-    let runtime = EncoderConfig {
-        max_len: 64,
-        device: Device::Cpu,
-        ..EncoderConfig::default()
-    };
-    Encoder::random(config, tokenizer, EncoderHead::mean(true), runtime, 11).unwrap()
-}
-
-const TEXTS: [(&str, &str); 8] = [
-    (
-        "Volcano",
-        "Mount Etna is an active volcano on the east coast of Sicily.",
-    ),
-    (
-        "Enzyme",
-        "Amylase is an enzyme that catalyses the hydrolysis of starch.",
-    ),
-    ("Dynasty", "The Tang dynasty ruled China from 618 to 907."),
-    (
-        "Orbit",
-        "A geostationary orbit lies 35,786 kilometres above the equator.",
-    ),
-    (
-        "Sicily",
-        "Sicily is the largest island in the Mediterranean Sea.",
-    ),
-    (
-        "Volcanoes",
-        "A volcano is a rupture in the crust of a planet.",
-    ),
-    (
-        "Starch",
-        "Starch is a polymeric carbohydrate made by green plants.",
-    ),
-    (
-        "China",
-        "China is a country in East Asia, the most populous until 2023.",
-    ),
-];
-
+/// [`FACTS`] with a first generation of a tiny random encoder.
 fn retriever(dir: &std::path::Path) -> Retriever {
-    let options = RetrieverOptions {
-        encoder: EncoderConfig {
-            device: Device::Cpu,
-            ..EncoderConfig::default()
-        },
-        ..RetrieverOptions::default()
-    };
-    let retriever = Retriever::new(Db::create(dir).unwrap(), options);
-    let batch: Vec<NewPassage> = TEXTS.iter().map(|(t, x)| NewPassage::new(*t, *x)).collect();
-    retriever.ingest(&batch).unwrap();
-    retriever
-        .build_generation(&tiny_encoder(), BuildOptions::default())
-        .unwrap();
-    retriever
+    indexed_retriever(dir, &facts(FACTS.len()), 11)
 }
 
 /// Weighted RRF computed from scratch.
@@ -114,9 +43,9 @@ fn hybrid_fuses_the_dense_and_bm25_rankings_of_one_snapshot() {
         let sparse = &snap
             .rank_batch(&[query], 100, SearchMode::Bm25(bm25))
             .unwrap()[0];
-        assert_eq!(dense.len(), TEXTS.len());
+        assert_eq!(dense.len(), FACTS.len());
         assert!(
-            !sparse.is_empty() && sparse.len() < TEXTS.len(),
+            !sparse.is_empty() && sparse.len() < FACTS.len(),
             "{query}: {sparse:?}"
         );
         for w in [0.0f32, 0.3, 0.5, 1.0] {

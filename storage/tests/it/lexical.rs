@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use realm_storage::lexical::{Bm25Params, analyze};
 use realm_storage::{Db, Error, FORMAT_VERSION, NewPassage, PassageId, Snapshot};
+use realm_testing::temp_db;
 
 const TOY: [(&str, &str); 5] = [
     ("Rivers", "The river runs through the valley."),
@@ -196,8 +197,7 @@ fn ranking_rare_terms_length_stemming_and_stop_words() {
 
     // Length normalization: the same term frequency in a shorter passage scores higher, and
     // with b = 0 lengths do not matter and ties go to the smaller id.
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let out = db
         .insert(&[
             NewPassage::new("", "zebra alpha beta gamma delta epsilon"),
@@ -432,8 +432,7 @@ fn an_outdated_or_missing_index_is_reported_and_repaired_on_open() {
 
 #[test]
 fn the_index_follows_inserts_with_vectors_and_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let first = NewPassage::new("Paris", "Paris is the capital of France.").with_external_id("p");
     db.insert(std::slice::from_ref(&first)).unwrap();
     // A duplicate external id writes nothing, postings included.

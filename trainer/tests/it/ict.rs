@@ -1,13 +1,13 @@
 //! ICT pre-training runs without labels and publishes a generation.
 
-mod common;
-
-use realm_trainer::{Control, Event, ICT_NOTE, Mode, TrainConfig, Trainer};
+use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
+use realm_trainer::{Event, ICT_NOTE, Mode, TrainConfig, Trainer};
 
 #[test]
 fn ict_training_runs_and_publishes() {
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, _) = common::setup(dir.path(), 3);
+    let (retriever, _) = towns_retriever(dir.path(), 3);
     let first = retriever.db().current_generation().unwrap().unwrap();
     let steps = std::env::var("ICT_STEPS")
         .map(|s| s.parse().unwrap())
@@ -25,18 +25,9 @@ fn ict_training_runs_and_publishes() {
     };
     let mut trainer = Trainer::new(retriever.clone(), config, Vec::new(), Vec::new()).unwrap();
     assert_eq!(trainer.examples(), 32);
-    let mut losses = Vec::new();
-    let mut published = Vec::new();
-    let report = trainer
-        .run(&mut |e| {
-            match e {
-                Event::Step { loss, .. } => losses.push(*loss),
-                Event::Published { generation, .. } => published.push(*generation),
-                _ => {}
-            }
-            Control::Continue
-        })
-        .unwrap();
+    let (report, events) = train(&mut trainer, None);
+    let losses = pick!(events, Event::Step { loss, .. } => *loss);
+    let published = pick!(events, Event::Published { generation, .. } => *generation);
     let quarter = losses.len() / 4;
     let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
     let (early, late) = (

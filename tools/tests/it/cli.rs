@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -75,20 +75,12 @@ impl Fixture {
 
     /// Runs `realm-db ARGS... ` successfully and returns stdout.
     fn run(&self, args: &[&str]) -> String {
-        let out = self
-            .cmd()
-            .args(args)
-            .assert()
-            .success()
-            .get_output()
-            .clone();
-        String::from_utf8(out.stdout).expect("UTF-8 output")
+        succeeds(self.cmd().args(args))
     }
 
     /// Runs `realm-db ARGS...`, expects a user error (exit status 1) and returns its line.
     fn user_error<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
-        let out = self.cmd().args(args).assert().code(1).get_output().clone();
-        assert_one_line_error(&out.stderr)
+        fails(self.cmd().args(args), 1)
     }
 
     /// `search DB QUERY --json ...` parsed.
@@ -104,6 +96,18 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
+}
+
+/// Runs `cmd` successfully and returns its stdout.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.assert().success().get_output().clone();
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs `cmd`, expects exit status `code` and one error line on stderr, and returns the line.
+fn fails(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.assert().code(code).get_output().clone();
+    assert_one_line_error(&out.stderr)
 }
 
 /// Asserts that a failed command wrote exactly one line, `error: ...`, to stderr.
@@ -134,16 +138,7 @@ fn ingest_keeps_good_lines_lists_bad_ones_and_reports_duplicates() {
         format_args!(r#"{{"id": "long", "text": "{long}"}}"#),
     );
     let file = f.write("mixed.jsonl", &input);
-    let out = f
-        .cmd()
-        .arg("ingest")
-        .arg(f.db())
-        .arg(&file)
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = succeeds(f.cmd().arg("ingest").arg(f.db()).arg(&file));
     assert!(
         stdout.contains("6 inserted, 0 duplicate, 5 rejected"),
         "{stdout}"
@@ -304,33 +299,41 @@ fn reindex_time_travel_and_gc() {
     assert!(kept.contains("Collected no generations."), "{kept}");
     let report = json_lines(&f.run(&["gc", db, "--keep", "0", "--json"]));
     assert_eq!(report[0]["collected"], serde_json::json!([1]));
-    let out = f
-        .cmd()
-        .args(["search", db, "highest mountain", "--generation", "1"])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let line = assert_one_line_error(&out.stderr);
+    let line = fails(
+        f.cmd()
+            .args(["search", db, "highest mountain", "--generation", "1"]),
+        1,
+    );
     assert!(line.contains("no generation has id 1"), "{line}");
     f.cmd().args(["check", db]).assert().success();
 }
 
-/// Spawns `realm-db shell DIR` with piped stdin/stdout and waits for its banner, so the
-/// database is open when this returns.
-fn spawn_shell(f: &Fixture) -> (Child, BufReader<std::process::ChildStdout>, String) {
-    let mut child = std::process::Command::new(BIN)
-        .arg("shell")
-        .arg(f.db())
-        .env("REALM_DB_HISTORY", f.path("history"))
+/// Spawns `cmd` with piped standard streams and reads its first line of output, so that it
+/// has started (opened the database) when this returns.
+fn spawn_to_first_line(cmd: &mut std::process::Command) -> (Child, BufReader<ChildStdout>, String) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawning the shell");
+        .expect("spawning realm-db");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut banner = String::new();
-    stdout.read_line(&mut banner).expect("reading the banner");
+    let mut first = String::new();
+    stdout
+        .read_line(&mut first)
+        .expect("reading the first line");
+    (child, stdout, first)
+}
+
+/// Spawns `realm-db shell DIR` and waits for its banner, so the database is open when this
+/// returns.
+fn spawn_shell(f: &Fixture) -> (Child, BufReader<ChildStdout>, String) {
+    let (child, stdout, banner) = spawn_to_first_line(
+        std::process::Command::new(BIN)
+            .arg("shell")
+            .arg(f.db())
+            .env("REALM_DB_HISTORY", f.path("history")),
+    );
     assert!(banner.starts_with("realm-db shell on"), "{banner}");
     (child, stdout, banner)
 }
@@ -359,15 +362,7 @@ fn readers_fall_back_to_a_follower_while_a_shell_holds_the_database() {
     assert_eq!(stats[0]["passages"], 6);
     f.cmd().args(["generations", db]).assert().success();
     f.cmd().args(["check", db]).assert().success();
-    let out = f
-        .cmd()
-        .args(["ingest", db])
-        .arg(f.path("corpus.jsonl"))
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let line = assert_one_line_error(&out.stderr);
+    let line = fails(f.cmd().args(["ingest", db]).arg(f.path("corpus.jsonl")), 1);
     assert!(line.contains("holds the database"), "{line}");
 
     // The shell itself still answers, then leaves at end of input.
@@ -473,8 +468,7 @@ fn user_errors_exit_1_with_one_line() {
         vec!["embed", missing, "--model", missing],
         vec!["init", missing, "--model", missing],
     ] {
-        let out = f.cmd().args(&args).assert().code(1).get_output().clone();
-        let line = assert_one_line_error(&out.stderr);
+        let line = f.user_error(&args);
         assert!(line.ends_with('.'), "{args:?}: {line}");
     }
     let out = f
@@ -500,18 +494,14 @@ fn user_errors_on_an_existing_database_exit_1() {
         vec!["search", db, "q", "--generation", "7"],
         vec!["export", db, "--generation", "7"],
     ] {
-        let out = f.cmd().args(&args).assert().code(1).get_output().clone();
-        assert_one_line_error(&out.stderr);
+        f.user_error(&args);
     }
-    let out = f
-        .cmd()
-        .args(["ingest", db, "missing.jsonl"])
-        .current_dir(f.tmp.path())
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let line = assert_one_line_error(&out.stderr);
+    let line = fails(
+        f.cmd()
+            .args(["ingest", db, "missing.jsonl"])
+            .current_dir(f.tmp.path()),
+        1,
+    );
     assert!(line.contains("missing.jsonl"), "{line}");
 }
 
@@ -555,45 +545,27 @@ fn check_stats_and_export_on_a_healthy_database() {
     assert!(plain.iter().all(|p| p.get("embedding").is_none()));
 }
 
+/// The `embedding` array of a JSON line.
+fn embedding(line: &serde_json::Value) -> Vec<f64> {
+    line["embedding"]
+        .as_array()
+        .expect("an embedding")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}
+
 #[test]
 fn embed_writes_384_dimensional_vectors() {
     let f = Fixture::new();
     let db = f.db();
     let texts = "What is the capital of Norway?\nphotosynthesis\n";
-    let from_db = f
-        .cmd()
-        .arg("embed")
-        .arg(&db)
-        .write_stdin(texts)
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let from_db = json_lines(&String::from_utf8_lossy(&from_db.stdout));
-    let from_model = f
-        .cmd()
-        .arg("embed")
-        .write_stdin(texts)
-        .assert()
-        .success()
-        .get_output()
-        .clone();
-    let from_model = json_lines(&String::from_utf8_lossy(&from_model.stdout));
+    let from_db = json_lines(&succeeds(f.cmd().arg("embed").arg(&db).write_stdin(texts)));
+    let from_model = json_lines(&succeeds(f.cmd().arg("embed").write_stdin(texts)));
     assert_eq!(from_db.len(), 2);
     assert_eq!(from_db[0]["text"], "What is the capital of Norway?");
     for (a, b) in from_db.iter().zip(&from_model) {
-        let a: Vec<f64> = a["embedding"]
-            .as_array()
-            .expect("an embedding")
-            .iter()
-            .map(|x| x.as_f64().expect("a number"))
-            .collect();
-        let b: Vec<f64> = b["embedding"]
-            .as_array()
-            .expect("an embedding")
-            .iter()
-            .map(|x| x.as_f64().expect("a number"))
-            .collect();
+        let (a, b) = (embedding(a), embedding(b));
         assert_eq!(a.len(), 384);
         let norm: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!(
@@ -617,15 +589,7 @@ fn a_damaged_database_is_an_internal_error() {
     std::fs::create_dir(&dir).expect("a directory");
     // RocksDB's CURRENT names a MANIFEST that does not exist.
     std::fs::write(dir.join("CURRENT"), "MANIFEST-000099\n").expect("writing CURRENT");
-    let out = f
-        .cmd()
-        .arg("stats")
-        .arg(&dir)
-        .assert()
-        .code(2)
-        .get_output()
-        .clone();
-    let line = assert_one_line_error(&out.stderr);
+    let line = fails(f.cmd().arg("stats").arg(&dir), 2);
     assert!(line.contains("MANIFEST-000099"), "{line}");
 }
 
@@ -842,21 +806,16 @@ fn train_query_side_attaches_a_query_encoder_and_plots_its_curve() {
 fn dual_training_publishes_generations_that_a_follower_searches() {
     let f = Fixture::new();
     let qa = f.write("qa.jsonl", QA);
-    let mut child = std::process::Command::new(BIN)
-        .arg("train")
-        .arg(f.db())
-        .args(["--mode", "dual", "--qa"])
-        .arg(&qa)
-        .args(["--steps", "6", "--batch", "2", "--candidates", "3"])
-        .args(["--refresh-every", "2", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning the trainer");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     // Once the trainer reports, it holds the database: searches run as followers.
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("the first event");
+    let (mut child, mut stdout, first) = spawn_to_first_line(
+        std::process::Command::new(BIN)
+            .arg("train")
+            .arg(f.db())
+            .args(["--mode", "dual", "--qa"])
+            .arg(&qa)
+            .args(["--steps", "6", "--batch", "2", "--candidates", "3"])
+            .args(["--refresh-every", "2", "--json"]),
+    );
     assert!(first.contains("\"started\""), "{first}");
     let mut seen = std::collections::BTreeSet::new();
     let mut followed = 0;

@@ -1,37 +1,20 @@
 //! Open-QA fine-tuning (REALM §3.4) with a tiny random query tower and reader and the real
 //! MiniLM tokenizer (CPU): exact match rises, the reader is stored and made current, the
-//! query tower is attached, and a stopped run resumes bit-identically. Its own test binary,
-//! so that no other test shares libtorch's global generator (dropout) while it runs.
-
-mod common;
+//! query tower is attached, and a stopped run resumes bit-identically. Each test holds the
+//! global RNG lock, so that no other test draws from libtorch's global generator (dropout)
+//! while it runs.
 
 use realm_reader::store::{
     CURRENT_READER_BLOB, READER_BLOB_PREFIX, current_reader, set_current_reader, store_reader,
 };
-use realm_reader::{Reader, ReaderConfig};
 use realm_retriever::Retriever;
-use realm_retriever::bert::BertConfig;
-use realm_retriever::default_model_dir;
-use realm_retriever::encoder::load_tokenizer;
-use realm_trainer::{Control, Event, Mode, TrainConfig, Trainer};
+use realm_testing_torch::{
+    global_rng_lock, pick, reader_config, tiny_reader, towns_retriever, train,
+};
+use realm_trainer::{Event, Mode, TrainConfig, Trainer};
 
-/// Serializes this binary's tests: dropout draws from libtorch's global generator.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn reader_config() -> ReaderConfig {
-    ReaderConfig {
-        max_len: 96,
-        ..ReaderConfig::default()
-    }
-}
-
-fn tiny_reader(seed: i64) -> Reader {
-    let dir = default_model_dir().expect("the MiniLM model folder is installed");
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer.json loads");
-    let vocab = tokenizer.get_vocab_size(true) as i64;
-    Reader::random(BertConfig::tiny(vocab), tokenizer, reader_config(), seed)
-        .expect("a tiny reader builds")
-}
+/// The readers' token limit.
+const MAX_LEN: usize = 96;
 
 fn config(seed: u64, steps: u64, run: &str) -> TrainConfig {
     TrainConfig {
@@ -50,31 +33,19 @@ fn config(seed: u64, steps: u64, run: &str) -> TrainConfig {
 
 /// Trains `steps` QA steps from a fresh database; returns the first and last exact match on
 /// the training questions, the trainer's retriever, and the events.
-fn train(seed: u64, steps: u64) -> (f64, f64, Retriever, Vec<Event>, tempfile::TempDir) {
+fn train_qa(seed: u64, steps: u64) -> (f64, f64, Retriever, Vec<Event>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 0);
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
     let mut trainer = Trainer::new_with_reader(
         retriever.clone(),
         config(seed, steps, "qa"),
         questions.clone(),
         questions,
-        Some(tiny_reader(seed as i64)),
+        Some(tiny_reader(seed as i64, reader_config(MAX_LEN))),
     )
     .unwrap();
-    let mut events = Vec::new();
-    trainer
-        .run(&mut |e| {
-            events.push(e.clone());
-            Control::Continue
-        })
-        .unwrap();
-    let ems: Vec<f64> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::ExactMatch { em, .. } => Some(*em),
-            _ => None,
-        })
-        .collect();
+    let (_, events) = train(&mut trainer, None);
+    let ems: Vec<f64> = pick!(events, Event::ExactMatch { em, .. } => *em);
     (ems[0], *ems.last().unwrap(), retriever, events, dir)
 }
 
@@ -83,18 +54,14 @@ fn train(seed: u64, steps: u64) -> (f64, f64, Retriever, Vec<Event>, tempfile::T
 /// 20 steps it is still near 0); a rise of 0.5 leaves a wide margin.
 #[test]
 fn qa_fine_tuning_raises_exact_match() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = global_rng_lock();
     let seed: u64 = std::env::var("QA_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let (first, last, retriever, events, _dir) = train(seed, 40);
-    let skipped: usize = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::QaBatch { skipped, .. } => Some(*skipped),
-            _ => None,
-        })
+    let (first, last, retriever, events, _dir) = train_qa(seed, 40);
+    let skipped: usize = pick!(events, Event::QaBatch { skipped, .. } => *skipped)
+        .into_iter()
         .sum();
     eprintln!("seed {seed}: exact match {first} -> {last}, {skipped} questions skipped");
     assert!(
@@ -115,7 +82,7 @@ fn qa_fine_tuning_raises_exact_match() {
             .has_blob(&format!("{READER_BLOB_PREFIX}{stored}"))
             .unwrap()
     );
-    let (current, reader) = current_reader(&retriever, reader_config())
+    let (current, reader) = current_reader(&retriever, reader_config(MAX_LEN))
         .unwrap()
         .expect("a current reader");
     assert_eq!(current, stored);
@@ -157,15 +124,10 @@ fn resume_run(
         cfg,
         questions.to_vec(),
         Vec::new(),
-        Some(tiny_reader(3)),
+        Some(tiny_reader(3, reader_config(MAX_LEN))),
     )
     .unwrap();
-    let report = trainer
-        .run(&mut |e| match e {
-            Event::Step { step, .. } if Some(*step) == stop_at => Control::Stop,
-            _ => Control::Continue,
-        })
-        .unwrap();
+    let (report, _) = train(&mut trainer, stop_at);
     (
         report.final_step,
         trainer.reader().unwrap().fingerprint().unwrap(),
@@ -175,19 +137,19 @@ fn resume_run(
 
 #[test]
 fn qa_run_resumes_bit_identically() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 0);
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
     let (step, reader_a, query_a) = resume_run(&retriever, &questions, None);
     assert_eq!(step, 6);
 
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 0);
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
     let (step, reader_stopped, _) = resume_run(&retriever, &questions, Some(3));
     assert_eq!(step, 3);
     assert_ne!(reader_stopped, reader_a);
     assert!(
-        current_reader(&retriever, reader_config())
+        current_reader(&retriever, reader_config(MAX_LEN))
             .unwrap()
             .is_none()
     );
@@ -195,7 +157,7 @@ fn qa_run_resumes_bit_identically() {
     assert_eq!(step, 6);
     assert_eq!(reader_b, reader_a, "the resumed reader differs");
     assert_eq!(query_b, query_a, "the resumed query tower differs");
-    let (current, _) = current_reader(&retriever, reader_config())
+    let (current, _) = current_reader(&retriever, reader_config(MAX_LEN))
         .unwrap()
         .unwrap();
     assert_eq!(current, reader_a);

@@ -9,14 +9,14 @@
 //! the test (PyPI is reachable wherever the reference is).
 
 #[allow(dead_code)]
-#[path = "../src/corpus.rs"]
-mod corpus;
+#[path = "../../src/corpus.rs"]
+mod corpus_builder;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use corpus::{CorpusPassage, split_articles, write_jsonl};
+use corpus_builder::{CorpusPassage, split_articles, write_jsonl};
 
 /// Passages in the reference corpus.
 const REFERENCE_PASSAGES: usize = 12_371;
@@ -25,12 +25,7 @@ const ARTICLES: usize = 10_033;
 
 fn reference_path() -> PathBuf {
     std::env::var_os("REALM_CORPUS_REFERENCE").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/data/corpus.jsonl"
-            ))
-        },
+        || realm_testing::shared_file("data/corpus.jsonl"),
         PathBuf::from,
     )
 }

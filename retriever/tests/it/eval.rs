@@ -7,16 +7,10 @@ use realm_retriever::eval::{
     AnswerMatcher, PreparedText, QaExample, TopKAccuracy, first_hit, normalize_answer,
     parse_qa_line, read_qa_file,
 };
+use realm_testing_torch::qa;
 
 fn example(answers: &[&str], patterns: &[&str]) -> QaExample {
-    QaExample {
-        line: 1,
-        question: "q".to_owned(),
-        answers: answers.iter().map(|s| s.to_string()).collect(),
-        answer_patterns: patterns.iter().map(|s| s.to_string()).collect(),
-        in_corpus: None,
-        id: None,
-    }
+    qa(1, "q", answers, patterns)
 }
 
 fn strings(answers: &[&str]) -> AnswerMatcher {

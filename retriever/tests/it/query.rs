@@ -1,55 +1,11 @@
 //! The in-database query path: exact MIPS against a brute-force oracle, deterministic ties,
 //! the per-generation matrix cache, incremental ingestion and checkpoints stored in the DB.
 
-use std::path::PathBuf;
-
 use proptest::prelude::*;
-use realm_retriever::bert::BertConfig;
-use realm_retriever::encoder::load_tokenizer;
-use realm_retriever::{
-    BuildOptions, Compute, Device, Encoder, EncoderConfig, EncoderHead, Error, Retriever,
-    RetrieverOptions,
-};
+use realm_retriever::{BuildOptions, Compute, Error, Retriever, RetrieverOptions};
 use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
+use realm_testing_torch::{FACTS, cpu_options, facts, temp_db, tiny_encoder};
 use tch::Tensor;
-
-fn cpu_options() -> RetrieverOptions {
-    RetrieverOptions {
-        encoder: EncoderConfig {
-            device: Device::Cpu,
-            ..EncoderConfig::default()
-        },
-        ..RetrieverOptions::default()
-    }
-}
-
-fn model_dir() -> PathBuf {
-    std::env::var_os("REALM_DB_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.deps/models/all-MiniLM-L6-v2"
-            ))
-        })
-}
-
-/// A tiny randomly initialized encoder (real WordPiece tokenizer, normalized mean pooling).
-fn tiny_encoder(seed: i64) -> Encoder {
-    let tokenizer = load_tokenizer(&model_dir().join("tokenizer.json")).unwrap();
-    let config = BertConfig::tiny(tokenizer.get_vocab_size(true) as i64);
-    Encoder::random(
-        config,
-        tokenizer,
-        EncoderHead::mean(true),
-        EncoderConfig {
-            max_len: 64,
-            ..EncoderConfig::default()
-        },
-        seed,
-    )
-    .unwrap()
-}
 
 /// Writes `vectors` (one row per live passage, in id order, inserting passages as needed) as
 /// a committed generation without an encoder.
@@ -119,8 +75,7 @@ proptest! {
         let vectors: Vec<Vec<f32>> = (0..rows).map(|_| (0..dim).map(|_| next()).collect()).collect();
         // 1 and 3 queries take the host scan, 9 the chunked GEMM path.
         let queries: Vec<Vec<f32>> = (0..nq).map(|_| (0..dim).map(|_| next()).collect()).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::create(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         generation_from(&db, dim, &vectors);
         // Chunks of 1..7 rows put ties on chunk edges; 0 is the automatic size.
         // Small integers are exact in f16 too, so f16 must match the oracle exactly.
@@ -140,8 +95,7 @@ proptest! {
 
 #[test]
 fn hits_carry_passages_probabilities_and_generation() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let vectors = vec![
         vec![1.0, 0.0],
         vec![0.0, 1.0],
@@ -192,8 +146,7 @@ fn matrices_are_cached_per_generation_and_extended_on_ingest() {
 }
 
 fn cache_and_extension(options: RetrieverOptions) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let g1 = generation_from(&db, 2, &[vec![1.0, 0.0], vec![0.0, 1.0]]);
     let retriever = Retriever::new(db.clone(), options);
     let q = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
@@ -257,29 +210,14 @@ fn cache_and_extension(options: RetrieverOptions) {
 fn build_ingest_and_reopen_without_the_model_folder() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let texts = [
-        (
-            "Volcano",
-            "Mount Etna is an active volcano on the east coast of Sicily.",
-        ),
-        (
-            "Enzyme",
-            "Amylase is an enzyme that catalyses the hydrolysis of starch.",
-        ),
-        ("Dynasty", "The Tang dynasty ruled China from 618 to 907."),
-        (
-            "Orbit",
-            "A geostationary orbit lies 35,786 kilometres above the equator.",
-        ),
-    ];
+    let texts = &FACTS[..4];
     let encoder = tiny_encoder(7);
     let generation;
     {
         let db = Db::create(&path).unwrap();
         let retriever = Retriever::new(db.clone(), cpu_options());
         // Before any generation exists, ingest stores passages as pending.
-        let batch: Vec<NewPassage> = texts.iter().map(|(t, x)| NewPassage::new(*t, *x)).collect();
-        retriever.ingest(&batch).unwrap();
+        retriever.ingest(&facts(4)).unwrap();
         assert_eq!(db.snapshot().unwrap().pending().unwrap().len(), 4);
         let mut seen = Vec::new();
         let mut progress = |p: realm_retriever::Progress| seen.push(p.done);
@@ -345,8 +283,7 @@ fn build_ingest_and_reopen_without_the_model_folder() {
 
 #[test]
 fn a_build_survives_passages_deleted_while_it_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let batch: Vec<NewPassage> = (0..6)
         .map(|i| NewPassage::new(format!("t{i}"), format!("passage number {i}")))
         .collect();

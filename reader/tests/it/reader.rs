@@ -4,24 +4,10 @@
 use std::time::Instant;
 
 use realm_reader::{Error, Reader, ReaderConfig};
-use realm_retriever::bert::BertConfig;
-use realm_retriever::default_model_dir;
-use realm_retriever::encoder::load_tokenizer;
 use realm_retriever::eval::normalize_answer;
+use realm_storage::NewPassage;
+use realm_testing_torch::{indexed_retriever, model_dir, tiny_reader};
 use tch::{Kind, Tensor};
-
-fn tiny_reader(seed: i64) -> Reader {
-    let dir = default_model_dir().expect("the MiniLM model folder is installed");
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer.json loads");
-    let vocab = tokenizer.get_vocab_size(true) as i64;
-    Reader::random(
-        BertConfig::tiny(vocab),
-        tokenizer,
-        ReaderConfig::default(),
-        seed,
-    )
-    .expect("a tiny reader builds")
-}
 
 const PASSAGES: [(u64, &str, &str, f32); 3] = [
     (
@@ -46,7 +32,7 @@ const PASSAGES: [(u64, &str, &str, f32); 3] = [
 
 #[test]
 fn answer_returns_a_span_copied_from_a_passage_with_consistent_probabilities() {
-    let reader = tiny_reader(7);
+    let reader = tiny_reader(7, ReaderConfig::default());
     let question = "Who wrote the tragedy Hamlet, and where is it set?";
     let answer = reader.answer(question, &PASSAGES).expect("an answer");
     assert!(
@@ -119,7 +105,7 @@ fn answer_returns_a_span_copied_from_a_passage_with_consistent_probabilities() {
 
 #[test]
 fn span_probabilities_sum_to_one_per_passage() {
-    let reader = tiny_reader(3);
+    let reader = tiny_reader(3, ReaderConfig::default());
     let texts: Vec<&str> = PASSAGES.iter().map(|p| p.2).collect();
     for train in [false, true] {
         let scores = reader
@@ -207,7 +193,7 @@ fn answer_prob(reader: &Reader, item: &Item, log_p_z: &Tensor) -> f64 {
 fn qa_loss_training_raises_the_probability_of_the_answer() {
     use tch::nn::OptimizerConfig;
     let started = Instant::now();
-    let reader = tiny_reader(11);
+    let reader = tiny_reader(11, ReaderConfig::default());
     let log_p_z = Tensor::from_slice(&[0.5f32, 0.3, 0.2]).log();
     let before: Vec<f64> = ITEMS
         .iter()
@@ -276,7 +262,7 @@ fn qa_loss_training_raises_the_probability_of_the_answer() {
 
 #[test]
 fn mlm_head_is_tied_to_the_word_embeddings() {
-    let reader = tiny_reader(5);
+    let reader = tiny_reader(5, ReaderConfig::default());
     let vocab = reader.bert_config().vocab_size;
     let hidden = reader.bert_config().hidden_size;
     let vars = reader.var_store().variables();
@@ -310,7 +296,7 @@ fn mlm_head_is_tied_to_the_word_embeddings() {
 
 #[test]
 fn checkpoint_round_trip_gives_identical_answers_and_fingerprint() {
-    let reader = tiny_reader(9);
+    let reader = tiny_reader(9, ReaderConfig::default());
     let bytes = reader.to_checkpoint_bytes().expect("serializes");
     let copy = Reader::from_checkpoint_bytes(&bytes, ReaderConfig::default()).expect("loads");
     assert_eq!(copy.fingerprint().unwrap(), reader.fingerprint().unwrap());
@@ -320,10 +306,10 @@ fn checkpoint_round_trip_gives_identical_answers_and_fingerprint() {
         copy.answer(question, &PASSAGES).unwrap(),
         reader.answer(question, &PASSAGES).unwrap()
     );
-    let other = tiny_reader(10);
+    let other = tiny_reader(10, ReaderConfig::default());
     assert_ne!(other.fingerprint().unwrap(), reader.fingerprint().unwrap());
     // The retrieval temperature travels with the checkpoint and is part of the fingerprint.
-    let mut scaled = tiny_reader(9);
+    let mut scaled = tiny_reader(9, ReaderConfig::default());
     assert_eq!(scaled.retrieval_scale(), 1.0);
     scaled.set_retrieval_scale(20.0).unwrap();
     assert!(scaled.set_retrieval_scale(0.0).is_err());
@@ -346,8 +332,8 @@ fn checkpoint_round_trip_gives_identical_answers_and_fingerprint() {
 
 #[test]
 fn pretrained_reader_answers_a_small_example() {
-    let dir = default_model_dir().expect("the MiniLM model folder is installed");
-    let reader = Reader::load(&dir, ReaderConfig::default(), 1).expect("MiniLM loads as a reader");
+    let reader =
+        Reader::load(&model_dir(), ReaderConfig::default(), 1).expect("MiniLM loads as a reader");
     let answer = reader
         .answer("Who wrote Hamlet?", &PASSAGES)
         .expect("an answer");
@@ -367,41 +353,12 @@ fn pretrained_reader_answers_a_small_example() {
 
 #[test]
 fn ask_retrieves_then_answers_from_one_snapshot() {
-    use realm_retriever::{BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Retriever};
-    use realm_retriever::{RetrieverOptions, encoder::load_tokenizer};
-    use realm_storage::{Db, NewPassage};
-
     let dir = tempfile::tempdir().unwrap();
-    let model = default_model_dir().unwrap();
-    let tokenizer = load_tokenizer(&model.join("tokenizer.json")).unwrap();
-    let encoder = Encoder::random(
-        BertConfig::tiny(tokenizer.get_vocab_size(true) as i64),
-        tokenizer,
-        EncoderHead::mean(true),
-        EncoderConfig {
-            max_len: 64,
-            device: Device::Cpu,
-            ..EncoderConfig::default()
-        },
-        4,
-    )
-    .unwrap();
-    let options = RetrieverOptions {
-        encoder: EncoderConfig {
-            device: Device::Cpu,
-            ..EncoderConfig::default()
-        },
-        ..RetrieverOptions::default()
-    };
-    let retriever = Retriever::new(Db::create(dir.path().join("db")).unwrap(), options);
     let batch: Vec<NewPassage> = PASSAGES.iter().map(|p| NewPassage::new(p.1, p.2)).collect();
-    retriever.ingest(&batch).unwrap();
-    retriever
-        .build_generation(&encoder, BuildOptions::default())
-        .unwrap();
+    let retriever = indexed_retriever(&dir.path().join("db"), &batch, 4);
     let snapshot = retriever.snapshot().unwrap();
 
-    let mut reader = tiny_reader(2);
+    let mut reader = tiny_reader(2, ReaderConfig::default());
     let (answer, generation) =
         realm_reader::ask(&reader, &snapshot, "Who wrote Hamlet?", 2).expect("an answer");
     let hits = snapshot.search("Who wrote Hamlet?", 2).unwrap();

@@ -1,42 +1,22 @@
 //! Parity of the encoder with sentence-transformers on all-MiniLM-L6-v2, batching
 //! invariance, and checkpoint round trips.
 //!
-//! The model folder is `$REALM_DB_MODEL`, else `.deps/models/all-MiniLM-L6-v2` in the
-//! workspace; the reference vectors are `shared/reference/minilm-embeddings.jsonl` beside
-//! the workspace. Missing files fail the tests.
+//! The model folder is `realm_testing_torch::model_dir()` (`$REALM_DB_MODEL`, else
+//! `.deps/models/all-MiniLM-L6-v2` in the workspace); the reference vectors are
+//! `shared/reference/minilm-embeddings.jsonl` beside the workspace
+//! (`realm_testing_torch::shared_file`). Missing files fail the tests.
 
 use std::path::PathBuf;
 
-use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::{
-    DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling, checkpoint_fingerprint, load_tokenizer,
+    DocFormat, Encoder, EncoderConfig, EncoderHead, Pooling, checkpoint_fingerprint,
 };
+use realm_testing_torch::{model_dir, shared_file, tiny_bert, tiny_encoder, tokenizer};
 use serde::Deserialize;
 use tch::Tensor;
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("REALM_DB_MODEL").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.deps/models/all-MiniLM-L6-v2"
-            ))
-        },
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "the model folder {} has no model.safetensors; set REALM_DB_MODEL to an all-MiniLM-L6-v2 folder",
-        dir.display()
-    );
-    dir
-}
-
 fn reference_path() -> PathBuf {
-    let path = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/minilm-embeddings.jsonl"
-    ));
+    let path = shared_file("reference/minilm-embeddings.jsonl");
     assert!(
         path.is_file(),
         "the reference file {} is missing",
@@ -167,22 +147,15 @@ fn batched_encoding_equals_one_by_one() {
 
 #[test]
 fn checkpoint_round_trip_is_exact() {
-    let tokenizer = load_tokenizer(&model_dir().join("tokenizer.json")).expect("tokenizer loads");
-    let vocab = tokenizer.get_vocab_size(true) as i64;
+    let tokenizer = tokenizer();
     let cfg = EncoderConfig {
         max_len: 64,
         batch_size: 2,
         ..EncoderConfig::default()
     };
     let head = EncoderHead::realm(Some(16));
-    let encoder = Encoder::random(
-        BertConfig::tiny(vocab),
-        tokenizer.clone(),
-        head,
-        cfg.clone(),
-        7,
-    )
-    .expect("random encoder builds");
+    let encoder = Encoder::random(tiny_bert(), tokenizer.clone(), head, cfg.clone(), 7)
+        .expect("random encoder builds");
     assert_eq!(encoder.dim(), 16);
     assert_eq!(encoder.head().doc_format, DocFormat::Pair);
 
@@ -234,17 +207,11 @@ fn checkpoint_round_trip_is_exact() {
     assert_eq!(restored.fingerprint().expect("fingerprints"), fingerprint);
     assert_eq!(restored.to_checkpoint_bytes().expect("serializes"), bytes);
 
-    let same_seed = Encoder::random(
-        BertConfig::tiny(vocab),
-        tokenizer.clone(),
-        head,
-        cfg.clone(),
-        7,
-    )
-    .expect("random encoder builds");
-    assert_eq!(same_seed.fingerprint().expect("fingerprints"), fingerprint);
-    let other_seed = Encoder::random(BertConfig::tiny(vocab), tokenizer, head, cfg, 8)
+    let same_seed = Encoder::random(tiny_bert(), tokenizer.clone(), head, cfg.clone(), 7)
         .expect("random encoder builds");
+    assert_eq!(same_seed.fingerprint().expect("fingerprints"), fingerprint);
+    let other_seed =
+        Encoder::random(tiny_bert(), tokenizer, head, cfg, 8).expect("random encoder builds");
     assert_ne!(other_seed.fingerprint().expect("fingerprints"), fingerprint);
 
     for cut in [0, 7, 12, 40, bytes.len() / 2, bytes.len() - 1] {
@@ -282,16 +249,8 @@ fn minilm_checkpoint_round_trip_keeps_parity() {
 
 #[test]
 fn training_forward_has_gradients() {
-    let tokenizer = load_tokenizer(&model_dir().join("tokenizer.json")).expect("tokenizer loads");
-    let vocab = tokenizer.get_vocab_size(true) as i64;
-    let encoder = Encoder::random(
-        BertConfig::tiny(vocab),
-        tokenizer,
-        EncoderHead::mean(true),
-        EncoderConfig::default(),
-        3,
-    )
-    .expect("random encoder builds");
+    let encoder = tiny_encoder(3);
+    let vocab = encoder.bert_config().vocab_size;
     let batch = encoder
         .tokenize(&["first text", "a second, longer text"])
         .expect("tokenizes");

@@ -7,7 +7,7 @@
 //! the embeddings that build computed from it. [`regenerate_fixtures`] (ignored) rewrites
 //! all of them from a tiny seeded model and a tiny WordPiece tokenizer; the current code
 //! writes the same bytes as that build did. Run it with
-//! `cargo test -p realm-retriever --test checkpoints -- --ignored regenerate_fixtures`.
+//! `cargo test -p realm-retriever --test it -- --ignored checkpoints::regenerate_fixtures`.
 
 use std::path::{Path, PathBuf};
 

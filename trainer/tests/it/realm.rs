@@ -1,20 +1,19 @@
 //! REALM MLM pre-training with salient-span masking, a tiny random query tower, document
 //! tower and reader and the real MiniLM tokenizer (CPU). Each masked fact of the synthetic
 //! corpus appears only in another passage (the sentence's own passage is never retrieved),
-//! so only retrieval can recover it. Its own test binary, so that no other test shares
-//! libtorch's global generator (dropout) while it runs.
-
-mod common;
+//! so only retrieval can recover it. Each test holds the global RNG lock, so that no other
+//! test draws from libtorch's global generator (dropout) while it runs.
 
 use realm_reader::store::current_reader;
 use realm_reader::{Reader, ReaderConfig};
+use realm_retriever::Retriever;
 use realm_retriever::bert::BertConfig;
-use realm_retriever::encoder::load_tokenizer;
-use realm_retriever::{BuildOptions, Retriever, default_model_dir};
-use realm_storage::{Db, NewPassage};
-use realm_trainer::{Control, Event, Mode, TrainConfig, Trainer};
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use realm_storage::NewPassage;
+use realm_testing_torch::{
+    global_rng_lock, indexed_retriever, pick, reader_config, tiny_bert, tiny_reader, tokenizer,
+    train,
+};
+use realm_trainer::{Event, Mode, TrainConfig, Trainer};
 
 const PLACES: [(&str, &str); 8] = [
     ("Zorblat", "London"),
@@ -30,32 +29,15 @@ const PLACES: [(&str, &str); 8] = [
 /// A small reader that can learn to read a passage within a test's budget: BERT's tiny
 /// configuration drops 10% of 32 dimensions and never learns to copy from the passage.
 fn reading_reader(seed: i64) -> Reader {
-    let dir = default_model_dir().expect("the MiniLM model folder is installed");
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer.json loads");
     let bert = BertConfig {
         hidden_size: 64,
         num_attention_heads: 4,
         intermediate_size: 128,
         hidden_dropout_prob: 0.0,
         attention_probs_dropout_prob: 0.0,
-        ..BertConfig::tiny(tokenizer.get_vocab_size(true) as i64)
+        ..tiny_bert()
     };
-    let cfg = ReaderConfig {
-        max_len: 64,
-        ..ReaderConfig::default()
-    };
-    Reader::random(bert, tokenizer, cfg, seed).expect("a small reader builds")
-}
-
-fn tiny_reader(seed: i64) -> Reader {
-    let dir = default_model_dir().expect("the MiniLM model folder is installed");
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer.json loads");
-    let vocab = tokenizer.get_vocab_size(true) as i64;
-    let cfg = ReaderConfig {
-        max_len: 64,
-        ..ReaderConfig::default()
-    };
-    Reader::random(BertConfig::tiny(vocab), tokenizer, cfg, seed).expect("a tiny reader builds")
+    Reader::random(bert, tokenizer(), reader_config(64), seed).expect("a small reader builds")
 }
 
 /// Two passages per place, each stating the place's capital: a masked capital (or place)
@@ -78,17 +60,16 @@ fn setup(dir: &std::path::Path) -> Retriever {
             .with_external_id(format!("b{i}")),
         );
     }
-    store(dir, &passages)
+    indexed_retriever(dir, &passages, 0)
 }
 
-/// A database holding `passages`, with a first generation built by a tiny random encoder.
-fn store(dir: &std::path::Path, passages: &[NewPassage]) -> Retriever {
-    let retriever = Retriever::new(Db::create(dir).unwrap(), common::cpu_options());
-    retriever.ingest(passages).unwrap();
-    retriever
-        .build_generation(&common::tiny_encoder(0), BuildOptions::default())
-        .unwrap();
-    retriever
+/// A REALM trainer (no labels) with `reader`.
+fn new_trainer(
+    retriever: &Retriever,
+    cfg: TrainConfig,
+    reader: Reader,
+) -> realm_trainer::Result<Trainer> {
+    Trainer::new_with_reader(retriever.clone(), cfg, Vec::new(), Vec::new(), Some(reader))
 }
 
 fn config(steps: u64) -> TrainConfig {
@@ -121,18 +102,12 @@ fn held_out() -> Vec<String> {
 /// published and the reader becomes current.
 #[test]
 fn realm_training_runs_and_reports_utility() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let retriever = setup(dir.path());
     let steps = 120;
-    let mut trainer = Trainer::new_with_reader(
-        retriever.clone(),
-        config(steps),
-        Vec::new(),
-        Vec::new(),
-        Some(tiny_reader(1)),
-    )
-    .unwrap();
+    let mut trainer =
+        new_trainer(&retriever, config(steps), tiny_reader(1, reader_config(64))).unwrap();
     assert_eq!(trainer.examples(), 16);
     let held = held_out();
     let sentences: Vec<(u64, &str)> = held.iter().map(|s| (u64::MAX, s.as_str())).collect();
@@ -141,31 +116,13 @@ fn realm_training_runs_and_reports_utility() {
         .unwrap()
         .unwrap();
     assert_eq!(n, 8);
-    let mut events = Vec::new();
-    let report = trainer
-        .run(&mut |e| {
-            events.push(e.clone());
-            Control::Continue
-        })
-        .unwrap();
+    let (report, events) = train(&mut trainer, None);
     let (with, null, _) = trainer
         .realm_log_likelihood(&sentences, 7)
         .unwrap()
         .unwrap();
-    let utilities: Vec<f64> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::RealmBatch { utility, .. } => Some(*utility),
-            _ => None,
-        })
-        .collect();
-    let losses: Vec<f64> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Step { loss, .. } => Some(*loss),
-            _ => None,
-        })
-        .collect();
+    let utilities: Vec<f64> = pick!(events, Event::RealmBatch { utility, .. } => *utility);
+    let losses: Vec<f64> = pick!(events, Event::Step { loss, .. } => *loss);
     eprintln!(
         "before: with {before_with:.3} null {before_null:.3}; after: with {with:.3} null {null:.3}; \
          loss {:.3} -> {:.3}; utility {:.3} -> {:.3}",
@@ -189,7 +146,7 @@ fn realm_training_runs_and_reports_utility() {
 
 #[test]
 fn realm_run_stops_and_resumes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let retriever = setup(dir.path());
     let cfg = TrainConfig {
@@ -197,38 +154,14 @@ fn realm_run_stops_and_resumes() {
         refresh_every: 2,
         ..config(4)
     };
-    let mut first = Trainer::new_with_reader(
-        retriever.clone(),
-        cfg.clone(),
-        Vec::new(),
-        Vec::new(),
-        Some(tiny_reader(1)),
-    )
-    .unwrap();
-    let report = first
-        .run(&mut |e| match e {
-            Event::Step { step: 3, .. } => Control::Stop,
-            _ => Control::Continue,
-        })
-        .unwrap();
+    let mut first =
+        new_trainer(&retriever, cfg.clone(), tiny_reader(1, reader_config(64))).unwrap();
+    let (report, _) = train(&mut first, Some(3));
     assert_eq!(report.final_step, 3);
     assert_eq!(report.reader_checkpoint, None);
     drop(first);
-    let mut second = Trainer::new_with_reader(
-        retriever.clone(),
-        cfg,
-        Vec::new(),
-        Vec::new(),
-        Some(tiny_reader(2)),
-    )
-    .unwrap();
-    let mut events = Vec::new();
-    let report = second
-        .run(&mut |e| {
-            events.push(e.clone());
-            Control::Continue
-        })
-        .unwrap();
+    let mut second = new_trainer(&retriever, cfg, tiny_reader(2, reader_config(64))).unwrap();
+    let (report, events) = train(&mut second, None);
     assert!(matches!(events[0], Event::Resumed { step: 3 }));
     assert_eq!(report.steps_run, 1);
     assert!(report.reader_checkpoint.is_some());
@@ -266,14 +199,14 @@ fn founding_world(dir: &std::path::Path, places: usize) -> Retriever {
             );
         }
     }
-    store(dir, &passages)
+    indexed_retriever(dir, &passages, 0)
 }
 
 /// Held-out articles: their sentences are never trained on, and their retrieval utility is
 /// reported at each evaluation with the same masks every time.
 #[test]
 fn realm_holds_out_whole_articles_and_scores_them() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let retriever = founding_world(dir.path(), 40);
     let cfg = TrainConfig {
@@ -283,27 +216,19 @@ fn realm_holds_out_whole_articles_and_scores_them() {
         ..config(6)
     };
     for bad in [1.0, -0.1, f64::NAN] {
-        let err = Trainer::new_with_reader(
-            retriever.clone(),
+        let err = new_trainer(
+            &retriever,
             TrainConfig {
                 held_out: bad,
                 ..cfg.clone()
             },
-            Vec::new(),
-            Vec::new(),
-            Some(tiny_reader(1)),
+            tiny_reader(1, reader_config(64)),
         )
         .unwrap_err();
         assert!(err.to_string().contains("held-out fraction"), "{err}");
     }
-    let mut trainer = Trainer::new_with_reader(
-        retriever.clone(),
-        cfg.clone(),
-        Vec::new(),
-        Vec::new(),
-        Some(tiny_reader(1)),
-    )
-    .unwrap();
+    let mut trainer =
+        new_trainer(&retriever, cfg.clone(), tiny_reader(1, reader_config(64))).unwrap();
     let held: Vec<(u64, String)> = trainer
         .held_out_sentences()
         .into_iter()
@@ -320,37 +245,24 @@ fn realm_holds_out_whole_articles_and_scores_them() {
         .collect();
     assert_eq!(titles.len() * 2, held.len());
     // The split depends only on the titles and the seed.
-    let again = Trainer::new_with_reader(
-        retriever.clone(),
+    let again = new_trainer(
+        &retriever,
         TrainConfig {
             run: "again".to_owned(),
             ..cfg.clone()
         },
-        Vec::new(),
-        Vec::new(),
-        Some(tiny_reader(1)),
+        tiny_reader(1, reader_config(64)),
     )
     .unwrap();
     assert_eq!(again.held_out_sentences().len(), held.len());
     drop(again);
-    let mut reports = Vec::new();
-    let mut trained = Vec::new();
-    trainer
-        .run(&mut |e| {
-            match e {
-                Event::RealmHeldOut {
-                    step,
-                    sentences,
-                    with_retrieval,
-                    null_only,
-                    utility,
-                } => reports.push((*step, *sentences, *with_retrieval, *null_only, *utility)),
-                Event::RealmBatch { sentences, .. } => trained.push(*sentences),
-                _ => {}
-            }
-            Control::Continue
-        })
-        .unwrap();
+    let (_, events) = train(&mut trainer, None);
+    let reports = pick!(
+        events,
+        Event::RealmHeldOut { step, sentences, with_retrieval, null_only, utility }
+            => (*step, *sentences, *with_retrieval, *null_only, *utility)
+    );
+    let trained = pick!(events, Event::RealmBatch { sentences, .. } => *sentences);
     assert_eq!(
         reports.iter().map(|r| r.0).collect::<Vec<_>>(),
         vec![0, 3, 6],
@@ -381,7 +293,7 @@ fn realm_holds_out_whole_articles_and_scores_them() {
 /// at 600, +0.30 at 800, +0.64 at 1,000.
 #[test]
 fn realm_retrieval_beats_the_null_document_on_held_out_articles() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let retriever = founding_world(dir.path(), 1000);
     let cfg = TrainConfig {
@@ -390,28 +302,12 @@ fn realm_retrieval_beats_the_null_document_on_held_out_articles() {
         reader_lr: 1e-3,
         ..config(1000)
     };
-    let mut trainer = Trainer::new_with_reader(
-        retriever,
-        cfg,
-        Vec::new(),
-        Vec::new(),
-        Some(reading_reader(1)),
-    )
-    .unwrap();
-    let mut reports = Vec::new();
-    trainer
-        .run(&mut |e| {
-            if let Event::RealmHeldOut {
-                with_retrieval,
-                null_only,
-                ..
-            } = e
-            {
-                reports.push((*with_retrieval, *null_only));
-            }
-            Control::Continue
-        })
-        .unwrap();
+    let mut trainer = new_trainer(&retriever, cfg, reading_reader(1)).unwrap();
+    let (_, events) = train(&mut trainer, None);
+    let reports = pick!(
+        events,
+        Event::RealmHeldOut { with_retrieval, null_only, .. } => (*with_retrieval, *null_only)
+    );
     let (first, last) = (reports[0], reports[reports.len() - 1]);
     eprintln!("held-out log p(y|x) (with retrieval, null only): {first:?} -> {last:?}");
     assert!(last.0 > first.0 + 2.0, "{reports:?}");

@@ -1,14 +1,14 @@
 //! Query-side fine-tuning raises retrieval accuracy without changing the generation.
 
-mod common;
-
 use realm_retriever::eval::AnswerMatcher;
-use realm_trainer::{Control, Event, Mode, QUERY_SIDE_NOTE, TrainConfig, Trainer};
+use realm_testing_torch::{global_rng_lock, qa, towns_retriever, train};
+use realm_trainer::{Event, Mode, QUERY_SIDE_NOTE, TrainConfig, Trainer};
 
 #[test]
 fn query_side_training_raises_top1_accuracy() {
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 0);
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
     let before = retriever.snapshot().unwrap();
     let generation = before.generation_id().unwrap();
     let old_query = before.query_encoder().unwrap().fingerprint().unwrap();
@@ -33,13 +33,7 @@ fn query_side_training_raises_top1_accuracy() {
     .unwrap();
     assert_eq!(trainer.examples(), questions.len());
     assert_eq!(trainer.dropped_examples(), 0);
-    let mut events = Vec::new();
-    let report = trainer
-        .run(&mut |e| {
-            events.push(e.clone());
-            Control::Continue
-        })
-        .unwrap();
+    let (report, events) = train(&mut trainer, None);
     let (first, last) = (report.first_eval.unwrap(), report.last_eval.unwrap());
     println!("top-1/5/20 before {first:?}, after {last:?}");
     // Measured over seeds 0..3: top-1 from 0.03–0.56 to 1.0 (smallest gain 0.44).
@@ -128,8 +122,9 @@ fn query_side_training_raises_top1_accuracy() {
 
 #[test]
 fn bad_configs_and_unusable_data_are_refused() {
+    let _rng = global_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let (retriever, questions) = common::setup(dir.path(), 1);
+    let (retriever, questions) = towns_retriever(dir.path(), 1);
     let zero_batch = TrainConfig {
         batch: 0,
         ..TrainConfig::default()
@@ -138,10 +133,11 @@ fn bad_configs_and_unusable_data_are_refused() {
         Trainer::new(retriever.clone(), zero_batch, questions.clone(), Vec::new()).unwrap_err();
     assert!(matches!(err, realm_trainer::Error::Config { .. }), "{err}");
     // No question's answer occurs in the corpus.
-    let hopeless = vec![common::qa(
+    let hopeless = vec![qa(
         1,
         "which crop is farmed in zorblat",
-        "blue bananas",
+        &["blue bananas"],
+        &[],
     )];
     let err = Trainer::new(
         retriever.clone(),

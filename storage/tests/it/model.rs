@@ -13,6 +13,7 @@ use realm_storage::lexical::{Bm25Params, analyze};
 use realm_storage::{
     Db, Dtype, Error, GenerationSpec, GenerationState, GenerationWriter, NewPassage, Snapshot,
 };
+use realm_testing::temp_db;
 
 /// Words of the passages' texts: inflections of one stem, stop words, a single character.
 const VOCAB: [&str; 13] = [
@@ -242,8 +243,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::create(dir.path()).unwrap();
+        let (dir, db) = temp_db();
         Harness {
             dir,
             db: Some(db),

@@ -6,7 +6,7 @@
 //! that build computed from it. `reader-v2.ckpt` holds the same weights in format 2
 //! (safetensors weights), with `reader-v2.json`. [`regenerate_fixtures`] (ignored)
 //! rewrites the format-2 pair from a tiny seeded model and a tiny WordPiece tokenizer; run
-//! it with `cargo test -p realm-reader --test checkpoints -- --ignored regenerate_fixtures`.
+//! it with `cargo test -p realm-reader --test it -- --ignored checkpoints::regenerate_fixtures`.
 
 use std::path::PathBuf;
 

@@ -1,25 +1,11 @@
 //! MLM scoring for REALM pre-training with a tiny random reader and the real MiniLM
 //! tokenizer.
 
-use realm_reader::{Reader, ReaderConfig};
-use realm_retriever::bert::BertConfig;
-use realm_retriever::default_model_dir;
-use realm_retriever::encoder::load_tokenizer;
-
-fn tiny_reader() -> Reader {
-    let dir = default_model_dir().expect("the MiniLM model folder is installed");
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json")).expect("tokenizer.json loads");
-    let vocab = tokenizer.get_vocab_size(true) as i64;
-    let cfg = ReaderConfig {
-        max_len: 32,
-        ..ReaderConfig::default()
-    };
-    Reader::random(BertConfig::tiny(vocab), tokenizer, cfg, 3).expect("a tiny reader builds")
-}
+use realm_testing_torch::{reader_config, tiny_reader};
 
 #[test]
 fn mlm_log_likelihoods_per_passage_and_null_document() {
-    let reader = tiny_reader();
+    let reader = tiny_reader(3, reader_config(32));
     let text = "the capital of zorblat is london.";
     let tokens = reader.tokenize_sentence(text).unwrap();
     assert_eq!(tokens.ids.len(), tokens.offsets.len());

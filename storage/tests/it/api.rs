@@ -3,6 +3,7 @@
 use realm_storage::{
     Db, Dtype, Error, GenerationSpec, GenerationState, InsertOutcome, NewPassage, Provenance,
 };
+use realm_testing::temp_db;
 
 fn passages(n: usize) -> Vec<NewPassage> {
     (0..n)
@@ -43,8 +44,7 @@ fn create_open_and_format_errors() {
 
 #[test]
 fn passages_round_trip_and_external_ids_are_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let batch = vec![
         NewPassage::new("A", "alpha").with_external_id("a"),
         NewPassage::new("B", "beta")
@@ -79,8 +79,7 @@ fn passages_round_trip_and_external_ids_are_idempotent() {
 
 #[test]
 fn invalid_passages_reject_the_whole_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let huge = "x".repeat(2 << 20);
     for (bad, needle) in [
         (NewPassage::new("t", "   "), "empty"),
@@ -103,8 +102,7 @@ fn invalid_passages_reject_the_whole_batch() {
 
 #[test]
 fn generation_lifecycle_and_bad_vectors() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     db.insert(&passages(3)).unwrap();
     assert!(matches!(
         db.begin_generation(spec(0)),
@@ -179,8 +177,7 @@ fn generation_lifecycle_and_bad_vectors() {
 
 #[test]
 fn publish_retires_old_generation_and_snapshots_keep_theirs() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     db.insert(&passages(4)).unwrap();
     let g1 = commit_all(&db);
     let old = db.snapshot().unwrap();
@@ -234,8 +231,7 @@ fn publish_retires_old_generation_and_snapshots_keep_theirs() {
 
 #[test]
 fn incremental_ingestion_pending_and_deletes() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     db.insert(&passages(2)).unwrap();
     let g = commit_all(&db);
     // Insert without vectors: pending until written.
@@ -309,8 +305,7 @@ fn incremental_ingestion_pending_and_deletes() {
 
 #[test]
 fn f16_generations_store_half_the_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     db.insert(&passages(3)).unwrap();
     let mut w = db
         .begin_generation(GenerationSpec::new("enc", 4, Dtype::F16))
@@ -328,8 +323,7 @@ fn f16_generations_store_half_the_bytes() {
 
 #[test]
 fn aborted_and_dropped_writers_leave_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     db.insert(&passages(2)).unwrap();
     let mut w = db.begin_generation(spec(2)).unwrap();
     w.write(&[0, 1], &[1.0, 1.0, 2.0, 2.0]).unwrap();
@@ -344,8 +338,7 @@ fn aborted_and_dropped_writers_leave_nothing() {
 
 #[test]
 fn blobs_round_trip_across_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (_dir, db) = temp_db();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     db.put_blob("ckpt/abc", &big).unwrap();
     assert_eq!(db.get_blob("ckpt/abc").unwrap(), big);
@@ -359,8 +352,7 @@ fn blobs_round_trip_across_chunks() {
 
 #[test]
 fn follower_sees_only_published_generations() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::create(dir.path()).unwrap();
+    let (dir, db) = temp_db();
     db.insert(&passages(2)).unwrap();
     let g1 = commit_all(&db);
     let follower = Db::builder(dir.path()).follower(true).open().unwrap();

@@ -1,0 +1,6 @@
+//! realm-reader's integration tests: one binary (`cargo test -p realm-reader --test it`), a
+//! module per topic. Shared fixtures live in the `realm-testing` crate.
+
+mod checkpoints;
+mod mlm;
+mod reader;

@@ -1,0 +1,9 @@
+//! realm-retriever's integration tests: one binary (`cargo test -p realm-retriever --test
+//! it`), a module per topic. Shared fixtures live in the `realm-testing` crate.
+
+mod checkpoints;
+mod eval;
+mod hybrid;
+mod parity;
+mod query;
+mod vectors;

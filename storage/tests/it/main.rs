@@ -1,0 +1,9 @@
+//! realm-storage's integration tests: one binary (`cargo test -p realm-storage --test it`),
+//! a module per topic. Shared fixtures live in the `realm-testing` crate (without its
+//! `torch` feature: these tests do not link libtorch).
+
+mod api;
+mod corruption;
+mod crash;
+mod lexical;
+mod model;

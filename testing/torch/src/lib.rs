@@ -1,0 +1,170 @@
+//! The fixtures of realm-db's tests that link libtorch: the tiny random encoder with the
+//! real tokenizer, CPU retriever options, indexed databases and the toy world of made-up
+//! towns; with the `reader` feature the tiny reader, with `trainer` a trainer runner. Re-exports
+//! the libtorch-free fixtures of `realm-testing`, so tests import from one crate.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use realm_retriever::bert::BertConfig;
+use realm_retriever::encoder::load_tokenizer;
+use realm_retriever::eval::QaExample;
+use realm_retriever::{
+    BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Retriever, RetrieverOptions,
+};
+use realm_storage::{Db, NewPassage};
+use tokenizers::Tokenizer;
+
+pub use realm_testing::*;
+
+#[cfg(feature = "reader")]
+mod reader;
+#[cfg(feature = "reader")]
+pub use reader::*;
+
+#[cfg(feature = "trainer")]
+mod trainer;
+#[cfg(feature = "trainer")]
+pub use trainer::*;
+
+/// The MiniLM WordPiece tokenizer of [`model_dir`] (read once per process).
+pub fn tokenizer() -> Tokenizer {
+    static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+    TOKENIZER
+        .get_or_init(|| {
+            load_tokenizer(&model_dir().join("tokenizer.json")).expect("tokenizer.json loads")
+        })
+        .clone()
+}
+
+/// [`BertConfig::tiny`] for the MiniLM vocabulary.
+pub fn tiny_bert() -> BertConfig {
+    BertConfig::tiny(tokenizer().get_vocab_size(true) as i64)
+}
+
+/// A tiny randomly initialized encoder (real WordPiece tokenizer, normalized mean pooling,
+/// at most 64 tokens, CPU); equal seeds give equal weights.
+pub fn tiny_encoder(seed: i64) -> Encoder {
+    let runtime = EncoderConfig {
+        max_len: 64,
+        device: Device::Cpu,
+        ..EncoderConfig::default()
+    };
+    Encoder::random(
+        tiny_bert(),
+        tokenizer(),
+        EncoderHead::mean(true),
+        runtime,
+        seed,
+    )
+    .expect("a tiny encoder builds")
+}
+
+/// Retriever options for tests: CPU, at most 64 tokens, builds in batches of 16.
+pub fn cpu_options() -> RetrieverOptions {
+    RetrieverOptions {
+        encoder: EncoderConfig {
+            device: Device::Cpu,
+            max_len: 64,
+            ..EncoderConfig::default()
+        },
+        build_batch: 16,
+        ..RetrieverOptions::default()
+    }
+}
+
+/// A new database at `dir` holding `passages`, with a first generation built by
+/// [`tiny_encoder`]`(seed)`, behind a retriever with [`cpu_options`].
+pub fn indexed_retriever(dir: &Path, passages: &[NewPassage], seed: i64) -> Retriever {
+    let retriever = Retriever::new(Db::create(dir).expect("a new database"), cpu_options());
+    retriever.ingest(passages).expect("the passages ingest");
+    retriever
+        .build_generation(&tiny_encoder(seed), BuildOptions::default())
+        .expect("the first generation builds");
+    retriever
+}
+
+/// A question with its accepted answer strings and regular expressions.
+pub fn qa(line: usize, question: &str, answers: &[&str], patterns: &[&str]) -> QaExample {
+    QaExample {
+        line,
+        question: question.to_owned(),
+        answers: answers.iter().map(|s| s.to_string()).collect(),
+        answer_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        in_corpus: None,
+        id: None,
+    }
+}
+
+const TOWNS: [&str; 32] = [
+    "Zorblat",
+    "Quimbo",
+    "Frelkin",
+    "Vastrop",
+    "Glimmar",
+    "Drovnik",
+    "Pelquor",
+    "Skavitz",
+    "Brontavel",
+    "Yuzmek",
+    "Olfrang",
+    "Tressik",
+    "Wumbarra",
+    "Kelvoth",
+    "Nirmalo",
+    "Chuzzit",
+    "Haldrovia",
+    "Ixtremo",
+    "Jorvange",
+    "Lumquist",
+    "Mextravo",
+    "Ruvilkan",
+    "Sprondel",
+    "Tavorquin",
+    "Ulbrecht",
+    "Vexmoor",
+    "Grindavo",
+    "Plonkett",
+    "Zephtari",
+    "Kronvelt",
+    "Bazzimor",
+    "Fendrago",
+];
+const COLOURS: [&str; 8] = [
+    "purple", "silver", "crimson", "golden", "striped", "spotted", "frosted", "smoky",
+];
+const CROPS: [&str; 4] = ["melons", "beans", "turnips", "mushrooms"];
+
+/// The toy world of 32 made-up towns: one passage per town (external id `p<i>`), "<Town> is
+/// a town where the people grow <colour> <crop>. ...", and the question "which crop is
+/// farmed in <town>" with the answer "<colour> <crop>" (unique per town).
+pub fn towns() -> (Vec<NewPassage>, Vec<QaExample>) {
+    let mut passages = Vec::new();
+    let mut questions = Vec::new();
+    for (i, town) in TOWNS.iter().enumerate() {
+        let crop = format!("{} {}", COLOURS[i % 8], CROPS[i / 8]);
+        passages.push(
+            NewPassage::new(
+                *town,
+                format!(
+                    "{town} is a town where the people grow {crop}. Its market opens at dawn and closes at dusk, and travellers say that the roads around the town are long, dusty and quiet during the summer months, when the farmers rest."
+                ),
+            )
+            .with_external_id(format!("p{i}")),
+        );
+        questions.push(qa(
+            i + 1,
+            &format!("which crop is farmed in {}", town.to_lowercase()),
+            &[&crop],
+            &[],
+        ));
+    }
+    (passages, questions)
+}
+
+/// A database at `dir` holding [`towns`] with a first generation built by
+/// [`tiny_encoder`]`(seed)`, and the towns' questions.
+pub fn towns_retriever(dir: &Path, seed: i64) -> (Retriever, Vec<QaExample>) {
+    let (passages, questions) = towns();
+    (indexed_retriever(dir, &passages, seed), questions)
+}

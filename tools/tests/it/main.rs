@@ -1,0 +1,5 @@
+//! realm-tools' integration tests: one binary (`cargo test -p realm-tools --test it`), a
+//! module per topic. Shared fixtures live in the `realm-testing` crate.
+
+mod cli;
+mod corpus;
