@@ -168,50 +168,17 @@ mod tests {
         ]
     }
 
-    /// Asserts the crates' message style: a clause that starts with a lowercase word or an
-    /// acronym ("I/O", "BM25"), on one line, without a final period (the CLI adds it).
-    fn assert_sentence(message: &str) {
-        let first_word = message.split(' ').next().unwrap_or("");
-        let starts_lower = first_word.chars().next().is_some_and(char::is_lowercase);
-        let acronym = first_word.chars().next().is_some_and(char::is_uppercase)
-            && !first_word.chars().any(char::is_lowercase);
-        assert!(
-            starts_lower || acronym,
-            "{message:?} does not start a sentence"
-        );
-        assert!(
-            !message.ends_with(['.', ' ']),
-            "{message:?} ends with a period or a space"
-        );
-        assert!(!message.contains(['\n', '\r']), "{message:?} spans lines");
-        assert!(!message.contains("  "), "{message:?} holds a double space");
-    }
-
-    #[test]
-    fn every_variant_has_a_kind_and_a_sentence() {
-        let samples = one_of_each();
-        let variants: std::collections::HashSet<_> =
-            samples.iter().map(std::mem::discriminant).collect();
-        assert_eq!(variants.len(), samples.len(), "a variant is sampled twice");
-        assert_eq!(samples.len(), VARIANTS, "a variant has no sample");
-        for e in &samples {
-            assert_eq!(e.is_user_error(), expected_user_error(e), "{e:?}");
-            // A source's own message is its crate's business: only this crate's words count.
-            let mut message = e.to_string();
-            if let Some(source) = std::error::Error::source(e) {
-                message = message.replace(&source.to_string(), "SOURCE");
-            }
-            assert_sentence(&message);
-        }
-    }
+    realm_testing_torch::error_variants_test!(one_of_each(), VARIANTS, expected_user_error);
 
     #[test]
     fn storage_errors_keep_their_kind() {
-        let internal = Error::Storage(realm_storage::Error::Corrupt {
-            what: "passage 3".into(),
-        });
-        assert!(!internal.is_user_error());
-        let user = Error::Storage(realm_storage::Error::NoCurrentGeneration);
-        assert!(user.is_user_error());
+        let kinds = [
+            realm_storage::Error::NoCurrentGeneration,
+            realm_storage::Error::Corrupt {
+                what: "passage 3".into(),
+            },
+        ]
+        .map(|e| Error::Storage(e).is_user_error());
+        assert_eq!(kinds, [true, false]);
     }
 }

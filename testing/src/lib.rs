@@ -113,3 +113,61 @@ pub fn facts(n: usize) -> Vec<NewPassage> {
         .map(|(title, text)| NewPassage::new(*title, *text))
         .collect()
 }
+
+/// Checks one sample of every variant of a crate's error enum: no variant sampled twice,
+/// `variants` samples in all, each classified as `expected` says (`is_user` against
+/// `expected`, both `true` for a user error), and each message in the crates' style: a
+/// clause that starts with a lowercase word or an acronym ("I/O", "BM25"), on one line,
+/// without a final period (the CLI adds it). A source's own message is its crate's business:
+/// only the enum's own words are checked.
+pub fn assert_error_variants<E: std::error::Error>(
+    samples: &[E],
+    variants: usize,
+    is_user: impl Fn(&E) -> bool,
+    expected: impl Fn(&E) -> bool,
+) {
+    let distinct: std::collections::HashSet<_> =
+        samples.iter().map(std::mem::discriminant).collect();
+    assert_eq!(distinct.len(), samples.len(), "a variant is sampled twice");
+    assert_eq!(samples.len(), variants, "a variant has no sample");
+    for e in samples {
+        assert_eq!(is_user(e), expected(e), "{e:?}");
+        let mut message = e.to_string();
+        if let Some(source) = e.source() {
+            message = message.replace(&source.to_string(), "SOURCE");
+        }
+        assert_sentence(&message);
+    }
+}
+
+/// Asserts the crates' error-message style (see [`assert_error_variants`]).
+pub fn assert_sentence(message: &str) {
+    let first_word = message.split(' ').next().unwrap_or("");
+    let starts_lower = first_word.chars().next().is_some_and(char::is_lowercase);
+    let acronym = first_word.chars().next().is_some_and(char::is_uppercase)
+        && !first_word.chars().any(char::is_lowercase);
+    assert!(
+        starts_lower || acronym,
+        "{message:?} does not start a sentence"
+    );
+    assert!(
+        !message.ends_with(['.', ' ']),
+        "{message:?} ends with a period or a space"
+    );
+    assert!(!message.contains(['\n', '\r']), "{message:?} spans lines");
+    assert!(!message.contains("  "), "{message:?} holds a double space");
+}
+
+/// Defines the test `every_variant_has_a_kind_and_a_sentence` of a crate's error enum
+/// `Error` (see [`assert_error_variants`]): `samples` lists one value of each variant,
+/// `variants` counts the variants, `expected` classifies them independently of
+/// `Error::is_user_error`.
+#[macro_export]
+macro_rules! error_variants_test {
+    ($samples:expr, $variants:expr, $expected:path) => {
+        #[test]
+        fn every_variant_has_a_kind_and_a_sentence() {
+            $crate::assert_error_variants(&$samples, $variants, Error::is_user_error, $expected);
+        }
+    };
+}
