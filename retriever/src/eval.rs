@@ -1,7 +1,7 @@
 //! Retrieval evaluation: question files, DPR-style answer matching, and top-k accuracy.
 //!
-//! The matching rule is the one of the evaluation data's README (`/work/shared/data`),
-//! which is DPR's:
+//! The matching rule is the one of the evaluation data's README (`shared/data/README.md`
+//! beside the repository), which is DPR's:
 //!
 //! * plain answers: an answer *appears in* a passage when [`normalize_answer`] of the
 //!   answer is not empty and, padded with one space on each side, is a substring of the

@@ -68,7 +68,8 @@ pub enum Command {
     Shell(ShellArgs),
     /// Top-k retrieval accuracy on a question set, for one or more retrieval modes.
     Eval(EvalArgs),
-    /// Train the retriever on the live database (query-side, dual with index refresh, ICT).
+    /// Train the retriever and the reader on the live database (query-side, dual with index
+    /// refresh, ICT, open-QA fine-tuning, REALM pre-training).
     Train(TrainArgs),
     /// Answer a question: retrieve passages, read them, marginalize over them.
     Ask(AskArgs),
@@ -336,7 +337,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub mode: TrainModeArg,
     /// Training questions as JSONL (`{"question", "answers"}` or `"answer_patterns"`);
-    /// required for query-side and dual.
+    /// required for query-side, dual and qa (ICT and realm train on the passages).
     #[arg(long)]
     pub qa: Option<PathBuf>,
     /// Held-out questions for periodic top-1/5/20 accuracy lines.
@@ -351,7 +352,7 @@ pub struct TrainArgs {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
-    /// Dual: hand the towers to the index builder every R steps.
+    /// Dual and realm: hand the towers to the index builder every R steps.
     #[arg(long, value_name = "R", default_value_t = 50)]
     pub refresh_every: u64,
     /// Seed of every random choice (a CPU run is reproducible).
@@ -372,14 +373,14 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
-    /// Qa: the reader's AdamW learning rate.
+    /// Qa and realm: the reader's AdamW learning rate.
     #[arg(long, default_value_t = 3e-5)]
     pub reader_lr: f64,
-    /// Qa: passages the reader reads per question.
+    /// Qa and realm: passages the reader reads per question (realm: per masked sentence).
     #[arg(long, default_value_t = 5)]
     pub reader_passages: usize,
-    /// Qa: the model folder the reader starts from when the database has none (default: the
-    /// MiniLM set-up installs).
+    /// Qa and realm: the model folder the reader starts from when the database has none
+    /// (default: the MiniLM set-up installs).
     #[arg(long)]
     pub reader_model: Option<PathBuf>,
     /// Realm: the fraction of articles (by title) whose sentences are held out of training

@@ -85,7 +85,7 @@ pub struct TrainConfig {
     /// The AdamW learning rate (default 2e-5), reached by a linear warmup over the first 10%
     /// of the steps and then held. Weight decay is 0.01 (not on biases and LayerNorm).
     pub lr: f64,
-    /// Dual mode: hand the towers to the index builder every this many steps (default 50).
+    /// Dual and REALM: hand the towers to the index builder every this many steps (default 50).
     pub refresh_every: u64,
     /// The seed every random choice derives from (default 0).
     pub seed: u64,
@@ -111,14 +111,15 @@ pub struct TrainConfig {
     /// and the gradients vanish. Rankings, and so retrieval, do not depend on it.
     #[serde(default = "default_scale")]
     pub scale: f64,
-    /// QA: the learning rate of the reader's AdamW (default 3e-5), with the same warmup as
+    /// QA and REALM: the learning rate of the reader's AdamW (default 3e-5), with the same warmup as
     /// `lr`.
     #[serde(default = "default_reader_lr")]
     pub reader_lr: f64,
-    /// QA: passages retrieved and read per question, k (default 5).
+    /// QA and REALM: passages retrieved and read per question (REALM: per masked sentence),
+    /// k (default 5).
     #[serde(default = "default_reader_passages")]
     pub reader_passages: usize,
-    /// QA: the model folder a fresh reader loads its BERT from when the database has no
+    /// QA and REALM: the model folder a fresh reader loads its BERT from when the database has no
     /// current reader; `None` uses the default model folder
     /// ([`realm_retriever::default_model_dir`]).
     #[serde(default)]
@@ -279,7 +280,7 @@ pub enum Event {
         top5: f64,
         top20: f64,
     },
-    /// Dual/ICT: a generation built from the weights of `weights_step` became current;
+    /// Dual, ICT and REALM: a generation built from the weights of `weights_step` became current;
     /// building it took `seconds`.
     Published {
         generation: u64,
@@ -288,7 +289,7 @@ pub enum Event {
     },
     /// Query-side and QA: the trained query tower was attached to `generation` as `version`.
     QueryEncoderAttached { generation: u64, version: u32 },
-    /// QA: the trained reader was stored as `reader/<checkpoint>` and became the database's
+    /// QA and REALM: the trained reader was stored as `reader/<checkpoint>` and became the database's
     /// current reader.
     ReaderStored { checkpoint: String },
     /// QA, next to each [`Event::Eval`]: the fraction of the `questions` held-out questions
