@@ -206,6 +206,21 @@ impl Rocks {
         Ok(())
     }
 
+    /// Whether the database holds no key at all, in any column family (the default one
+    /// included): RocksDB's files exist, but nothing was ever written.
+    pub(crate) fn is_empty(&self) -> Result<bool> {
+        let mut first = vec![self.db.iterator(IteratorMode::Start).next()];
+        for cf in Cf::ALL {
+            if let Some(handle) = self.cf_if_present(cf) {
+                first.push(self.db.iterator_cf(handle, IteratorMode::Start).next());
+            }
+        }
+        match first.into_iter().flatten().next() {
+            Some(item) => item.map(|_| false).map_err(|e| self.err(e)),
+            None => Ok(true),
+        }
+    }
+
     /// Bytes of live SST files in one column family.
     pub(crate) fn disk_bytes(&self, cf: Cf) -> Result<u64> {
         let Some(handle) = self.cf_if_present(cf) else {

@@ -212,6 +212,9 @@ impl Db {
         };
         match db.rocks().get(Cf::Meta, META_FORMAT)? {
             None if !exists => db.initialize()?,
+            // A create cut short (the process died after RocksDB made its files, before the
+            // format record): nothing was ever written, so a writer finishes the create.
+            None if !db.is_follower() && db.rocks().is_empty()? => db.initialize()?,
             None => {
                 return Err(Error::NotARealmDb {
                     path: path.to_path_buf(),
@@ -236,6 +239,19 @@ impl Db {
             db.ensure_lexical_index()?;
         }
         Ok(db)
+    }
+
+    /// Test hook, not part of the API: leaves at `path` what a process killed inside
+    /// [`Db::create`] leaves, RocksDB's files without any record.
+    #[doc(hidden)]
+    #[cfg(feature = "testing")]
+    pub fn testing_interrupted_create(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::create_dir_all(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Rocks::open(path, OpenMode::Writer { create: true }).map(drop)
     }
 
     fn initialize(&self) -> Result<()> {

@@ -42,6 +42,30 @@ fn create_open_and_format_errors() {
     Db::open(&path).unwrap();
 }
 
+/// A process killed inside `Db::create` leaves RocksDB's files without any record; the next
+/// writer finishes the create, and a follower, which cannot write, refuses it.
+#[test]
+fn a_create_cut_short_is_finished_by_the_next_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    Db::testing_interrupted_create(&path).unwrap();
+    let err = Db::builder(&path).follower(true).open().unwrap_err();
+    assert!(matches!(err, Error::NotARealmDb { .. }), "{err}");
+    assert!(matches!(
+        Db::create(&path),
+        Err(Error::AlreadyExists { .. })
+    ));
+    let db = Db::open(&path).unwrap();
+    assert!(db.verify().unwrap().problems.is_empty());
+    db.insert(&passages(3)).unwrap();
+    commit_all(&db);
+    drop(db);
+    // A database with records is never re-initialized.
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.stats().unwrap().passages, 3);
+    assert!(db.current_generation().unwrap().is_some());
+}
+
 #[test]
 fn passages_round_trip_and_external_ids_are_idempotent() {
     let (_dir, db) = temp_db();
