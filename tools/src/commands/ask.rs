@@ -37,6 +37,9 @@ struct EvidenceJson<'a> {
 }
 
 pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    if args.question.trim().is_empty() {
+        return Err(user("the question is empty; give a question to answer"));
+    }
     let options = env.retriever_options()?;
     let device = options.encoder.device;
     let (retriever, _) = open::open_reader(&args.dir, options, true)?;

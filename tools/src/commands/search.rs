@@ -16,6 +16,9 @@ use crate::output::{Align, Table, json_line, snippet, truncate};
 pub(crate) const SNIPPET_CHARS: usize = 100;
 
 pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    if args.query.trim().is_empty() {
+        return Err(user("the query is empty; give the text to search for"));
+    }
     let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
     let (snapshot, hits) = open::follower_retry(retriever.db(), || {
         let mode = args.retrieval.mode();

@@ -496,6 +496,13 @@ fn user_errors_on_an_existing_database_exit_1() {
     ] {
         f.user_error(&args);
     }
+    // An empty or blank query is a user error, not a search.
+    for query in ["", " \t "] {
+        let line = f.user_error(&["search", db, query]);
+        assert!(line.contains("the query is empty"), "{line}");
+    }
+    let line = f.user_error(&["ask", db, "  "]);
+    assert!(line.contains("the question is empty"), "{line}");
     let line = fails(
         f.cmd()
             .args(["ingest", db, "missing.jsonl"])
