@@ -11,9 +11,8 @@
 use std::path::PathBuf;
 
 use realm_reader::{Reader, ReaderConfig};
-use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::checkpoint_fingerprint;
-use realm_retriever::tokenizer::bert_wordpiece;
+use realm_testing_torch::{fixture_bert, fixture_tokenizer};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -35,11 +34,6 @@ const PASSAGES: [(u64, &str, &str, f32); 2] = [
 /// "the globe stood in [MASK]" as ids of the tiny vocabulary, with its masked target.
 const MASKED: [i64; 5] = [5, 24, 28, 8, 4];
 const TARGETS: [(usize, i64); 1] = [(4, 23)];
-/// The tiny vocabulary of the fixture's tokenizer, ids in order.
-const VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of in is was by who what where wrote ham \
-    ##let shakespeare william play tragedy denmark london globe theatre river thames stood near \
-    written ##s ##ed . , ?";
-
 /// What a reader fixture must reproduce.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Expected {
@@ -66,16 +60,6 @@ fn config() -> ReaderConfig {
         max_len: 32,
         ..ReaderConfig::default()
     }
-}
-
-/// The fixture's BERT: 16 hidden units in 2 heads, 2 layers of 32 inner units, 32
-/// positions (the encoder fixtures' shape).
-fn tiny_config() -> BertConfig {
-    let mut config = BertConfig::tiny(VOCAB.split_whitespace().count() as i64);
-    (config.hidden_size, config.num_attention_heads) = (16, 2);
-    (config.num_hidden_layers, config.intermediate_size) = (2, 32);
-    config.max_position_embeddings = 32;
-    config
 }
 
 fn floats(t: &Tensor) -> Vec<f32> {
@@ -218,9 +202,8 @@ fn v2_reader_checkpoint_loads_with_the_v1_outputs() {
 fn regenerate_fixtures() {
     let dir = fixtures();
     std::fs::create_dir_all(&dir).expect("the fixture folder exists");
-    let vocab: Vec<&str> = VOCAB.split_whitespace().collect();
-    let tokenizer = bert_wordpiece(&vocab).expect("the tokenizer builds");
-    let mut reader = Reader::random(tiny_config(), tokenizer, config(), 21).expect("a reader");
+    let mut reader =
+        Reader::random(fixture_bert(), fixture_tokenizer(), config(), 21).expect("a reader");
     reader.set_retrieval_scale(2.5).expect("a valid scale");
     let bytes = reader.to_checkpoint_bytes().expect("the reader saves");
     std::fs::write(dir.join("reader-v2.ckpt"), &bytes).expect("the fixture is written");

@@ -11,9 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::{Encoder, EncoderConfig, EncoderHead, checkpoint_fingerprint};
-use realm_retriever::tokenizer::bert_wordpiece;
+use realm_testing_torch::{fixture_bert, fixture_tokenizer};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -29,11 +28,6 @@ const DOCS: [(&str, &str); 2] = [
     ),
     ("Globe", "The Globe stood in London, near the Thames."),
 ];
-/// The tiny vocabulary of the fixtures' tokenizer, ids in order.
-const VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of in is was by who what where wrote ham \
-    ##let shakespeare william play tragedy denmark london globe theatre river thames stood near \
-    written ##s ##ed . , ?";
-
 /// What an encoder fixture must reproduce.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Expected {
@@ -53,25 +47,6 @@ type ExpectedFile = std::collections::BTreeMap<String, Expected>;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-}
-
-fn tiny_config() -> BertConfig {
-    BertConfig {
-        hidden_size: 16,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        intermediate_size: 32,
-        max_position_embeddings: 32,
-        ..BertConfig::tiny(vocab().len() as i64)
-    }
-}
-
-fn vocab() -> Vec<&'static str> {
-    VOCAB.split_whitespace().collect()
-}
-
-fn tiny_tokenizer() -> tokenizers::Tokenizer {
-    bert_wordpiece(&vocab()).expect("the tokenizer builds")
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -183,8 +158,8 @@ fn regenerate_fixtures() {
     std::fs::create_dir_all(&dir).expect("the fixture folder exists");
     let mut expected = ExpectedFile::new();
     let realm = Encoder::random(
-        tiny_config(),
-        tiny_tokenizer(),
+        fixture_bert(),
+        fixture_tokenizer(),
         EncoderHead::realm(Some(8)),
         EncoderConfig::default(),
         11,
@@ -192,8 +167,8 @@ fn regenerate_fixtures() {
     .expect("a tiny REALM encoder builds");
     write_fixture(&dir, "encoder-v1.ckpt", &realm, &mut expected);
     let mut mean = Encoder::random(
-        tiny_config(),
-        tiny_tokenizer(),
+        fixture_bert(),
+        fixture_tokenizer(),
         EncoderHead::mean(true),
         EncoderConfig::default(),
         12,

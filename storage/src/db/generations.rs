@@ -29,13 +29,7 @@ impl Db {
         self.check_writable()?;
         let _guard = self.inner.write_lock.lock();
         let rocks = self.rocks();
-        let mut manifest = read_manifest(&*rocks, generation)?;
-        if manifest.state != GenerationState::Committed {
-            return Err(Error::NotWritable {
-                generation,
-                state: manifest.state,
-            });
-        }
+        let mut manifest = committed_manifest(&*rocks, generation)?;
         self.write_rows_locked(&mut manifest, ids, vectors)
     }
 
@@ -81,13 +75,7 @@ impl Db {
         self.check_writable()?;
         let _guard = self.inner.write_lock.lock();
         let rocks = self.rocks();
-        let mut manifest = read_manifest(&*rocks, generation)?;
-        if manifest.state != GenerationState::Committed {
-            return Err(Error::NotWritable {
-                generation,
-                state: manifest.state,
-            });
-        }
+        let mut manifest = committed_manifest(&*rocks, generation)?;
         let version = manifest.query_encoders.last().map_or(1, |q| q.version + 1);
         manifest.query_encoders.push(QueryEncoderVersion {
             version,
@@ -147,4 +135,17 @@ pub(crate) fn read_manifests(r: &dyn Reader) -> Result<Vec<GenerationManifest>> 
             })
         })
         .collect()
+}
+
+/// The manifest of `generation`, which must be committed: only the current generation takes
+/// vectors of new passages and new query-encoder versions.
+fn committed_manifest(rocks: &dyn Reader, generation: GenerationId) -> Result<GenerationManifest> {
+    let manifest = read_manifest(rocks, generation)?;
+    if manifest.state != GenerationState::Committed {
+        return Err(Error::NotWritable {
+            generation,
+            state: manifest.state,
+        });
+    }
+    Ok(manifest)
 }

@@ -168,3 +168,27 @@ pub fn towns_retriever(dir: &Path, seed: i64) -> (Retriever, Vec<QaExample>) {
     let (passages, questions) = towns();
     (indexed_retriever(dir, &passages, seed), questions)
 }
+
+/// The vocabulary of the checkpoint fixtures' tokenizer, ids in order.
+pub const FIXTURE_VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of in is was by who what \
+    where wrote ham ##let shakespeare william play tragedy denmark london globe theatre river \
+    thames stood near written ##s ##ed . , ?";
+
+/// The WordPiece tokenizer of [`FIXTURE_VOCAB`], built in code (no model folder).
+pub fn fixture_tokenizer() -> Tokenizer {
+    let vocab: Vec<&str> = FIXTURE_VOCAB.split_whitespace().collect();
+    realm_retriever::tokenizer::bert_wordpiece(&vocab).expect("the fixture tokenizer builds")
+}
+
+/// The BERT of the checkpoint fixtures (encoders and readers): 16 hidden units in 2 heads,
+/// 2 layers of 32 inner units, 32 positions, over [`FIXTURE_VOCAB`].
+pub fn fixture_bert() -> BertConfig {
+    BertConfig {
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 32,
+        ..BertConfig::tiny(FIXTURE_VOCAB.split_whitespace().count() as i64)
+    }
+}
