@@ -34,8 +34,8 @@ pub use realm_storage as storage;
 pub use realm_storage::Bm25Params;
 pub use realm_storage::{
     Db, DbBuilder, Dtype, GenerationId, GenerationInfo, GenerationManifest, GenerationSpec,
-    GenerationState, GenerationWriter, InsertOutcome, NewPassage, Options, Passage, PassageId,
-    Provenance, Snapshot,
+    GenerationState, GenerationWriter, IndexWriter, InsertOutcome, NewPassage, Options, Passage,
+    PassageId, Provenance, Snapshot,
 };
 
 #[cfg(feature = "torch")]
@@ -44,8 +44,9 @@ pub use realm_reader as reader;
 pub use realm_retriever as retriever;
 #[cfg(feature = "torch")]
 pub use realm_retriever::{
-    BuildOptions, Compute, Device, Encoder, EncoderConfig, Hit, HybridOptions, Progress, Retriever,
-    RetrieverOptions, SearchMode, SearchSnapshot, default_model_dir,
+    BuildOptions, Codes, Compute, Device, Encoder, EncoderConfig, Hit, HybridOptions, IndexInfo,
+    IvfConfig, Progress, Retriever, RetrieverOptions, SearchMode, SearchOptions, SearchSnapshot,
+    default_model_dir, default_nprobe,
 };
 #[cfg(feature = "torch")]
 pub use realm_trainer as trainer;

@@ -11,6 +11,7 @@ use realm_storage::{
 
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
+use crate::ivf_build::IvfConfig;
 use crate::matrix::tensor_rows;
 use crate::retriever::Retriever;
 
@@ -34,6 +35,9 @@ pub struct BuildOptions<'a> {
     /// A separate query tower published with the generation (stored with the database and
     /// recorded as its first query-encoder version); `None` queries with the document encoder.
     pub query_encoder: Option<&'a Encoder>,
+    /// An approximate index built into the generation before it is published, so that its
+    /// first snapshot already searches it.
+    pub index: Option<IvfConfig>,
 }
 
 impl Default for BuildOptions<'_> {
@@ -43,6 +47,7 @@ impl Default for BuildOptions<'_> {
             dtype: Dtype::F32,
             progress: None,
             query_encoder: None,
+            index: None,
         }
     }
 }
@@ -52,6 +57,7 @@ impl std::fmt::Debug for BuildOptions<'_> {
         f.debug_struct("BuildOptions")
             .field("provenance", &self.provenance)
             .field("dtype", &self.dtype)
+            .field("index", &self.index)
             .finish()
     }
 }
@@ -101,6 +107,10 @@ impl Retriever {
         done += chunk.len() as u64;
         report(done, total.max(done), &mut options);
         drop(snapshot);
+        if let Some(config) = &options.index {
+            // Rows written from here on get their entries as they are written.
+            self.build_index(writer.id(), config, None)?;
+        }
         loop {
             let missing = writer.missing()?;
             if !missing.is_empty() {

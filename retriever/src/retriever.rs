@@ -47,6 +47,10 @@ pub struct RetrieverOptions {
     /// When off, the CPU takes the same device-tensor path as CUDA, which lets CPU-only
     /// machines test that path.
     pub host_scan: bool,
+    /// Memory a generation's matrix or an index's lists may take. A generation whose
+    /// matrix would exceed it is searched by streaming its blocks (exact) or through its
+    /// index with the lists read per search and re-scored rows read from the store.
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for RetrieverOptions {
@@ -60,6 +64,7 @@ impl Default for RetrieverOptions {
             build_batch: 256,
             score_chunk_rows: 0,
             host_scan: true,
+            memory_budget_bytes: 8 << 30,
         }
     }
 }
@@ -69,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) db: Db,
     pub(crate) options: RetrieverOptions,
     pub(crate) matrices: Mutex<MatrixCache>,
+    /// Recently used approximate indexes, newest last.
+    pub(crate) indexes: Mutex<Vec<Arc<crate::ivf_search::LoadedIndex>>>,
     encoders: Mutex<HashMap<String, Arc<Encoder>>>,
 }
 
@@ -96,6 +103,7 @@ impl Retriever {
                 db,
                 options,
                 matrices: Mutex::new(MatrixCache::default()),
+                indexes: Mutex::new(Vec::new()),
                 encoders: Mutex::new(HashMap::new()),
             }),
         }

@@ -15,9 +15,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
-use crate::matrix::{DeviceMatrix, ReadOnlyTensor};
+use crate::ivf_search::{IvfScan, RowSource, SearchOptions, default_nprobe};
+use crate::matrix::{DeviceMatrix, HostRows, ReadOnlyTensor};
 use crate::retriever::Retriever;
-use crate::topk::{GemmScan, HOST_SCAN_MAX_BATCH, HostScan, softmax};
+use crate::topk::{GemmScan, HOST_SCAN_MAX_BATCH, HostScan, StreamScan, softmax};
+use realm_storage::ivf::IndexInfo;
 
 /// One retrieved passage.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +67,9 @@ pub struct SearchSnapshot {
     retriever: Retriever,
     snapshot: Snapshot,
     state: Mutex<Option<Arc<SearchState>>>,
+    /// Passages deleted since their rows were written, as an index search filters them.
+    deleted: Mutex<Option<Arc<HashSet<u64>>>>,
+    options: Mutex<SearchOptions>,
 }
 
 impl std::fmt::Debug for SearchSnapshot {
@@ -82,6 +87,8 @@ impl SearchSnapshot {
             retriever,
             snapshot,
             state: Mutex::new(None),
+            deleted: Mutex::new(None),
+            options: Mutex::new(SearchOptions::default()),
         }
     }
 
@@ -99,6 +106,7 @@ impl SearchSnapshot {
     pub fn refresh(&mut self) -> Result<()> {
         self.snapshot.refresh()?;
         *self.state.lock() = None;
+        *self.deleted.lock() = None;
         Ok(())
     }
 
@@ -218,11 +226,125 @@ impl SearchSnapshot {
         })
     }
 
-    /// Exact MIPS: for each query row, the `k` best `(passage id, score)` pairs, by score
-    /// descending and then passage id ascending (a deterministic order for ties). `queries`
-    /// is `[B, dim]` on any device and of any float kind; this is the top-k to call with
-    /// query vectors computed outside the retriever (a trainer's query tower, for one).
+    /// MIPS ranked as the snapshot's [`SearchOptions`] say: for each query row, the `k` best
+    /// `(passage id, score)` pairs, by score descending and then passage id ascending (a
+    /// deterministic order for ties). `queries` is `[B, dim]` on any device and of any float
+    /// kind; this is the top-k to call with query vectors computed outside the retriever (a
+    /// trainer's query tower, for one).
     pub fn top_k(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
+        let options = self.options.lock().clone();
+        self.top_k_with(queries, k, &options)
+    }
+
+    /// How this snapshot's searches rank (exactly, or through an index), for every search
+    /// made through it: dense, hybrid, and the top-k of trainers and evaluations.
+    pub fn set_search_options(&self, options: SearchOptions) {
+        *self.options.lock() = options;
+    }
+
+    /// The options its searches use.
+    pub fn search_options(&self) -> SearchOptions {
+        self.options.lock().clone()
+    }
+
+    /// [`SearchSnapshot::top_k`] ranked as `options` say: exactly, or through the pinned
+    /// generation's approximate index when it has one (see [`SearchOptions`]).
+    pub fn top_k_with(
+        &self,
+        queries: &Tensor,
+        k: usize,
+        options: &SearchOptions,
+    ) -> Result<Vec<Vec<(u64, f32)>>> {
+        let manifest = self
+            .snapshot
+            .generation()
+            .ok_or(Error::Storage(realm_storage::Error::NoCurrentGeneration))?;
+        let dim = manifest.spec.dim as i64;
+        let qsize = queries.size();
+        if qsize.len() != 2 || qsize[1] != dim {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "query vectors have shape {qsize:?}, but generation {} stores {dim}-dimensional vectors",
+                    manifest.id
+                ),
+            });
+        }
+        let index = if options.exact {
+            None
+        } else {
+            self.snapshot.index()?
+        };
+        let fits = self.matrix_fits();
+        match index {
+            Some(info) if options.uses_index(Some(&info), manifest.live_vectors()) => {
+                self.top_k_index(queries, k, options, &info, fits)
+            }
+            _ if fits => self.top_k_exact(queries, k),
+            _ => {
+                let deleted = self.deleted_ids()?;
+                StreamScan {
+                    snapshot: &self.snapshot,
+                    deleted: &deleted,
+                }
+                .top_k(&host_queries(queries)?, k)
+            }
+        }
+    }
+
+    /// Whether the pinned generation's matrix fits the retriever's memory budget.
+    fn matrix_fits(&self) -> bool {
+        let Some(m) = self.snapshot.generation() else {
+            return true;
+        };
+        let bytes = match self.retriever.options().compute {
+            crate::Compute::F32 => 4,
+            crate::Compute::F16 => 2,
+        };
+        (m.vector_count as usize).saturating_mul(m.spec.dim as usize * bytes)
+            <= self.retriever.options().memory_budget_bytes
+    }
+
+    fn deleted_ids(&self) -> Result<Arc<HashSet<u64>>> {
+        let mut guard = self.deleted.lock();
+        if let Some(d) = guard.as_ref() {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(self.snapshot.deleted_vectors()?);
+        *guard = Some(d.clone());
+        Ok(d)
+    }
+
+    fn top_k_index(
+        &self,
+        queries: &Tensor,
+        k: usize,
+        options: &SearchOptions,
+        info: &IndexInfo,
+        matrix_fits: bool,
+    ) -> Result<Vec<Vec<(u64, f32)>>> {
+        let index = self.retriever.loaded_index(&self.snapshot, info)?;
+        let deleted = self.deleted_ids()?;
+        let scan = IvfScan {
+            index: &index,
+            snapshot: &self.snapshot,
+            deleted: &deleted,
+            nprobe: options
+                .nprobe
+                .unwrap_or_else(|| default_nprobe(index.nlist)),
+            rescore: options.rescore,
+            max_rescore: options.max_rescore,
+        };
+        let q = host_queries(queries)?;
+        if matrix_fits && options.rescore {
+            let state = self.state()?;
+            scan.top_k(&q, k, &MatrixRows(&state))
+        } else {
+            scan.top_k(&q, k, &StoreRows(&self.snapshot))
+        }
+    }
+
+    /// Exact MIPS over the pinned generation's matrix on the device.
+    fn top_k_exact(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
         let state = self.state()?;
         let matrix = &state.matrix;
         let dim = matrix.tensor.size().get(1).copied().unwrap_or(0);
@@ -302,5 +424,64 @@ impl SearchSnapshot {
     /// Passage ids deleted since their rows were written (excluded from results).
     pub fn deleted(&self) -> Result<HashSet<u64>> {
         Ok(self.snapshot.deleted_vectors()?)
+    }
+}
+
+/// Query vectors as row-major f32 values on the host.
+fn host_queries(queries: &Tensor) -> Result<Vec<f32>> {
+    let q = queries
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    Ok(Vec::try_from(&q.view(-1))?)
+}
+
+/// Re-scoring rows from the loaded matrix.
+struct MatrixRows<'a>(&'a SearchState);
+
+impl RowSource for MatrixRows<'_> {
+    fn rows(&self, ids: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+        let state = self.0;
+        let matrix = &state.matrix;
+        let dim = matrix.dim;
+        if let Some(host) = &matrix.host {
+            return Ok(ids
+                .iter()
+                .map(|&id| {
+                    state.live_row(id).map(|r| match host {
+                        HostRows::F32(v) => v[r * dim..(r + 1) * dim].to_vec(),
+                        HostRows::F16(v) => v[r * dim..(r + 1) * dim]
+                            .iter()
+                            .map(|x| x.to_f32())
+                            .collect(),
+                    })
+                })
+                .collect());
+        }
+        let rows: Vec<Option<usize>> = ids.iter().map(|&id| state.live_row(id)).collect();
+        let present: Vec<i64> = rows.iter().flatten().map(|&r| r as i64).collect();
+        let values: Vec<f32> = tch::no_grad(|| -> Result<Vec<f32>> {
+            let index = Tensor::f_from_slice(&present)?.f_to_device(matrix.tensor.device())?;
+            crate::matrix::tensor_rows(&matrix.tensor.f_index_select(0, &index)?)
+        })?;
+        let mut next = 0;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                r.map(|_| {
+                    next += 1;
+                    values[(next - 1) * dim..next * dim].to_vec()
+                })
+            })
+            .collect())
+    }
+}
+
+/// Re-scoring rows read from the store: only the blocks holding them.
+struct StoreRows<'a>(&'a Snapshot);
+
+impl RowSource for StoreRows<'_> {
+    fn rows(&self, ids: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+        Ok(self.0.vectors_of(ids)?)
     }
 }

@@ -8,6 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
+use crate::kernels::dot;
 use crate::matrix::HostRows;
 
 /// Batches up to this size are scored by [`HostScan`] on the CPU: one memory-bound pass
@@ -42,9 +43,9 @@ pub(crate) struct GemmScan<'a> {
 
 /// A scored row, ordered so that greater is better: higher score, then lower passage id.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Candidate {
-    score: f32,
-    id: u64,
+pub(crate) struct Candidate {
+    pub(crate) score: f32,
+    pub(crate) id: u64,
 }
 
 impl Eq for Candidate {}
@@ -65,20 +66,20 @@ impl PartialOrd for Candidate {
 }
 
 /// The best `k` candidates seen so far, under [`Candidate`]'s order.
-struct TopK {
+pub(crate) struct TopK {
     k: usize,
     heap: std::collections::BinaryHeap<std::cmp::Reverse<Candidate>>,
 }
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub(crate) fn new(k: usize) -> Self {
         TopK {
             k,
             heap: std::collections::BinaryHeap::with_capacity(k + 1),
         }
     }
 
-    fn offer(&mut self, c: Candidate) {
+    pub(crate) fn offer(&mut self, c: Candidate) {
         if self.heap.len() < self.k {
             self.heap.push(std::cmp::Reverse(c));
         } else if self.heap.peek().is_some_and(|worst| c > worst.0) {
@@ -87,21 +88,27 @@ impl TopK {
         }
     }
 
-    fn is_full(&self) -> bool {
+    /// Whether a candidate scoring `score` could enter (ties at the bar are kept, to be
+    /// ordered by id).
+    pub(crate) fn would_take(&self, score: f32) -> bool {
+        !self.is_full() || score >= self.threshold()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
         self.heap.len() >= self.k
     }
 
     /// The k-th best score (the bar a new candidate must reach).
-    fn threshold(&self) -> f32 {
+    pub(crate) fn threshold(&self) -> f32 {
         self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score)
     }
 
-    fn into_candidates(self) -> impl Iterator<Item = Candidate> {
+    pub(crate) fn into_candidates(self) -> impl Iterator<Item = Candidate> {
         self.heap.into_iter().map(|std::cmp::Reverse(c)| c)
     }
 
     /// Best first, as `(passage id, score)`.
-    fn into_sorted(self) -> Vec<(u64, f32)> {
+    pub(crate) fn into_sorted(self) -> Vec<(u64, f32)> {
         let mut all: Vec<Candidate> = self.into_candidates().collect();
         all.sort_by(|a, b| b.cmp(a));
         all.into_iter().map(|c| (c.id, c.score)).collect()
@@ -234,28 +241,52 @@ impl HostScan<'_> {
     }
 }
 
-/// Inner product with 16 independent accumulators, which the compiler vectorizes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = a16
-        .remainder()
-        .iter()
-        .zip(b16.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a16.zip(b16) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// The softmax of `scores` (max-shifted): the p(z|x) a dense search reports for its hits.
 pub fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
+}
+
+/// Blocks a [`StreamScan`] reads per step.
+const STREAM_BLOCKS: u64 = 64;
+
+/// Exact top-k of a generation too large to load: its blocks are read a few at a time
+/// from the store and scanned on the host, so memory stays bounded by one step's rows.
+pub(crate) struct StreamScan<'a> {
+    pub(crate) snapshot: &'a realm_storage::Snapshot,
+    /// Passages deleted before the snapshot, excluded from ranking.
+    pub(crate) deleted: &'a std::collections::HashSet<u64>,
+}
+
+impl StreamScan<'_> {
+    /// For each query (row-major f32), the `k` best `(passage id, score)` pairs.
+    pub(crate) fn top_k(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
+        let Some(manifest) = self.snapshot.generation() else {
+            return Ok(Vec::new());
+        };
+        let dim = manifest.spec.dim as usize;
+        let batch = queries.len() / dim.max(1);
+        let mut heaps: Vec<TopK> = (0..batch).map(|_| TopK::new(k)).collect();
+        let mut block = 0;
+        while block < manifest.blocks {
+            let step = STREAM_BLOCKS.min(manifest.blocks - block);
+            let rows = self.snapshot.db().read_blocks(manifest.id, block, step)?;
+            for (r, &id) in rows.ids.iter().enumerate() {
+                if self.deleted.contains(&id) {
+                    continue;
+                }
+                let row = &rows.values[r * dim..(r + 1) * dim];
+                for (b, heap) in heaps.iter_mut().enumerate() {
+                    let score = dot(row, &queries[b * dim..(b + 1) * dim]);
+                    if heap.would_take(score) {
+                        heap.offer(Candidate { score, id });
+                    }
+                }
+            }
+            block += step;
+        }
+        Ok(heaps.into_iter().map(TopK::into_sorted).collect())
+    }
 }

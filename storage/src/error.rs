@@ -166,6 +166,17 @@ pub enum Error {
         "BM25 parameters must be finite with k1 >= 0 and b between 0 and 1, but k1 = {k1} and b = {b} were given"
     )]
     InvalidBm25Params { k1: f32, b: f32 },
+
+    /// An approximate index's parameters or entries do not fit its generation.
+    #[error("the approximate index is invalid: {reason}")]
+    InvalidIndex { reason: String },
+
+    /// No such index version.
+    #[error("generation {generation} has no approximate index version {version}")]
+    UnknownIndex {
+        generation: GenerationId,
+        version: u32,
+    },
 }
 
 impl Error {
@@ -191,7 +202,10 @@ impl Error {
             | Error::ReadOnly { .. }
             // A follower of a database whose lexical index no writer has built yet.
             | Error::LexicalIndexUnavailable { .. }
-            | Error::InvalidBm25Params { .. } => true,
+            | Error::InvalidBm25Params { .. }
+            // A list count or index version given by the user.
+            | Error::InvalidIndex { .. }
+            | Error::UnknownIndex { .. } => true,
             Error::Rocks { .. }
             | Error::Io { .. }
             | Error::Corrupt { .. }
@@ -243,11 +257,13 @@ mod tests {
             Error::UnknownBlob { .. } => false,
             Error::LexicalIndexUnavailable { .. } => true,
             Error::InvalidBm25Params { .. } => true,
+            Error::InvalidIndex { .. } => true,
+            Error::UnknownIndex { .. } => true,
         }
     }
 
     /// The number of arms of `expected_user_error`: one sample of each variant is needed.
-    const VARIANTS: usize = 24;
+    const VARIANTS: usize = 26;
 
     fn one_of_each() -> Vec<Error> {
         let path = PathBuf::from("/data/db");
@@ -323,6 +339,13 @@ mod tests {
                 reason: "the index is being rebuilt".into(),
             },
             Error::InvalidBm25Params { k1: -1.0, b: 2.0 },
+            Error::InvalidIndex {
+                reason: "the number of lists must be between 1 and 1048576, not 0".into(),
+            },
+            Error::UnknownIndex {
+                generation: 2,
+                version: 3,
+            },
         ]
     }
 

@@ -234,14 +234,17 @@ pub(crate) fn check_rows(manifest: &GenerationManifest, rows: usize, values: &[f
     Ok(())
 }
 
-/// Adds blocks and index entries for validated rows to `wb`, updating `manifest` in memory.
+/// Adds blocks and index entries for validated rows to `wb`, updating `manifest` in memory,
+/// and their entries in every approximate index of the generation that is caught up.
 pub(crate) fn stage_rows(
+    r: &dyn Reader,
     wb: &mut Batch<'_>,
     manifest: &mut GenerationManifest,
     ids: &[PassageId],
     values: &[f32],
     block_rows: usize,
-) {
+) -> Result<()> {
+    let first_block = manifest.blocks;
     let dim = manifest.spec.dim as usize;
     for (chunk_ids, chunk_values) in ids
         .chunks(block_rows.max(1))
@@ -256,6 +259,7 @@ pub(crate) fn stage_rows(
         manifest.blocks += 1;
         manifest.vector_count += chunk_ids.len() as u64;
     }
+    crate::ivf::stage_new_rows(r, wb, manifest, first_block, ids, values)
 }
 
 /// Deletes a generation's manifest, vectors, index and tombstones.
@@ -265,4 +269,5 @@ pub(crate) fn delete_generation_data(wb: &mut Batch<'_>, generation: GenerationI
     wb.delete_prefix(Cf::Vectors, &prefix);
     wb.delete_prefix(Cf::VectorIndex, &prefix);
     wb.delete_prefix(Cf::Tombstones, &prefix);
+    crate::ivf::delete_generation_indexes(wb, generation);
 }

@@ -38,20 +38,23 @@ mod codec;
 mod db;
 mod error;
 mod generation;
+pub mod ivf;
 pub mod lexical;
 mod porter2;
 mod rocks;
 mod snapshot;
+mod snapshot_index;
 mod validation;
 mod verify;
 
 use serde::{Deserialize, Serialize};
 
-pub use db::{Db, DbBuilder, DbStats, GcReport, InsertOutcome, Options};
+pub use db::{Db, DbBuilder, DbStats, GcReport, IndexWriter, InsertOutcome, Options, RowBlocks};
 pub use error::{Error, Result};
 pub use generation::GenerationWriter;
 pub use lexical::Bm25Params;
 pub use snapshot::{PassageIter, Snapshot, VectorMatrix};
+pub use snapshot_index::IvfList;
 pub use validation::{
     DEFAULT_MAX_META_BYTES, DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TITLE_BYTES, InvalidPassage,
     MAX_EXTERNAL_ID_BYTES, PassageLimits, validate_passage,
@@ -59,7 +62,7 @@ pub use validation::{
 pub use verify::IntegrityReport;
 
 /// The on-disk format version this build reads and writes. See `docs/format.md`.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A passage's stable id, assigned by the database on insert and never reused.
 pub type PassageId = u64;

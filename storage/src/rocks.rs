@@ -36,10 +36,14 @@ pub(crate) enum Cf {
     Blobs,
     /// Term (UTF-8) ++ 0x00 ++ passage id (u64 BE) → tf and passage length: BM25 postings.
     LexicalPostings,
+    /// Generation id ++ index version (u32 BE) ++ record kind → IVF index header or params.
+    IvfIndexes,
+    /// Generation id ++ index version ++ list (u32 BE) ++ passage id → the row's SQ8 code.
+    IvfLists,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 9] = [
+    pub(crate) const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Passages,
         Cf::ExternalIds,
@@ -49,6 +53,8 @@ impl Cf {
         Cf::Tombstones,
         Cf::Blobs,
         Cf::LexicalPostings,
+        Cf::IvfIndexes,
+        Cf::IvfLists,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -62,6 +68,8 @@ impl Cf {
             Cf::Tombstones => "vector_tombstones",
             Cf::Blobs => "blobs",
             Cf::LexicalPostings => "lexical_postings",
+            Cf::IvfIndexes => "ivf_indexes",
+            Cf::IvfLists => "ivf_lists",
         }
     }
 
@@ -70,10 +78,16 @@ impl Cf {
         let mut table = BlockBasedOptions::default();
         match self {
             // Float vectors and checkpoints do not compress; large blocks make scans sequential.
-            Cf::Vectors | Cf::Blobs => {
+            Cf::Vectors | Cf::Blobs | Cf::IvfIndexes => {
                 opts.set_compression_type(DBCompressionType::None);
                 table.set_block_size(64 * 1024);
                 opts.set_enable_blob_files(false);
+            }
+            // A search reads whole lists, one prefix scan each: sequential, and codes of
+            // real embeddings compress little.
+            Cf::IvfLists => {
+                opts.set_compression_type(DBCompressionType::None);
+                table.set_block_size(64 * 1024);
             }
             Cf::Passages => {
                 opts.set_compression_type(DBCompressionType::Lz4);

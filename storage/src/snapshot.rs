@@ -19,7 +19,7 @@ use crate::{GenerationId, GenerationManifest, Passage, PassageId};
 #[derive(Debug)]
 pub struct Snapshot {
     db: Db,
-    rs: SnapshotReader,
+    pub(crate) rs: SnapshotReader,
     manifest: Option<GenerationManifest>,
 }
 
@@ -87,7 +87,7 @@ impl Snapshot {
         self.manifest.as_ref()
     }
 
-    fn pinned(&self) -> Result<&GenerationManifest> {
+    pub(crate) fn pinned(&self) -> Result<&GenerationManifest> {
         self.manifest.as_ref().ok_or(Error::NoCurrentGeneration)
     }
 

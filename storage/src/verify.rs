@@ -2,9 +2,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::codec::{self, decode_u64, pair_second};
+use crate::codec::{self, decode_u64, pair_key, pair_second};
 use crate::db::{Db, META_PASSAGE_COUNT, read_current, read_manifests, read_meta_u64};
 use crate::error::Result;
+use crate::ivf::{self, IndexState};
 use crate::lexical::{self, DocTerms};
 use crate::rocks::{Cf, Reader};
 use crate::{GenerationManifest, GenerationState};
@@ -18,6 +19,8 @@ pub struct IntegrityReport {
     pub rows: u64,
     /// Entries of the lexical (BM25) index.
     pub postings: u64,
+    /// Entries of approximate (IVF) indexes, every version.
+    pub index_entries: u64,
     /// Every violated invariant, as a sentence.
     pub problems: Vec<String>,
 }
@@ -137,6 +140,7 @@ impl Db {
                 ));
             }
         }
+        report.index_entries = check_indexes(r, &manifests, !self.is_follower(), &mut problem)?;
         match lexical_unavailable {
             None => report.postings = lexical.finish(r, &passages, &mut problem)?,
             // A follower of a database that no writer has upgraded yet has no index to check.
@@ -150,6 +154,93 @@ impl Db {
         report.problems = problems;
         Ok(report)
     }
+}
+
+/// Checks every approximate index: its parameters fit its generation, its entries are
+/// exactly one per row of the blocks it covers, and a published index of a published
+/// generation covers every block. Returns the number of entries.
+fn check_indexes(
+    r: &dyn Reader,
+    manifests: &BTreeMap<u64, GenerationManifest>,
+    writer: bool,
+    problem: &mut dyn FnMut(String),
+) -> Result<u64> {
+    let mut total = 0u64;
+    for entry in r.scan(Cf::IvfIndexes, &[], &[]) {
+        let (key, _) = entry?;
+        let generation = decode_u64(&key[..8.min(key.len())], &|| "an index key".into())?;
+        if !manifests.contains_key(&generation) {
+            problem(format!(
+                "approximate index records of unknown generation {generation} are left"
+            ));
+        }
+    }
+    for entry in r.scan(Cf::IvfLists, &[], &[]) {
+        let (key, _) = entry?;
+        let generation = decode_u64(&key[..8.min(key.len())], &|| "an index key".into())?;
+        if !manifests.contains_key(&generation) {
+            problem(format!(
+                "approximate index entries of unknown generation {generation} are left"
+            ));
+            break;
+        }
+    }
+    for m in manifests.values() {
+        for info in ivf::read_infos(r, m.id)? {
+            let name = format!("index {} of generation {}", info.version, m.id);
+            if writer && info.state == IndexState::Building {
+                problem(format!("{name} is still building after open"));
+            }
+            match ivf::read_params(r, m.id, info.version) {
+                Ok(params) => {
+                    if let Err(e) = params.check(m.spec.dim) {
+                        problem(format!("{name}: {e}"));
+                    } else if params.nlist != info.nlist {
+                        problem(format!(
+                            "{name} records {} lists, but its centroids are for {}",
+                            info.nlist, params.nlist
+                        ));
+                    }
+                }
+                Err(e) => problem(e.to_string()),
+            }
+            let caught_up = info.covered_blocks == m.blocks;
+            if info.state == IndexState::Ready && !caught_up {
+                problem(format!(
+                    "{name} is published but covers blocks 0..{} of {}",
+                    info.covered_blocks, m.blocks
+                ));
+            }
+            let mut seen = HashSet::new();
+            let mut entries = 0u64;
+            let prefix = ivf::list_prefix(m.id, info.version, None);
+            for entry in r.scan(Cf::IvfLists, &prefix, &[]) {
+                let (key, value) = entry?;
+                entries += 1;
+                if let Some(p) = ivf::entry_problem(&key, &value, m.spec.dim as usize) {
+                    problem(format!("{name}: {p}"));
+                    continue;
+                }
+                let (list, id) = ivf::split_entry_key(&key)?;
+                let row = pair_key(m.id, id);
+                let has_row = r.get(Cf::VectorIndex, &row)?.is_some()
+                    || r.get(Cf::Tombstones, &row)?.is_some();
+                if list >= info.nlist || !has_row || !seen.insert(id) {
+                    problem(format!(
+                        "{name}: the entry of passage {id} in list {list} is out of range, has no row in the generation, or repeats"
+                    ));
+                }
+            }
+            if entries != info.entries || (caught_up && entries != m.vector_count) {
+                problem(format!(
+                    "{name} records {} entries and generation {} has {} rows, but {entries} entries are stored",
+                    info.entries, m.id, m.vector_count
+                ));
+            }
+            total += entries;
+        }
+    }
+    Ok(total)
 }
 
 /// What the lexical part of [`Db::verify`] has seen so far.

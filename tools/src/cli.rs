@@ -60,6 +60,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Build and publish a new generation with an encoder.
     Reindex(ReindexArgs),
+    /// Add an approximate (IVF) index to a generation as its next index version.
+    Index(IndexArgs),
     /// Write every passage as JSONL.
     Export(ExportArgs),
     /// Check every invariant of the on-disk format.
@@ -89,6 +91,8 @@ pub struct InitArgs {
     /// The element type of stored vectors.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub index: IndexBuildArgs,
     /// Print the new generation as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -186,9 +190,73 @@ pub struct ReindexArgs {
     /// The element type of stored vectors (default: the current generation's).
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    #[command(flatten)]
+    pub index: IndexBuildArgs,
     /// Print the new generation as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An approximate index kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IndexKindArg {
+    /// Inverted lists over k-means centroids, entries with quantized codes.
+    Ivf,
+}
+
+/// How IVF list entries encode vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CodesArg {
+    /// 8-bit scalar quantization, one byte per dimension.
+    Sq8,
+}
+
+/// The approximate index a new generation is built with (`init`, `reindex`).
+#[derive(Clone, Copy, Debug, Args)]
+pub struct IndexBuildArgs {
+    /// Build an approximate index into the generation before it is published.
+    #[arg(long, value_enum)]
+    pub index: Option<IndexKindArg>,
+    /// Inverted lists of the IVF index (default: about 4 times the square root of the rows).
+    #[arg(long, value_name = "N", requires = "index", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub nlist: Option<u32>,
+    /// How list entries encode vectors.
+    #[arg(long, value_enum, default_value_t = CodesArg::Sq8)]
+    pub codes: CodesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Build an IVF index (the one kind there is).
+    #[arg(long, required = true)]
+    pub ivf: bool,
+    /// Inverted lists (default: about 4 times the square root of the rows).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub nlist: Option<u32>,
+    /// How list entries encode vectors.
+    #[arg(long, value_enum, default_value_t = CodesArg::Sq8)]
+    pub codes: CodesArg,
+    /// Index this generation instead of the current one.
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Print the new index as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How dense searches use an approximate index (`search`, `shell`, `eval`, `ask`).
+#[derive(Clone, Copy, Debug, Args)]
+pub struct IndexSearchArgs {
+    /// Probe N lists of the generation's IVF index (default: an eighth of them, at least
+    /// 8). Setting it searches through the index even when the generation is small
+    /// enough that an exact scan is the default.
+    #[arg(long, value_name = "N", conflicts_with = "exact", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nprobe: Option<u32>,
+    /// Search exactly even when the generation has an index.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 #[derive(Debug, Args)]
@@ -240,7 +308,8 @@ pub struct CorpusArgs {
 /// A retrieval mode on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// The learned dense retriever: exact inner product over the pinned generation.
+    /// The learned dense retriever: inner product over the pinned generation (exact, or
+    /// through its approximate index; see --nprobe and --exact).
     Dense,
     /// BM25 over the lexical index kept with the passages.
     Bm25,
@@ -267,6 +336,8 @@ pub struct RetrievalArgs {
     /// BM25 length normalization b.
     #[arg(long, default_value_t = 0.4)]
     pub bm25_b: f32,
+    #[command(flatten)]
+    pub index: IndexSearchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -414,6 +485,8 @@ pub struct AskArgs {
     /// Answer from a retained older generation instead of the current one.
     #[arg(long)]
     pub generation: Option<u64>,
+    #[command(flatten)]
+    pub index: IndexSearchArgs,
     /// Print the answer and its evidence as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -4,6 +4,7 @@
 mod checkpoints;
 mod eval;
 mod hybrid;
+mod ivf;
 mod parity;
 mod query;
 mod vectors;

@@ -59,7 +59,14 @@ impl Db {
             }
         }
         let mut wb = rocks.batch();
-        generation::stage_rows(&mut wb, manifest, ids, vectors, self.options().block_rows);
+        generation::stage_rows(
+            &*rocks,
+            &mut wb,
+            manifest,
+            ids,
+            vectors,
+            self.options().block_rows,
+        )?;
         wb.put(Cf::Generations, &u64_key(manifest.id), &encode(&*manifest));
         rocks.write(wb, self.options().sync_all_writes)
     }

@@ -3,6 +3,7 @@
 
 mod blobs;
 mod generations;
+mod ivf_index;
 mod lexical_index;
 mod passages;
 mod pins;
@@ -24,6 +25,7 @@ use crate::validation::{
 use crate::{FORMAT_VERSION, GenerationId, GenerationState};
 
 pub(crate) use generations::{read_current, read_manifest, read_manifests};
+pub use ivf_index::{IndexWriter, RowBlocks};
 pub use passages::InsertOutcome;
 pub(crate) use passages::{decode_passage, read_passage};
 pub use pins::GcReport;
@@ -36,6 +38,9 @@ pub(crate) const META_PASSAGE_COUNT: &[u8] = b"passage_count";
 
 /// The format before the lexical index: a writer upgrades it on open.
 const FORMAT_VERSION_1: u32 = 1;
+/// The format before approximate indexes: the same records without the IVF column families,
+/// which a writer's open creates.
+const FORMAT_VERSION_2: u32 = 2;
 
 /// Tunables of an open database.
 #[derive(Clone, Debug)]
@@ -225,7 +230,7 @@ impl Db {
                 let found = u32::try_from(found).unwrap_or(u32::MAX);
                 // Version 1 lacks only the lexical index: a writer builds it below, and a
                 // follower reads everything else and reports lexical search as unavailable.
-                if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
+                if ![FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_1].contains(&found) {
                     return Err(Error::UnsupportedFormat {
                         path: path.to_path_buf(),
                         found,
@@ -235,7 +240,9 @@ impl Db {
             }
         }
         if !db.is_follower() {
+            db.upgrade_from_version_2()?;
             db.discard_unfinished_generations()?;
+            db.discard_unfinished_indexes()?;
             db.ensure_lexical_index()?;
         }
         Ok(db)
@@ -269,6 +276,17 @@ impl Db {
             lexical::ANALYZER_VERSION.as_bytes(),
         );
         rocks.write(batch, true)
+    }
+
+    /// Version 2 lacks only the IVF column families, which opening as the writer created.
+    fn upgrade_from_version_2(&self) -> Result<()> {
+        let rocks = self.rocks();
+        if read_meta_u64(&*rocks, META_FORMAT)? == Some(u64::from(FORMAT_VERSION_2)) {
+            let mut batch = rocks.batch();
+            batch.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION)));
+            rocks.write(batch, true)?;
+        }
+        Ok(())
     }
 
     /// Crash recovery: a generation still `building` at open was interrupted; remove it.

@@ -166,7 +166,14 @@ impl Db {
             && !new_ids.is_empty()
         {
             let block_rows = self.options().block_rows;
-            generation::stage_rows(&mut wb, manifest, &new_ids, &new_values, block_rows);
+            generation::stage_rows(
+                &*rocks,
+                &mut wb,
+                manifest,
+                &new_ids,
+                &new_values,
+                block_rows,
+            )?;
             wb.put(Cf::Generations, &u64_key(manifest.id), &encode(&*manifest));
         }
         rocks.write(wb, self.options().sync_all_writes)?;

@@ -56,6 +56,7 @@ pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     };
     let (answer, generation) = open::follower_retry(retriever.db(), || {
         let snapshot = pin(&retriever, args.generation)?;
+        snapshot.set_search_options(args.index.options());
         Ok(ask(&reader, &snapshot, &args.question, args.k as usize)?)
     })?;
     if args.json {

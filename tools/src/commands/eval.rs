@@ -88,6 +88,7 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let snapshot = open::follower_retry(retriever.db(), || {
         pin_for(&retriever, args.generation, pin_mode)
     })?;
+    snapshot.set_search_options(args.retrieval.index.options());
     let max_k =
         ks.last()
             .copied()

@@ -35,6 +35,7 @@ pub fn run(args: &InitArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         dtype: args.dtype.into(),
         progress: None,
         query_encoder: None,
+        index: args.index.config(),
     };
     let generation = retriever.build_generation(&encoder, build)?;
     let manifest = retriever.db().generation(generation)?;

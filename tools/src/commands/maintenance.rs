@@ -68,8 +68,18 @@ pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
 pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let (retriever, access) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
     let db = retriever.db();
-    let (stats, pending) =
-        open::follower_retry(db, || Ok((db.stats()?, db.snapshot()?.pending()?.len())))?;
+    let (stats, pending, index) = open::follower_retry(db, || {
+        let snapshot = db.snapshot()?;
+        let index = match snapshot.index()? {
+            Some(info) => {
+                let sizes = snapshot.index_list_sizes(info.version)?;
+                Some((info, sizes))
+            }
+            None => None,
+        };
+        Ok((db.stats()?, snapshot.pending()?.len(), index))
+    })?;
+    let index = index.map(|(info, sizes)| IndexSummary::new(info, &sizes));
     let total: u64 = stats.disk_bytes.values().sum();
     if args.json {
         return json_line(
@@ -82,6 +92,7 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "disk_bytes": stats.disk_bytes,
                 "disk_bytes_total": total,
                 "follower": access == Access::Follower,
+                "index": index.as_ref().map(IndexSummary::json),
             }),
         );
     }
@@ -129,7 +140,30 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         total.to_string(),
         format!("({})", human_bytes(total)),
     );
+    if let Some(index) = &index {
+        row(
+            &mut table,
+            "index",
+            format!("IVF v{}", index.info.version),
+            format!(
+                "({} lists, {} codes, {} entries)",
+                index.info.nlist, index.info.codes, index.info.entries
+            ),
+        );
+        row(
+            &mut table,
+            "index list sizes",
+            format!("{}/{:.1}/{}", index.min, index.mean, index.max),
+            format!("(min/mean/max; imbalance {:.2})", index.imbalance),
+        );
+    }
     table.write(out)?;
+    if index.as_ref().is_some_and(|i| i.rebuild_suggested) {
+        say(
+            out,
+            "Suggestion: the index has drifted (its lists grew by half or became uneven); `realm-db index DIR --ivf` builds a fresh version.",
+        )?;
+    }
     if access == Access::Follower {
         say(
             out,
@@ -137,6 +171,46 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The current generation's index as `stats` shows it.
+struct IndexSummary {
+    info: realm_db::IndexInfo,
+    min: u64,
+    max: u64,
+    mean: f64,
+    imbalance: f64,
+    rebuild_suggested: bool,
+}
+
+impl IndexSummary {
+    fn new(info: realm_db::IndexInfo, sizes: &[u64]) -> Self {
+        let imbalance = realm_db::storage::ivf::imbalance(sizes);
+        IndexSummary {
+            min: sizes.iter().copied().min().unwrap_or(0),
+            max: sizes.iter().copied().max().unwrap_or(0),
+            mean: sizes.iter().sum::<u64>() as f64 / sizes.len().max(1) as f64,
+            rebuild_suggested: info.rebuild_suggested(imbalance),
+            imbalance,
+            info,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "kind": "ivf",
+            "version": self.info.version,
+            "nlist": self.info.nlist,
+            "codes": self.info.codes.to_string(),
+            "entries": self.info.entries,
+            "entries_at_publication": self.info.published_entries,
+            "list_size_min": self.min,
+            "list_size_mean": self.mean,
+            "list_size_max": self.max,
+            "imbalance": self.imbalance,
+            "rebuild_suggested": self.rebuild_suggested,
+        })
+    }
 }
 
 pub fn check(args: &CheckArgs, env: &Env, out: &mut dyn Write) -> Result<()> {

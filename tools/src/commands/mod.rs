@@ -3,9 +3,14 @@
 use std::io::Write;
 
 use anyhow::Result;
-use realm_db::{Bm25Params, HybridOptions, RetrieverOptions, SearchMode};
+use realm_db::{
+    Bm25Params, Codes, HybridOptions, IvfConfig, RetrieverOptions, SearchMode, SearchOptions,
+};
 
-use crate::cli::{Cli, Command, DeviceArg, DtypeArg, ModeArg, RetrievalArgs};
+use crate::cli::{
+    Cli, CodesArg, Command, DeviceArg, DtypeArg, IndexBuildArgs, IndexKindArg, IndexSearchArgs,
+    ModeArg, RetrievalArgs,
+};
 use crate::open;
 
 mod ask;
@@ -13,6 +18,7 @@ mod embed;
 mod eval;
 mod export;
 mod generations;
+mod index;
 mod ingest;
 mod init;
 mod maintenance;
@@ -59,6 +65,36 @@ impl RetrievalArgs {
     }
 }
 
+impl IndexSearchArgs {
+    /// The search options these flags ask for.
+    pub fn options(&self) -> SearchOptions {
+        match (self.exact, self.nprobe) {
+            (true, _) => SearchOptions::exact(),
+            (false, Some(n)) => SearchOptions::probing(n as usize),
+            (false, None) => SearchOptions::default(),
+        }
+    }
+}
+
+impl IndexBuildArgs {
+    /// The index to build into a new generation, if any.
+    pub fn config(&self) -> Option<IvfConfig> {
+        self.index
+            .map(|IndexKindArg::Ivf| ivf_config(self.nlist, self.codes))
+    }
+}
+
+/// An IVF configuration from command-line values.
+pub fn ivf_config(nlist: Option<u32>, codes: CodesArg) -> IvfConfig {
+    IvfConfig {
+        nlist: nlist.map_or(0, |n| n as usize),
+        codes: match codes {
+            CodesArg::Sq8 => Codes::Sq8,
+        },
+        ..IvfConfig::default()
+    }
+}
+
 impl From<DtypeArg> for realm_db::Dtype {
     fn from(d: DtypeArg) -> Self {
         match d {
@@ -88,6 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => maintenance::stats(args, &env, &mut out),
         Command::Corpus(args) => corpus(args, &mut out),
         Command::Reindex(args) => reindex::run(args, &env, &mut out),
+        Command::Index(args) => index::run(args, &env, &mut out),
         Command::Export(args) => export::run(args, &env, &mut out),
         Command::Check(args) => maintenance::check(args, &env, &mut out),
         Command::Eval(args) => eval::run(args, &env, &mut out),

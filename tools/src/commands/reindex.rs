@@ -65,6 +65,7 @@ pub fn run(args: &ReindexArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         dtype,
         progress: Some(&mut on_progress),
         query_encoder: query_encoder.as_deref(),
+        index: args.index.config(),
     };
     let generation = retriever.build_generation(&encoder, build)?;
     bar.finish_and_clear();

@@ -23,6 +23,7 @@ pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let (snapshot, hits) = open::follower_retry(retriever.db(), || {
         let mode = args.retrieval.mode();
         let snapshot = pin_for(&retriever, args.generation, mode)?;
+        snapshot.set_search_options(args.retrieval.index.options());
         let hits = snapshot.search_with(&args.query, args.k as usize, mode)?;
         Ok((snapshot, hits))
     })?;

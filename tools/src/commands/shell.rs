@@ -255,6 +255,7 @@ impl Shell {
                 snapshot.generation_id().unwrap_or_default()
             ))?;
         }
+        snapshot.set_search_options(self.retrieval.index.options());
         let hits = open::follower_retry(db, || {
             Ok(snapshot.search_with(text, self.k, self.retrieval.mode())?)
         })?;

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_realm-db");
 
-const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the river Seine."}
+pub(crate) const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the river Seine."}
 {"id": "oslo", "title": "Oslo", "text": "Oslo is the capital and most populous city of Norway."}
 {"id": "everest", "title": "Mount Everest", "text": "Mount Everest is Earth's highest mountain above sea level, in the Himalayas."}
 {"id": 42, "title": "Photosynthesis", "text": "Photosynthesis is the process by which green plants turn sunlight, water and carbon dioxide into sugar.", "meta": {"topic": "biology"}}
@@ -28,18 +28,18 @@ fn realm(home: &Path) -> Command {
 }
 
 /// A temporary directory holding `db` (initialized, the corpus ingested) and `corpus.jsonl`.
-struct Fixture {
+pub(crate) struct Fixture {
     tmp: TempDir,
 }
 
 impl Fixture {
-    fn empty() -> Fixture {
+    pub(crate) fn empty() -> Fixture {
         Fixture {
             tmp: tempfile::tempdir().expect("a temporary directory"),
         }
     }
 
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let f = Fixture::empty();
         f.write("corpus.jsonl", CORPUS);
         f.cmd().args(["init"]).arg(f.db()).assert().success();
@@ -55,36 +55,36 @@ impl Fixture {
         f
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.path("db")
     }
 
-    fn write(&self, name: &str, content: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, content).expect("writing a test input");
         path
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         realm(self.tmp.path())
     }
 
     /// Runs `realm-db ARGS... ` successfully and returns stdout.
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         succeeds(self.cmd().args(args))
     }
 
     /// Runs `realm-db ARGS...`, expects a user error (exit status 1) and returns its line.
-    fn user_error<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+    pub(crate) fn user_error<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
         fails(self.cmd().args(args), 1)
     }
 
     /// `search DB QUERY --json ...` parsed.
-    fn search_json(&self, query: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    pub(crate) fn search_json(&self, query: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         let db = self.db();
         let mut args = vec!["search", db.to_str().expect("UTF-8 path"), query, "--json"];
         args.extend_from_slice(extra);
@@ -92,14 +92,14 @@ impl Fixture {
     }
 }
 
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
 
 /// Runs `cmd` successfully and returns its stdout.
-fn succeeds(cmd: &mut Command) -> String {
+pub(crate) fn succeeds(cmd: &mut Command) -> String {
     let out = cmd.assert().success().get_output().clone();
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }

@@ -1,0 +1,286 @@
+//! Approximate search through a generation's IVF index: probe the lists whose centroids
+//! score best, score their SQ8 codes, then re-score the best candidates exactly from the
+//! stored rows.
+//!
+//! Re-scoring is bounded: every code's score is within `ε = Σ|q_d|·err_d` of its exact
+//! score, where `err` is the index's largest coding error per dimension, so candidates are
+//! re-scored best first until the next one cannot reach the k-th exact score. The result is
+//! then the exact top-k of the probed lists (ties by passage id), unless the cap on
+//! re-scored candidates cut it short; with every list probed it equals exact search.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use realm_storage::ivf::IndexInfo;
+use realm_storage::{GenerationId, IvfList, Snapshot};
+
+use crate::error::Result;
+use crate::kernels::{dot, dot_u8};
+use crate::retriever::Retriever;
+use crate::topk::{Candidate, TopK};
+
+/// Default re-scoring cap per query, unless the options set one: `max(MIN, k · PER_K)`.
+const RESCORE_MIN: usize = 64;
+const RESCORE_PER_K: usize = 16;
+
+/// How a search ranks: exactly, or through the generation's approximate index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchOptions {
+    /// Lists an index search probes; `None` takes [`default_nprobe`]. Setting it asks for
+    /// the index even below [`SearchOptions::min_index_rows`].
+    pub nprobe: Option<usize>,
+    /// Search exactly even when the generation has an index.
+    pub exact: bool,
+    /// Re-score candidates exactly from the stored rows (default); off ranks by codes alone.
+    pub rescore: bool,
+    /// At most this many candidates re-scored per query; 0 picks `max(64, 16·k)`.
+    pub max_rescore: usize,
+    /// Generations with fewer live rows are searched exactly unless `nprobe` is set: below
+    /// this size an exact scan is as fast as probing (see the `ivf` bench).
+    pub min_index_rows: u64,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            nprobe: None,
+            exact: false,
+            rescore: true,
+            max_rescore: 0,
+            min_index_rows: 50_000,
+        }
+    }
+}
+
+impl SearchOptions {
+    /// Exact search, whatever indexes exist.
+    pub fn exact() -> Self {
+        SearchOptions {
+            exact: true,
+            ..SearchOptions::default()
+        }
+    }
+
+    /// An index search probing `nprobe` lists.
+    pub fn probing(nprobe: usize) -> Self {
+        SearchOptions {
+            nprobe: Some(nprobe),
+            ..SearchOptions::default()
+        }
+    }
+
+    /// Whether a generation of `live` rows with index `index` is searched through it.
+    pub(crate) fn uses_index(&self, index: Option<&IndexInfo>, live: u64) -> bool {
+        !self.exact && index.is_some() && (self.nprobe.is_some() || live >= self.min_index_rows)
+    }
+}
+
+/// The lists probed by default: an eighth of them, at least 8 (all of a small index).
+pub fn default_nprobe(nlist: usize) -> usize {
+    (nlist / 8).max(8).min(nlist.max(1))
+}
+
+/// An index as searches use it: centroids and quantizer on the host, and its lists when
+/// they fit the memory budget (else each search reads the lists it probes).
+pub(crate) struct LoadedIndex {
+    pub(crate) generation: GenerationId,
+    pub(crate) version: u32,
+    pub(crate) covered_blocks: u64,
+    pub(crate) nlist: usize,
+    pub(crate) dim: usize,
+    centroids: Vec<f32>,
+    min: Vec<f32>,
+    step: Vec<f32>,
+    max_error: Vec<f32>,
+    lists: Option<Vec<IvfList>>,
+}
+
+/// Where re-scoring reads exact rows.
+pub(crate) trait RowSource {
+    /// The rows of `ids` (`None` for one without a row), in that order.
+    fn rows(&self, ids: &[u64]) -> Result<Vec<Option<Vec<f32>>>>;
+}
+
+impl Retriever {
+    /// The index `info` names, loaded (or taken from the cache).
+    pub(crate) fn loaded_index(
+        &self,
+        snapshot: &Snapshot,
+        info: &IndexInfo,
+    ) -> Result<Arc<LoadedIndex>> {
+        let key = (info.generation, info.version);
+        {
+            let cache = self.inner.indexes.lock();
+            if let Some(found) = cache.iter().find(|i| {
+                (i.generation, i.version) == key && i.covered_blocks == info.covered_blocks
+            }) {
+                return Ok(found.clone());
+            }
+        }
+        let params = snapshot.index_params(info.version)?;
+        let dim = params.dim as usize;
+        let in_memory =
+            (info.entries as usize).saturating_mul(dim + 8) <= self.options().memory_budget_bytes;
+        let lists = if in_memory {
+            Some(snapshot.index_lists(info.version)?)
+        } else {
+            None
+        };
+        let loaded = Arc::new(LoadedIndex {
+            generation: info.generation,
+            version: info.version,
+            covered_blocks: info.covered_blocks,
+            nlist: params.nlist as usize,
+            dim,
+            centroids: params.centroids,
+            min: params.quantizer.min,
+            step: params.quantizer.step,
+            max_error: info.max_error.clone(),
+            lists,
+        });
+        let mut cache = self.inner.indexes.lock();
+        cache.retain(|i| (i.generation, i.version) != key);
+        cache.push(loaded.clone());
+        if cache.len() > 2 {
+            cache.remove(0);
+        }
+        Ok(loaded)
+    }
+}
+
+/// One IVF search over a loaded index.
+pub(crate) struct IvfScan<'a> {
+    pub(crate) index: &'a LoadedIndex,
+    pub(crate) snapshot: &'a Snapshot,
+    pub(crate) deleted: &'a HashSet<u64>,
+    pub(crate) nprobe: usize,
+    pub(crate) rescore: bool,
+    pub(crate) max_rescore: usize,
+}
+
+impl IvfScan<'_> {
+    /// For each query (row-major f32, `dim` each), the `k` best `(passage id, score)`.
+    pub(crate) fn top_k(
+        &self,
+        queries: &[f32],
+        k: usize,
+        rows: &dyn RowSource,
+    ) -> Result<Vec<Vec<(u64, f32)>>> {
+        let dim = self.index.dim;
+        queries
+            .chunks_exact(dim)
+            .map(|q| self.one(q, k, rows))
+            .collect()
+    }
+
+    fn one(&self, q: &[f32], k: usize, rows: &dyn RowSource) -> Result<Vec<(u64, f32)>> {
+        let index = self.index;
+        let dim = index.dim;
+        let probes = self.probes(q);
+        // score(code) = q·min + Σ (q_d · step_d) · code_d
+        let folded: Vec<f32> = q.iter().zip(&index.step).map(|(a, s)| a * s).collect();
+        let bias = dot(q, &index.min);
+        let cap = if self.rescore {
+            if self.max_rescore > 0 {
+                self.max_rescore.max(k)
+            } else {
+                RESCORE_MIN.max(RESCORE_PER_K * k)
+            }
+        } else {
+            k
+        };
+        let disk;
+        let lists: Vec<&IvfList> = match &index.lists {
+            Some(all) => probes.iter().map(|&l| &all[l]).collect(),
+            None => {
+                disk = probes
+                    .iter()
+                    .map(|&l| self.snapshot.index_list(index.version, l as u32))
+                    .collect::<Result<Vec<_>, _>>()?;
+                disk.iter().collect()
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let entries: usize = lists.iter().map(|l| l.ids.len()).sum();
+        let scan = |part: &[&IvfList]| {
+            let mut heap = TopK::new(cap);
+            for list in part {
+                for (i, &id) in list.ids.iter().enumerate() {
+                    let code = &list.codes[i * dim..(i + 1) * dim];
+                    let score = bias + dot_u8(&folded, code);
+                    if heap.would_take(score) && !self.deleted.contains(&id) {
+                        heap.offer(Candidate { score, id });
+                    }
+                }
+            }
+            heap
+        };
+        let mut best = if threads > 1 && entries > 32_768 {
+            let per = lists.len().div_ceil(threads);
+            let parts: Vec<TopK> = std::thread::scope(|s| {
+                let handles: Vec<_> = lists
+                    .chunks(per.max(1))
+                    .map(|p| s.spawn(move || scan(p)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| TopK::new(cap)))
+                    .collect()
+            });
+            let mut merged = TopK::new(cap);
+            for part in parts {
+                part.into_candidates().for_each(|c| merged.offer(c));
+            }
+            merged
+        } else {
+            scan(&lists)
+        };
+        if !self.rescore {
+            return Ok(best.into_sorted());
+        }
+        let eps = q
+            .iter()
+            .zip(&index.max_error)
+            .map(|(a, e)| a.abs() * e)
+            .sum::<f32>()
+            * 1.001
+            + 1e-6 * (1.0 + bias.abs());
+        let candidates = std::mem::replace(&mut best, TopK::new(k)).into_sorted();
+        let mut exact = TopK::new(k);
+        let mut next = 0;
+        while next < candidates.len() {
+            if exact.is_full() && candidates[next].1 + eps < exact.threshold() {
+                break;
+            }
+            let end = (next + k.max(16)).min(candidates.len());
+            let ids: Vec<u64> = candidates[next..end].iter().map(|c| c.0).collect();
+            for (id, row) in ids.iter().zip(rows.rows(&ids)?) {
+                if let Some(row) = row {
+                    exact.offer(Candidate {
+                        score: dot(q, &row),
+                        id: *id,
+                    });
+                }
+            }
+            next = end;
+        }
+        Ok(exact.into_sorted())
+    }
+
+    /// The `nprobe` lists whose centroids have the largest inner product with `q`.
+    fn probes(&self, q: &[f32]) -> Vec<usize> {
+        let index = self.index;
+        let mut scored: Vec<(f32, usize)> = index
+            .centroids
+            .chunks_exact(index.dim)
+            .enumerate()
+            .map(|(l, c)| (dot(q, c), l))
+            .collect();
+        let n = self.nprobe.clamp(1, scored.len().max(1));
+        if n < scored.len() {
+            scored.select_nth_unstable_by(n - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            scored.truncate(n);
+        }
+        scored.into_iter().map(|(_, l)| l).collect()
+    }
+}
