@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use realm_retriever::{BuildOptions, Encoder, Retriever};
+use realm_retriever::{BuildOptions, Encoder, IvfConfig, Retriever};
 use realm_storage::Provenance;
 
 use crate::error::{Error, Result};
@@ -111,6 +111,23 @@ fn build_refresh(retriever: &Retriever, request: &RefreshRequest, note: &str) ->
     let document = Encoder::from_checkpoint_bytes(&request.document, None, cfg.clone())?;
     let query = Encoder::from_checkpoint_bytes(&request.query, None, cfg)?;
     let parent = retriever.db().current_generation()?;
+    // A refresh keeps the parent's approximate index: the new generation is published with
+    // an index of the same shape, trained on its own vectors, in the same commit.
+    let passages = retriever.db().stats()?.passages.max(1) as usize;
+    let index = match parent {
+        Some(p) => retriever
+            .db()
+            .indexes(p)?
+            .into_iter()
+            .rfind(|i| i.state == realm_storage::ivf::IndexState::Ready)
+            .map(|i| IvfConfig {
+                nlist: (i.nlist as usize).min(passages),
+                codes: i.codes,
+                note: format!("refresh at step {}", request.step),
+                ..IvfConfig::default()
+            }),
+        None => None,
+    };
     let generation = retriever.build_generation(
         &document,
         BuildOptions {
@@ -121,6 +138,7 @@ fn build_refresh(retriever: &Retriever, request: &RefreshRequest, note: &str) ->
                 note: note.to_owned(),
             },
             query_encoder: Some(&query),
+            index,
             ..BuildOptions::default()
         },
     )?;

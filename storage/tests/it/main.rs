@@ -5,5 +5,6 @@
 mod api;
 mod corruption;
 mod crash;
+mod ivf;
 mod lexical;
 mod model;

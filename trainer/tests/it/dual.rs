@@ -13,6 +13,12 @@ fn dual_training_publishes_generations_while_searches_run() {
     let dir = tempfile::tempdir().unwrap();
     let (retriever, questions) = towns_retriever(dir.path(), 2);
     let first = retriever.db().current_generation().unwrap().unwrap();
+    // An indexed generation: every refresh publishes its successor with an index alike.
+    let nlist = realm_retriever::IvfConfig {
+        nlist: 2,
+        ..Default::default()
+    };
+    retriever.build_index(first, &nlist, None).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let searchers: Vec<_> = (0..2)
         .map(|t| {
@@ -108,8 +114,15 @@ fn dual_training_publishes_generations_while_searches_run() {
         }
     }
 
-    // The current generation holds the final towers.
     let db = retriever.db();
+    for &g in &report.generations_published {
+        let indexes = db.indexes(g).unwrap();
+        assert_eq!(indexes.len(), 1, "generation {g}: {indexes:?}");
+        assert_eq!(indexes[0].nlist, 2);
+        assert_eq!(indexes[0].entries, db.generation(g).unwrap().vector_count);
+    }
+    assert!(db.verify().unwrap().problems.is_empty());
+    // The current generation holds the final towers.
     let current = db.current_generation().unwrap().unwrap();
     assert_eq!(Some(&current), report.generations_published.last());
     assert_eq!(report.generation, current);
