@@ -184,6 +184,14 @@ fn main() {
             println!("{line}");
         }
         println!("  f16 recall@{k} against exact f32: {recall:.4}");
+        for (shape, path) in exact.exact_paths() {
+            println!(
+                "  measured fastest for batch class 2^{} of 2^{} rows{}: {path}",
+                shape.batch_class,
+                shape.rows_class,
+                if shape.half { " (f16)" } else { "" }
+            );
+        }
     }
 }
 

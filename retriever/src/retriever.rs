@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) db: Db,
     pub(crate) options: RetrieverOptions,
     pub(crate) matrices: Mutex<MatrixCache>,
+    /// The exact-search path measured fastest for each search shape in this process.
+    pub(crate) exact_plans: Mutex<crate::exact::ExactPlans>,
     /// Recently used approximate indexes, newest last.
     pub(crate) indexes: Mutex<Vec<Arc<crate::ivf_search::LoadedIndex>>>,
     encoders: Mutex<HashMap<String, Arc<Encoder>>>,
@@ -104,6 +106,7 @@ impl Retriever {
                 options,
                 matrices: Mutex::new(MatrixCache::default()),
                 indexes: Mutex::new(Vec::new()),
+                exact_plans: Mutex::new(Default::default()),
                 encoders: Mutex::new(HashMap::new()),
             }),
         }
@@ -117,6 +120,20 @@ impl Retriever {
     /// The settings.
     pub fn options(&self) -> &RetrieverOptions {
         &self.inner.options
+    }
+
+    /// The exact-search path chosen for each search shape so far, by measuring them on the
+    /// first search of that shape (see `ExactPath`).
+    pub fn exact_paths(&self) -> Vec<(crate::ExactShape, crate::ExactPath)> {
+        let mut all: Vec<_> = self
+            .inner
+            .exact_plans
+            .lock()
+            .iter()
+            .map(|(s, p)| (*s, *p))
+            .collect();
+        all.sort_by_key(|(s, _)| (s.rows_class, s.batch_class, s.half));
+        all
     }
 
     /// How many times a generation matrix was loaded from storage (a cache-miss counter).

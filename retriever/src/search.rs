@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::ivf_search::{IvfScan, RowSource, SearchOptions, default_nprobe};
 use crate::matrix::{DeviceMatrix, HostRows, ReadOnlyTensor};
 use crate::retriever::Retriever;
-use crate::topk::{GemmScan, HOST_SCAN_MAX_BATCH, HostScan, StreamScan, softmax};
+use crate::topk::{StreamScan, softmax};
 use realm_storage::ivf::IndexInfo;
 
 /// One retrieved passage.
@@ -43,18 +43,20 @@ pub struct Hit {
 }
 
 /// The pinned generation's matrix as one snapshot sees it.
-struct SearchState {
-    matrix: Arc<DeviceMatrix>,
+pub(crate) struct SearchState {
+    pub(crate) matrix: Arc<DeviceMatrix>,
     /// Rows visible to the snapshot.
-    rows: usize,
+    pub(crate) rows: usize,
     /// Rows of passages deleted before the snapshot, excluded from ranking.
-    dead: Option<ReadOnlyTensor>,
-    dead_host: Option<Vec<bool>>,
+    pub(crate) dead: Option<ReadOnlyTensor>,
+    pub(crate) dead_host: Option<Vec<bool>>,
+    /// Rows visible and not deleted.
+    pub(crate) live: usize,
 }
 
 impl SearchState {
     /// The row of passage `id`'s vector if the snapshot sees one (not deleted, not pending).
-    fn live_row(&self, id: u64) -> Option<usize> {
+    pub(crate) fn live_row(&self, id: u64) -> Option<usize> {
         self.matrix
             .row_of(id)
             .filter(|&r| r < self.rows && !self.dead_host.as_ref().is_some_and(|dead| dead[r]))
@@ -102,6 +104,11 @@ impl SearchSnapshot {
         self.snapshot.generation_id()
     }
 
+    /// The retriever this snapshot searches with.
+    pub(crate) fn retriever(&self) -> &Retriever {
+        &self.retriever
+    }
+
     /// Moves forward to the current generation.
     pub fn refresh(&mut self) -> Result<()> {
         self.snapshot.refresh()?;
@@ -119,7 +126,7 @@ impl SearchSnapshot {
         self.retriever.query_encoder(manifest)
     }
 
-    fn state(&self) -> Result<Arc<SearchState>> {
+    pub(crate) fn state(&self) -> Result<Arc<SearchState>> {
         let mut guard = self.state.lock();
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
@@ -141,11 +148,13 @@ impl SearchSnapshot {
             let tensor = Tensor::from_slice(&mask).to_device(matrix.tensor.device());
             (Some(ReadOnlyTensor(tensor)), Some(mask))
         };
+        let live = rows - dead_host.as_ref().map_or(0, |d| d.iter().filter(|&&x| x).count());
         let state = Arc::new(SearchState {
             matrix,
             rows,
             dead,
             dead_host,
+            live,
         });
         *guard = Some(state.clone());
         Ok(state)
@@ -341,79 +350,6 @@ impl SearchSnapshot {
         } else {
             scan.top_k(&q, k, &StoreRows(&self.snapshot))
         }
-    }
-
-    /// Exact MIPS over the pinned generation's matrix on the device.
-    fn top_k_exact(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
-        let state = self.state()?;
-        let matrix = &state.matrix;
-        let dim = matrix.tensor.size().get(1).copied().unwrap_or(0);
-        let qsize = queries.size();
-        if qsize.len() != 2 || qsize[1] != dim {
-            return Err(Error::InvalidInput {
-                reason: format!(
-                    "query vectors have shape {qsize:?}, but generation {} stores {dim}-dimensional vectors",
-                    matrix.generation
-                ),
-            });
-        }
-        let batch = qsize[0] as usize;
-        let live = state.rows
-            - state
-                .dead
-                .as_ref()
-                .map_or(0, |d| d.sum(Kind::Int64).int64_value(&[]) as usize);
-        let k = k.min(live);
-        if k == 0 || batch == 0 {
-            return Ok(vec![Vec::new(); batch]);
-        }
-        if let Some(host) = &matrix.host
-            && batch <= HOST_SCAN_MAX_BATCH
-        {
-            let q = queries
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous();
-            let q: Vec<f32> = Vec::try_from(&q.view(-1))?;
-            let scan = HostScan {
-                rows: host,
-                dim: matrix.dim,
-                len: state.rows,
-                ids: &matrix.ids,
-                dead: state.dead_host.as_deref(),
-            };
-            return Ok(scan.top_k(&q, k));
-        }
-        GemmScan {
-            matrix: &matrix.tensor,
-            len: state.rows,
-            ids: &matrix.ids,
-            dead: state.dead.as_deref(),
-            chunk_rows: self.chunk_rows(batch, matrix),
-        }
-        .top_k(queries, k)
-    }
-
-    /// Rows per scoring chunk: the [batch, chunk] score block and, for f16 on CPU, the
-    /// widened chunk stay around the size of a last-level cache.
-    fn chunk_rows(&self, batch: usize, matrix: &DeviceMatrix) -> usize {
-        let fixed = self.retriever.options().score_chunk_rows;
-        if fixed > 0 {
-            return fixed;
-        }
-        if matrix.host.is_none() {
-            // A device tensor (CUDA): one GEMM over the whole matrix.
-            return matrix.ids.len().max(1);
-        }
-        let dim = matrix.tensor.size().get(1).copied().unwrap_or(1).max(1) as usize;
-        let budget = 8 << 20; // bytes
-        let per_row = 4 * batch
-            + if matrix.tensor.kind() == Kind::Half {
-                4 * dim
-            } else {
-                0
-            };
-        (budget / per_row.max(1)).clamp(1024, 1 << 20)
     }
 
     /// Device memory of the pinned generation's matrix, once loaded.

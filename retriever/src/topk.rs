@@ -11,10 +11,6 @@ use crate::error::Result;
 use crate::kernels::dot;
 use crate::matrix::HostRows;
 
-/// Batches up to this size are scored by [`HostScan`] on the CPU: one memory-bound pass
-/// over the rows with the top-k fused in; larger batches are compute-bound and go to GEMM.
-pub(crate) const HOST_SCAN_MAX_BATCH: usize = 4;
-
 /// Exact top-k by scanning host rows with all cores, each keeping a bounded heap.
 pub(crate) struct HostScan<'a> {
     pub(crate) rows: &'a HostRows,
@@ -138,9 +134,14 @@ impl GemmScan<'_> {
                     // CPUs have no fast half GEMM: widen one cache-sized chunk at a time.
                     m = m.to_kind(Kind::Float);
                 }
-                // [chunk, B] = M·qᵀ: a tall-skinny GEMM over row-major M, which BLAS runs
-                // faster than q·Mᵀ; its transpose is the [B, chunk] score block.
-                let mut scores = m.matmul(&q.tr()).to_kind(Kind::Float).tr();
+                // Within chunks, [chunk, B] = M·qᵀ: a tall-skinny GEMM over row-major M, which
+                // BLAS runs faster than q·Mᵀ; its transpose is the [B, chunk] score block. One
+                // chunk over everything is q·Mᵀ, contiguous for the top-k that follows.
+                let mut scores = if len == self.len && start == 0 {
+                    q.matmul(&m.tr()).to_kind(Kind::Float)
+                } else {
+                    m.matmul(&q.tr()).to_kind(Kind::Float).tr()
+                };
                 if let Some(dead) = self.dead {
                     let dead = dead.narrow(0, start as i64, len as i64);
                     scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
@@ -158,7 +159,12 @@ impl GemmScan<'_> {
                     let (values, _) = scores.topk(kc, -1, true, false);
                     values.narrow(1, kc - 1, 1)
                 };
-                let hits = scores.ge_tensor(&threshold).logical_and(&scores.isfinite());
+                // Stored rows are finite, so only masked (dead) rows score -inf.
+                let hits = if self.dead.is_some() {
+                    scores.ge_tensor(&threshold).logical_and(&scores.isfinite())
+                } else {
+                    scores.ge_tensor(&threshold)
+                };
                 let nz = hits.nonzero();
                 let (rows, cols) = (nz.select(1, 0), nz.select(1, 1));
                 let picked = scores.index(&[Some(&rows), Some(&cols)]);
