@@ -82,7 +82,13 @@ impl SearchSnapshot {
             rows_class: state.rows.next_power_of_two().trailing_zeros(),
             half: matrix.tensor.kind() == Kind::Half,
         };
-        let chosen = self.retriever().inner.exact_plans.lock().get(&shape).copied();
+        let chosen = self
+            .retriever()
+            .inner
+            .exact_plans
+            .lock()
+            .get(&shape)
+            .copied();
         if let Some(path) = chosen {
             return run(&state, path, queries, k);
         }
@@ -100,7 +106,11 @@ impl SearchSnapshot {
             .iter()
             .min_by_key(|(t, _)| *t)
             .map_or(candidates[0], |(_, p)| *p);
-        self.retriever().inner.exact_plans.lock().insert(shape, best);
+        self.retriever()
+            .inner
+            .exact_plans
+            .lock()
+            .insert(shape, best);
         Ok(result)
     }
 }

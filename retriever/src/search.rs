@@ -148,7 +148,10 @@ impl SearchSnapshot {
             let tensor = Tensor::from_slice(&mask).to_device(matrix.tensor.device());
             (Some(ReadOnlyTensor(tensor)), Some(mask))
         };
-        let live = rows - dead_host.as_ref().map_or(0, |d| d.iter().filter(|&&x| x).count());
+        let live = rows
+            - dead_host
+                .as_ref()
+                .map_or(0, |d| d.iter().filter(|&&x| x).count());
         let state = Arc::new(SearchState {
             matrix,
             rows,

@@ -312,3 +312,44 @@ fn building_an_index_validates_its_list_count() {
     assert!(err.to_string().contains("11 lists"), "{err}");
     assert!(db.indexes(generation).unwrap().is_empty());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Rows that differ by less than a code step: codes alone cannot rank them, so the
+    /// re-scoring must go as deep as the error bound says, not only as deep as k.
+    #[test]
+    fn near_duplicates_are_ranked_exactly_by_bounded_rescoring(
+        noise in prop::collection::vec(prop::collection::vec(-8i32..=8, 4), 40..90),
+        query in grid_vector(4),
+        k in 1usize..25,
+    ) {
+        let centers = [[0.5f32, -0.25, 0.75, 0.0], [-0.5, 0.5, 0.25, 0.5]];
+        // Values on a grid of 1/1024 (exact products with the query's eighths).
+        let rows: Vec<Vec<f32>> = noise
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                centers[i % 2]
+                    .iter()
+                    .zip(n)
+                    .map(|(c, d)| c + *d as f32 / 1024.0)
+                    .collect()
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(dir.path()).unwrap();
+        let ids = store(&db, &rows);
+        let retriever = Retriever::new(db.clone(), options(true, 8 << 30));
+        retriever
+            .build_index(db.current_generation().unwrap().unwrap(), &config(2), None)
+            .unwrap();
+        let live: Vec<(u64, Vec<f32>)> = ids.into_iter().zip(rows).collect();
+        let snapshot = retriever.snapshot().unwrap();
+        let got = snapshot
+            .top_k_with(&self::query(&query), k, &SearchOptions::probing(2))
+            .unwrap()
+            .remove(0);
+        prop_assert_eq!(got, oracle(&live, &query, k));
+    }
+}

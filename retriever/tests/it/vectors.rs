@@ -193,20 +193,30 @@ fn the_exact_path_is_measured_once_per_shape_and_never_changes_results() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::create(dir.path()).unwrap();
     let vectors: Vec<Vec<f32>> = (0..300)
-        .map(|i| (0..8).map(|d| ((i * 7 + d * 13) % 17) as f32 / 16.0 - 0.5).collect())
+        .map(|i| {
+            (0..8)
+                .map(|d| ((i * 7 + d * 13) % 17) as f32 / 16.0 - 0.5)
+                .collect()
+        })
         .collect();
     store(&db, &vectors);
     let retriever = Retriever::new(db, cpu_options(true));
     let snapshot = retriever.snapshot().unwrap();
     assert!(retriever.exact_paths().is_empty());
     for batch in [1usize, 8] {
-        let q: Vec<f32> = (0..batch * 8).map(|i| ((i * 5) % 11) as f32 / 10.0 - 0.5).collect();
+        let q: Vec<f32> = (0..batch * 8)
+            .map(|i| ((i * 5) % 11) as f32 / 10.0 - 0.5)
+            .collect();
         let q = Tensor::from_slice(&q).view([batch as i64, 8]);
         let first = snapshot.top_k(&q, 7).unwrap();
         for _ in 0..3 {
             assert_eq!(snapshot.top_k(&q, 7).unwrap(), first);
         }
     }
-    let shapes: Vec<u32> = retriever.exact_paths().iter().map(|(s, _)| s.batch_class).collect();
+    let shapes: Vec<u32> = retriever
+        .exact_paths()
+        .iter()
+        .map(|(s, _)| s.batch_class)
+        .collect();
     assert_eq!(shapes, vec![0, 3], "{:?}", retriever.exact_paths());
 }

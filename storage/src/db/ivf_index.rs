@@ -299,3 +299,41 @@ fn read_blocks_in(
     }
     Ok(rows)
 }
+
+#[cfg(feature = "testing")]
+impl Db {
+    /// Test hook, not part of the API: deletes the first entry of index `version` of
+    /// `generation` behind the header's back and returns its passage id.
+    #[doc(hidden)]
+    pub fn testing_remove_index_entry(
+        &self,
+        generation: GenerationId,
+        version: u32,
+    ) -> Result<Option<PassageId>> {
+        let _guard = self.inner.write_lock.lock();
+        let rocks = self.rocks();
+        let prefix = ivf::list_prefix(generation, version, None);
+        let first = rocks.scan(Cf::IvfLists, &prefix, &[]).next().transpose()?;
+        let Some((key, _)) = first else {
+            return Ok(None);
+        };
+        let mut wb = rocks.batch();
+        wb.delete(Cf::IvfLists, &key);
+        rocks.write(wb, true)?;
+        Ok(Some(ivf::split_entry_key(&key)?.1))
+    }
+
+    /// Test hook, not part of the API: records `version` as the database's format version,
+    /// as a build of that version would have left it.
+    #[doc(hidden)]
+    pub fn testing_set_format_version(&self, version: u32) -> Result<()> {
+        let rocks = self.rocks();
+        let mut wb = rocks.batch();
+        wb.put(
+            Cf::Meta,
+            super::META_FORMAT,
+            &crate::codec::u64_key(u64::from(version)),
+        );
+        rocks.write(wb, true)
+    }
+}

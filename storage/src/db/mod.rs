@@ -125,6 +125,8 @@ impl DbBuilder {
 /// Figures about a database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DbStats {
+    /// The on-disk format version recorded in the database.
+    pub format_version: u32,
     pub passages: u64,
     pub current_generation: Option<GenerationId>,
     pub generations: usize,
@@ -352,7 +354,9 @@ impl Db {
         for cf in Cf::ALL {
             disk_bytes.insert(cf.name(), rocks.disk_bytes(cf)?);
         }
+        let format = read_meta_u64(&*rocks, META_FORMAT)?.unwrap_or(0);
         Ok(DbStats {
+            format_version: u32::try_from(format).unwrap_or(u32::MAX),
             passages: read_meta_u64(&*rocks, META_PASSAGE_COUNT)?.unwrap_or(0),
             current_generation: read_current(&*rocks)?,
             generations: read_manifests(&*rocks)?.len(),

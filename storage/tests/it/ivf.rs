@@ -295,3 +295,35 @@ fn child_dies_while_building_an_index() {
     w.write(&rows, &lists).unwrap();
     std::process::exit(CHILD_EXIT);
 }
+
+#[test]
+fn verify_notices_a_missing_entry_and_a_writer_upgrades_format_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create(dir.path()).unwrap();
+    let g = generation(&db, 4, 2);
+    index(&db, g);
+    let removed = db.testing_remove_index_entry(g, 1).unwrap().unwrap();
+    let problems = db.verify().unwrap().problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("records 4 entries") && p.contains("3 entries are stored")),
+        "passage {removed}: {problems:?}"
+    );
+    drop(db);
+    // A database a version-2 build wrote: the writer's open records version 3.
+    let old = tempfile::tempdir().unwrap();
+    let db = Db::create(old.path().join("v2")).unwrap();
+    db.testing_set_format_version(2).unwrap();
+    let path = db.path();
+    drop(db);
+    let follower = Db::builder(&path).follower(true).open().unwrap();
+    assert_eq!(follower.stats().unwrap().format_version, 2);
+    drop(follower);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(
+        db.stats().unwrap().format_version,
+        realm_storage::FORMAT_VERSION
+    );
+    clean(&db);
+}

@@ -85,6 +85,7 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         return json_line(
             out,
             &json!({
+                "format_version": stats.format_version,
                 "passages": stats.passages,
                 "current_generation": stats.current_generation,
                 "generations": stats.generations,
