@@ -56,10 +56,15 @@ fn mixtures(passages: &[f32], from: usize, n: usize) -> Vec<f32> {
     for i in from..from + n {
         let mut rng = SplitMix64::new(i as u64 ^ 0x1a29e);
         v.iter_mut().for_each(|x| *x = 0.0);
+        // As in the ivf bench: one main passage, one or two others mixed in more weakly.
         let parts = 2 + (rng.next_u64() % 2) as usize;
-        for _ in 0..parts {
+        for part in 0..parts {
             let p = (rng.next_u64() % count as u64) as usize;
-            let w = 0.3 + 0.7 * rng.uniform() as f32;
+            let w = if part == 0 {
+                1.0
+            } else {
+                0.15 + 0.35 * rng.uniform() as f32
+            };
             for (x, y) in v.iter_mut().zip(&passages[p * DIM..(p + 1) * DIM]) {
                 *x += w * y;
             }

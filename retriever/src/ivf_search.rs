@@ -96,7 +96,7 @@ pub(crate) struct LoadedIndex {
 }
 
 /// Where re-scoring reads exact rows.
-pub(crate) trait RowSource {
+pub(crate) trait RowSource: Sync {
     /// The rows of `ids` (`None` for one without a row), in that order.
     fn rows(&self, ids: &[u64]) -> Result<Vec<Option<Vec<f32>>>>;
 }
@@ -167,13 +167,46 @@ impl IvfScan<'_> {
         rows: &dyn RowSource,
     ) -> Result<Vec<Vec<(u64, f32)>>> {
         let dim = self.index.dim;
-        queries
-            .chunks_exact(dim)
-            .map(|q| self.one(q, k, rows))
-            .collect()
+        let batch = queries.len() / dim.max(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if batch < 2 || threads < 2 {
+            return queries
+                .chunks_exact(dim)
+                .map(|q| self.one(q, k, rows, threads))
+                .collect();
+        }
+        // Several queries: each thread takes a share of them, one query at a time.
+        let per = batch.div_ceil(threads);
+        let parts: Vec<Result<Vec<Vec<(u64, f32)>>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = queries
+                .chunks(per * dim)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.chunks_exact(dim)
+                            .map(|q| self.one(q, k, rows, 1))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(batch);
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
     }
 
-    fn one(&self, q: &[f32], k: usize, rows: &dyn RowSource) -> Result<Vec<(u64, f32)>> {
+    fn one(
+        &self,
+        q: &[f32],
+        k: usize,
+        rows: &dyn RowSource,
+        threads: usize,
+    ) -> Result<Vec<(u64, f32)>> {
         let index = self.index;
         let dim = index.dim;
         let probes = self.probes(q);
@@ -200,7 +233,6 @@ impl IvfScan<'_> {
                 disk.iter().collect()
             }
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let entries: usize = lists.iter().map(|l| l.ids.len()).sum();
         let scan = |part: &[&IvfList]| {
             let mut heap = TopK::new(cap);
