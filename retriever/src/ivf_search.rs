@@ -256,7 +256,7 @@ impl IvfScan<'_> {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| TopK::new(cap)))
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                     .collect()
             });
             let mut merged = TopK::new(cap);
