@@ -23,6 +23,8 @@ Type a question to search the pinned generation, or a command:
   .k N             return N passages per query
   .json on|off     print hits as JSON lines, or as a table
   .mode M          rank by dense, bm25 or hybrid retrieval
+  .nprobe N|auto   probe N lists of the generation's IVF index, or let its size decide
+  .exact           scan every row (no approximate index)
   .generations     list the generations
   .use G           pin generation G (time travel to a retained older generation)
   .refresh         move to the current generation and the newest passages
@@ -167,6 +169,32 @@ impl Shell {
                     "Queries now use {} retrieval.",
                     self.retrieval.mode().name()
                 ))?;
+            }
+            ("nprobe", Some("auto")) => {
+                self.retrieval.index.nprobe = None;
+                self.retrieval.index.exact = false;
+                print(
+                    "Dense queries use the index when the generation is large enough to need it.",
+                )?;
+            }
+            ("nprobe", Some(n)) => match n.parse::<u32>() {
+                Ok(n) if n > 0 => {
+                    self.retrieval.index.nprobe = Some(n);
+                    self.retrieval.index.exact = false;
+                    print(format_args!(
+                        "Dense queries probe {n} lists of the index (exact search where there is none)."
+                    ))?;
+                }
+                _ => {
+                    return Err(user(format!(
+                        "`.nprobe` takes a positive whole number or auto, not {n:?}"
+                    )));
+                }
+            },
+            ("exact", _) => {
+                self.retrieval.index.exact = true;
+                self.retrieval.index.nprobe = None;
+                print("Dense queries scan every row.")?;
             }
             ("json", Some("on")) => {
                 self.json = true;

@@ -55,6 +55,26 @@ fn an_index_is_built_searched_reported_and_checked() {
     // `check` exits 0 only when every invariant holds, the index's included.
     f.run(&["check", db]);
 
+    // The shell switches between the index and exact search.
+    let out = f
+        .cmd()
+        .args(["shell", db])
+        .write_stdin(".json on\n.nprobe 3\ncapital of Norway\n.nprobe 0\n.exact\ncapital of Norway\n.nprobe auto\n.quit\n")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("probe 3 lists"), "{out}");
+    assert!(out.contains("scan every row"), "{out}");
+    assert!(
+        out.contains("let its size decide") || out.contains("large enough"),
+        "{out}"
+    );
+    let tops: Vec<&str> = out.lines().filter(|l| l.contains("\"rank\":1,")).collect();
+    assert_eq!(tops.len(), 2, "{out}");
+    assert!(tops.iter().all(|l| l.contains("Oslo")), "{out}");
+
     // Bad requests are user errors.
     let err = f.user_error(&["index", db, "--ivf", "--nlist", "7"]);
     assert!(err.contains("7 lists"), "{err}");
