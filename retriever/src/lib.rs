@@ -26,6 +26,7 @@ pub mod hybrid;
 mod matrix;
 mod model;
 pub mod model_folder;
+pub mod pyregex;
 pub mod random;
 mod retriever;
 mod search;

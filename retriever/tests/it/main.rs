@@ -5,5 +5,6 @@ mod checkpoints;
 mod eval;
 mod hybrid;
 mod parity;
+mod pyregex;
 mod query;
 mod vectors;
