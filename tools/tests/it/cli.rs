@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_realm-db");
 
-const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the river Seine."}
+pub(crate) const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the river Seine."}
 {"id": "oslo", "title": "Oslo", "text": "Oslo is the capital and most populous city of Norway."}
 {"id": "everest", "title": "Mount Everest", "text": "Mount Everest is Earth's highest mountain above sea level, in the Himalayas."}
 {"id": 42, "title": "Photosynthesis", "text": "Photosynthesis is the process by which green plants turn sunlight, water and carbon dioxide into sugar.", "meta": {"topic": "biology"}}
@@ -20,7 +20,7 @@ const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the 
 "#;
 
 /// A command for the binary, with the shell history kept out of the user's home.
-fn realm(home: &Path) -> Command {
+pub(crate) fn realm(home: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env("REALM_DB_HISTORY", home.join("history"))
         .env("NO_COLOR", "1");
@@ -28,18 +28,18 @@ fn realm(home: &Path) -> Command {
 }
 
 /// A temporary directory holding `db` (initialized, the corpus ingested) and `corpus.jsonl`.
-struct Fixture {
+pub(crate) struct Fixture {
     tmp: TempDir,
 }
 
 impl Fixture {
-    fn empty() -> Fixture {
+    pub(crate) fn empty() -> Fixture {
         Fixture {
             tmp: tempfile::tempdir().expect("a temporary directory"),
         }
     }
 
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let f = Fixture::empty();
         f.write("corpus.jsonl", CORPUS);
         f.cmd().args(["init"]).arg(f.db()).assert().success();
@@ -55,31 +55,31 @@ impl Fixture {
         f
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.path("db")
     }
 
-    fn write(&self, name: &str, content: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, content).expect("writing a test input");
         path
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         realm(self.tmp.path())
     }
 
     /// Runs `realm-db ARGS... ` successfully and returns stdout.
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         succeeds(self.cmd().args(args))
     }
 
     /// Runs `realm-db ARGS...`, expects a user error (exit status 1) and returns its line.
-    fn user_error<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+    pub(crate) fn user_error<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
         fails(self.cmd().args(args), 1)
     }
 
@@ -92,20 +92,20 @@ impl Fixture {
     }
 }
 
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
 
 /// Runs `cmd` successfully and returns its stdout.
-fn succeeds(cmd: &mut Command) -> String {
+pub(crate) fn succeeds(cmd: &mut Command) -> String {
     let out = cmd.assert().success().get_output().clone();
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
 /// Runs `cmd`, expects exit status `code` and one error line on stderr, and returns the line.
-fn fails(cmd: &mut Command, code: i32) -> String {
+pub(crate) fn fails(cmd: &mut Command, code: i32) -> String {
     let out = cmd.assert().code(code).get_output().clone();
     assert_one_line_error(&out.stderr)
 }
