@@ -10,7 +10,8 @@
 //! faiss-cpu numpy`), exact search and one libtorch matmul + topk; then draws the curves.
 //!
 //! `cargo bench -p realm-retriever --bench ivf -- [--n 1000000] [--nlist 1024]
-//!  [--queries 1000] [--batch1 200] [--data ../shared/data] [--plot ivf.png] [--cache DIR]`
+//!  [--queries 1000] [--batch1 200] [--data ../shared/data] [--plot ivf.png] [--cache DIR]
+//!  [--no-faiss] [--no-accuracy]` (`--nlist 0` takes the default list count)
 //!
 //! Embeddings are cached under `--cache`, by default `$CARGO_TARGET_DIR/ivf-bench`.
 
@@ -316,7 +317,14 @@ fn main() {
     );
     let snap = retriever.snapshot().expect("snapshot");
     let mut points = Vec::new();
-    for &nprobe in NPROBES.iter().filter(|&&p| p <= nlist) {
+    let default = realm_retriever::default_nprobe(info.nlist as usize);
+    let mut nprobes: Vec<usize> = NPROBES.iter().copied().filter(|&p| p <= info.nlist as usize).collect();
+    if !nprobes.contains(&default) {
+        nprobes.push(default);
+        nprobes.sort_unstable();
+    }
+    println!("  default nprobe for {} lists: {default}", info.nlist);
+    for &nprobe in &nprobes {
         let o = SearchOptions::probing(nprobe);
         snap.top_k_with(&qt(0, 1), K, &o).expect("warm-up");
         let start = Instant::now();
@@ -347,7 +355,11 @@ fn main() {
     }
 
     // FAISS on the same vectors.
-    let faiss = run_faiss(&base, &queries, &truth, dim, nlist, batch1.min(nq));
+    let faiss = if std::env::args().any(|a| a == "--no-faiss") {
+        Vec::new()
+    } else {
+        run_faiss(&base, &queries, &truth, dim, info.nlist as usize, batch1.min(nq))
+    };
     let mut builds = vec![("realm-db IVF-SQ8".to_string(), build, (dim + 8) as f64)];
     for v in &faiss {
         if let Some(b) = v["build_s"].as_f64() {

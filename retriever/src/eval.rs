@@ -11,8 +11,10 @@
 //!   a match of one of the question's patterns, compiled case-insensitive, multi-line and
 //!   Unicode-aware and searched anywhere, pattern and text both Unicode NFD-normalized
 //!   first. When a question has patterns, they are used and its plain answers are not.
-//!   Patterns are written in Python's `re` syntax, as in DPR; the few places where the
-//!   `regex` crate reads that syntax differently are rewritten before compiling.
+//!   Patterns are written in Python's `re` syntax, as in DPR, and translated for the
+//!   `regex` crate by [`crate::pyregex`]; an escaped accented letter is that letter, NFD
+//!   form included. A pattern that cannot be compiled is an error for
+//!   [`AnswerMatcher::new`], and left out, matching nothing, for [`AnswerMatcher::lenient`].
 //!
 //! Top-k retrieval accuracy ([`TopKAccuracy`]) is the fraction of questions for which at
 //! least one of the `k` first retrieved passages matches. Many callers match the same
@@ -23,11 +25,12 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, Result};
+use crate::pyregex;
 
 /// SQuAD v1.1 / DPR answer normalization, the same as the Python reference:
 ///
@@ -199,12 +202,28 @@ pub fn parse_qa_line(line: &str, line_no: usize) -> Result<QaExample> {
 /// [`Error::Io`] when the file cannot be read, and [`Error::QaFile`] naming the path and
 /// the 1-based line number for a line that is not valid UTF-8 or not a usable question.
 pub fn read_qa_file(path: &Path) -> Result<Vec<QaExample>> {
+    read_qa(path, false).map(|(examples, _)| examples)
+}
+
+/// [`read_qa_file`] that skips the lines it cannot use instead of failing on the first:
+/// the questions of the good lines, and an [`Error::QaFile`] naming the path and the line
+/// for each skipped one.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read.
+pub fn read_qa_file_skipping_bad_lines(path: &Path) -> Result<(Vec<QaExample>, Vec<Error>)> {
+    read_qa(path, true)
+}
+
+fn read_qa(path: &Path, skip_bad_lines: bool) -> Result<(Vec<QaExample>, Vec<Error>)> {
     let io_err = |source| Error::Io {
         path: path.to_owned(),
         source,
     };
     let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
     let mut examples = Vec::new();
+    let mut skipped = Vec::new();
     let mut buf = Vec::new();
     let mut line_no = 0;
     loop {
@@ -213,28 +232,42 @@ pub fn read_qa_file(path: &Path) -> Result<Vec<QaExample>> {
             break;
         }
         line_no += 1;
-        let in_file = |reason: String| Error::QaFile {
-            path: path.to_owned(),
-            line: line_no,
-            reason,
-        };
-        let text = std::str::from_utf8(&buf)
-            .map_err(|e| in_file(format!("it is not valid UTF-8 ({e})")))?;
-        let text = if line_no == 1 {
-            text.strip_prefix('\u{feff}').unwrap_or(text)
-        } else {
-            text
-        };
-        if text.trim().is_empty() {
-            continue;
+        match parse_file_line(&buf, line_no) {
+            Ok(Some(example)) => examples.push(example),
+            Ok(None) => {}
+            Err(reason) => {
+                let err = Error::QaFile {
+                    path: path.to_owned(),
+                    line: line_no,
+                    reason,
+                };
+                if !skip_bad_lines {
+                    return Err(err);
+                }
+                skipped.push(err);
+            }
         }
-        let example = parse_qa_line(text, line_no).map_err(|e| match e {
-            Error::QaLine { reason, .. } => in_file(reason),
-            other => other,
-        })?;
-        examples.push(example);
     }
-    Ok(examples)
+    Ok((examples, skipped))
+}
+
+/// One line of a question file: its question, `None` for a blank line, or why the line
+/// cannot be used.
+fn parse_file_line(bytes: &[u8], line_no: usize) -> Result<Option<QaExample>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("it is not valid UTF-8 ({e})"))?;
+    let text = if line_no == 1 {
+        text.strip_prefix('\u{feff}').unwrap_or(text)
+    } else {
+        text
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match parse_qa_line(text, line_no) {
+        Ok(example) => Ok(Some(example)),
+        Err(Error::QaLine { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
 }
 
 /// A passage text prepared once for matching against many questions: its normalized form
@@ -324,32 +357,39 @@ impl AnswerMatcher {
     ///
     /// # Errors
     ///
-    /// [`Error::AnswerPattern`] when a pattern is empty (it would match every passage) or
-    /// not a valid regular expression.
+    /// [`Error::AnswerPattern`] when a pattern is empty (it would match every passage),
+    /// not a valid Python regular expression, or one the `regex` crate cannot express
+    /// (see [`crate::pyregex`]).
     pub fn from_patterns<S: AsRef<str>>(patterns: &[S]) -> Result<AnswerMatcher> {
         let regexes = patterns
             .iter()
-            .map(|p| {
-                let pattern = p.as_ref();
-                let bad = |reason: String| Error::AnswerPattern {
-                    pattern: pattern.to_owned(),
-                    reason,
-                };
-                if pattern.is_empty() {
-                    return Err(bad("an empty pattern would match every passage".to_owned()));
-                }
-                let nfd: String = pattern.nfd().collect();
-                RegexBuilder::new(&python_regex_to_rust(&nfd))
-                    .case_insensitive(true)
-                    .multi_line(true)
-                    .unicode(true)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))
-            })
+            .map(|p| pyregex::compile_nfd(p.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         Ok(AnswerMatcher {
             rule: Rule::Patterns(regexes),
         })
+    }
+
+    /// [`new`](Self::new) for data that may hold patterns that cannot be compiled: each
+    /// such pattern is left out and its [`Error::AnswerPattern`] returned, so it matches
+    /// nothing (a question whose patterns all fail matches no passage; its plain answers
+    /// are not used instead) and the caller can report it.
+    pub fn lenient(example: &QaExample) -> (AnswerMatcher, Vec<Error>) {
+        if example.answer_patterns.is_empty() {
+            return (Self::from_answers(&example.answers), Vec::new());
+        }
+        let mut regexes = Vec::new();
+        let mut rejected = Vec::new();
+        for pattern in &example.answer_patterns {
+            match pyregex::compile_nfd(pattern) {
+                Ok(regex) => regexes.push(regex),
+                Err(e) => rejected.push(e),
+            }
+        }
+        let matcher = AnswerMatcher {
+            rule: Rule::Patterns(regexes),
+        };
+        (matcher, rejected)
     }
 
     /// Whether the matcher uses regular expressions (else plain answers).
@@ -406,119 +446,6 @@ impl AnswerMatcher {
             }
         }
     }
-}
-
-/// Rewrites the Python `re` syntax of answer patterns where the `regex` crate reads it
-/// differently or rejects it:
-///
-/// * an escaped character that is not an ASCII letter or digit is that character
-///   (`\°` is "°"; `\<` and `\>` are "<" and ">", not the crate's word boundaries);
-/// * `\Z` (end of text) is `\z`;
-/// * a `{` that does not start a repetition (`{m}`, `{m,}`, `{,n}`, `{m,n}`) is a literal,
-///   and `{,n}` repeats 0 to n times;
-/// * in a character class, `[` is a literal (not a nested class), `&` and `~` are
-///   literals (not set operations), a leading `]` is a literal, and `\b` is a backspace.
-///
-/// Other syntax (look-around, back-references) is left alone, so compiling it fails.
-fn python_regex_to_rust(pattern: &str) -> String {
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut out = String::with_capacity(pattern.len() + 8);
-    let mut in_class = false;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        i += 1;
-        match c {
-            '\\' => {
-                let Some(&e) = chars.get(i) else {
-                    out.push('\\');
-                    break;
-                };
-                i += 1;
-                if e.is_ascii_alphanumeric() {
-                    match e {
-                        'Z' if !in_class => out.push_str(r"\z"),
-                        'b' if in_class => out.push_str(r"\x08"),
-                        _ => {
-                            out.push('\\');
-                            out.push(e);
-                        }
-                    }
-                } else {
-                    push_literal(&mut out, e);
-                }
-            }
-            '[' if in_class => out.push_str(r"\["),
-            '&' | '~' if in_class => {
-                out.push('\\');
-                out.push(c);
-            }
-            ']' if in_class => {
-                in_class = false;
-                out.push(']');
-            }
-            '[' => {
-                in_class = true;
-                out.push('[');
-                if chars.get(i) == Some(&'^') {
-                    out.push('^');
-                    i += 1;
-                }
-                if chars.get(i) == Some(&']') {
-                    out.push_str(r"\]");
-                    i += 1;
-                }
-            }
-            '{' if !in_class => match repetition(&chars[i..]) {
-                Some((rewritten, used)) => {
-                    out.push_str(&rewritten);
-                    i += used;
-                }
-                None => out.push_str(r"\{"),
-            },
-            '}' if !in_class => out.push_str(r"\}"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// Appends `c` as a literal: escaped when it is a `regex` meta character, as is otherwise
-/// (an escaped `<` or `>` would be a word boundary).
-fn push_literal(out: &mut String, c: char) {
-    out.push_str(&regex::escape(c.encode_utf8(&mut [0; 4])));
-}
-
-/// Parses a Python repetition `{m}`, `{m,}`, `{,n}`, `{,}` or `{m,n}` from just after its
-/// `{`: the `regex` crate's spelling and how many characters it used, or `None` when the
-/// `{` is a literal.
-fn repetition(rest: &[char]) -> Option<(String, usize)> {
-    let digits = |from: usize| {
-        rest[from..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .collect::<String>()
-    };
-    let lo = digits(0);
-    let mut used = lo.len();
-    let hi = if rest.get(used) == Some(&',') {
-        used += 1;
-        let hi = digits(used);
-        used += hi.len();
-        Some(hi)
-    } else {
-        None
-    };
-    if rest.get(used) != Some(&'}') || (lo.is_empty() && hi.is_none()) {
-        return None;
-    }
-    used += 1;
-    let lo = if lo.is_empty() { "0".to_owned() } else { lo };
-    let rewritten = match hi {
-        None => format!("{{{lo}}}"),
-        Some(hi) => format!("{{{lo},{hi}}}"),
-    };
-    Some((rewritten, used))
 }
 
 /// Whether `" " + haystack + " "` contains `needle` (which starts and ends with a space),

@@ -31,6 +31,7 @@ mod kmeans;
 mod matrix;
 mod model;
 pub mod model_folder;
+pub mod pyregex;
 pub mod random;
 mod retriever;
 mod search;

@@ -2,7 +2,18 @@
 
 use std::path::PathBuf;
 
+use std::sync::LazyLock;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// What `--version` prints after the name: the release and the on-disk format it writes.
+pub static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (on-disk format {})",
+        env!("CARGO_PKG_VERSION"),
+        realm_db::storage::FORMAT_VERSION
+    )
+});
 
 /// realm-db: an embedded vector database with a learned retriever.
 ///
@@ -10,7 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// input file, a database locked by another writer, an unknown generation), 2 for an
 /// internal error.
 #[derive(Debug, Parser)]
-#[command(name = "realm-db", version)]
+#[command(name = "realm-db", version = VERSION.as_str())]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -113,6 +124,11 @@ pub struct IngestArgs {
     /// Print the rejected lines and the summary as JSONL.
     #[arg(long)]
     pub json: bool,
+    /// Exit with status 1 when any line was rejected (after ingesting the others and
+    /// printing the summary); without it, rejected lines are reported and the exit status
+    /// is 0.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -345,9 +361,14 @@ pub struct EvalArgs {
     /// The database directory.
     pub dir: PathBuf,
     /// Questions as JSONL: `{"question", "answers": [...]}`, optionally `"answer_patterns"`
-    /// (case-insensitive regexes, which then decide matches) and `"in_corpus"`.
+    /// (case-insensitive Python regexes, which then decide matches) and `"in_corpus"`. A
+    /// pattern that cannot be compiled is named in a warning and matches nothing.
     #[arg(long)]
     pub qa: PathBuf,
+    /// Skip question lines that cannot be used (each named in a warning, and counted in
+    /// the summary) instead of stopping at the first with exit status 1.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
     /// The k values to report top-k accuracy at.
     #[arg(short, long, value_delimiter = ',', default_value = "1,5,20,100", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub k: Vec<u32>,

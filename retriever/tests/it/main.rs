@@ -6,5 +6,6 @@ mod eval;
 mod hybrid;
 mod ivf;
 mod parity;
+mod pyregex;
 mod query;
 mod vectors;

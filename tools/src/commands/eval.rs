@@ -10,6 +10,7 @@ use realm_db::reader::ReaderConfig;
 use realm_db::reader::store::current_reader;
 use realm_db::retriever::eval::{
     AnswerMatcher, QaExample, TopKAccuracy, normalize_answer, read_qa_file,
+    read_qa_file_skipping_bad_lines,
 };
 use realm_db::{SearchMode, SearchSnapshot};
 use serde::Serialize;
@@ -48,24 +49,29 @@ struct SystemJson<'a> {
     in_corpus_accuracy: Option<Vec<(usize, f64)>>,
     retrieval_seconds: f64,
     questions_per_second: f64,
+    /// Question lines skipped as unusable (`--skip-bad-lines`).
+    skipped_lines: usize,
+    /// Answer patterns that could not be compiled, which match nothing.
+    bad_patterns: usize,
+}
+
+/// What the evaluation left out of the question file, each named in a warning.
+#[derive(Debug, Default, Clone, Copy)]
+struct LeftOut {
+    skipped_lines: usize,
+    bad_patterns: usize,
+}
+
+/// Prints a warning on standard error (the results go to standard output).
+fn warn(message: impl std::fmt::Display) {
+    eprintln!("warning: {message}");
 }
 
 pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let mut ks: Vec<usize> = args.k.iter().map(|&k| k as usize).collect();
     ks.sort_unstable();
     ks.dedup();
-    let mut examples = read_qa_file(&args.qa)?;
-    examples.truncate(args.limit.unwrap_or(usize::MAX));
-    if examples.is_empty() {
-        return Err(user(format!(
-            "{} holds no questions to evaluate",
-            args.qa.display()
-        )));
-    }
-    let matchers = examples
-        .iter()
-        .map(AnswerMatcher::new)
-        .collect::<Result<Vec<_>, _>>()?;
+    let (examples, matchers, left_out) = read_questions(args)?;
 
     let mut modes: Vec<ModeArg> = vec![args.retrieval.mode];
     for m in &args.compare {
@@ -159,11 +165,14 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                     retrieval_seconds: r.retrieval_seconds,
                     questions_per_second: r.accuracy.questions() as f64
                         / r.retrieval_seconds.max(1e-9),
+                    skipped_lines: left_out.skipped_lines,
+                    bad_patterns: left_out.bad_patterns,
                 },
             )?;
         }
     } else {
         write_table(&results, &ks, &qa, snapshot.generation_id(), out)?;
+        write_left_out(left_out, out)?;
     }
 
     if let Some(path) = &args.plot {
@@ -199,6 +208,73 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The questions to evaluate and their matchers. A line that cannot be used stops the
+/// run, or with `--skip-bad-lines` is skipped; a pattern that cannot be compiled matches
+/// nothing. Each is named in one warning.
+fn read_questions(args: &EvalArgs) -> Result<(Vec<QaExample>, Vec<AnswerMatcher>, LeftOut)> {
+    let mut left_out = LeftOut::default();
+    let mut examples = if args.skip_bad_lines {
+        let (examples, skipped) = read_qa_file_skipping_bad_lines(&args.qa)?;
+        for e in &skipped {
+            warn(format_args!("{e}; skipped it."));
+        }
+        left_out.skipped_lines = skipped.len();
+        examples
+    } else {
+        read_qa_file(&args.qa)?
+    };
+    examples.truncate(args.limit.unwrap_or(usize::MAX));
+    if examples.is_empty() {
+        return Err(user(format!(
+            "{} holds no questions to evaluate",
+            args.qa.display()
+        )));
+    }
+    let matchers = examples
+        .iter()
+        .map(|example| {
+            let (matcher, bad) = AnswerMatcher::lenient(example);
+            for e in &bad {
+                warn(format_args!(
+                    "line {} of {}: {e}; it matches nothing.",
+                    example.line,
+                    args.qa.display()
+                ));
+            }
+            left_out.bad_patterns += bad.len();
+            matcher
+        })
+        .collect();
+    Ok((examples, matchers, left_out))
+}
+
+/// The summary's last line: what was left out of the question file, when anything was.
+fn write_left_out(left_out: LeftOut, out: &mut dyn Write) -> Result<()> {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut parts = Vec::new();
+    if left_out.skipped_lines > 0 {
+        parts.push(format!(
+            "{} skipped",
+            plural(
+                left_out.skipped_lines,
+                "bad question line",
+                "bad question lines"
+            )
+        ));
+    }
+    if left_out.bad_patterns > 0 {
+        parts.push(format!(
+            "{} that cannot be compiled (matching nothing)",
+            plural(left_out.bad_patterns, "answer pattern", "answer patterns")
+        ));
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    say(out, format_args!("Left out: {}.", parts.join("; ")))
 }
 
 /// Passage texts read through the snapshot and answer-normalized, each once.

@@ -132,7 +132,15 @@ pub fn run(args: &IngestArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         bar.set_position(done_bytes);
     }
     bar.finish_and_clear();
-    report(args, &retriever, &summary, out)
+    report(args, &retriever, &summary, out)?;
+    if args.strict && !summary.rejected.is_empty() {
+        let n = summary.rejected.len();
+        return Err(user(format!(
+            "{n} input {} rejected (--strict); the others were ingested",
+            if n == 1 { "line was" } else { "lines were" }
+        )));
+    }
+    Ok(())
 }
 
 fn display_name(path: &Path) -> String {

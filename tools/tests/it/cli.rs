@@ -20,7 +20,7 @@ pub(crate) const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Pa
 "#;
 
 /// A command for the binary, with the shell history kept out of the user's home.
-fn realm(home: &Path) -> Command {
+pub(crate) fn realm(home: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env("REALM_DB_HISTORY", home.join("history"))
         .env("NO_COLOR", "1");
@@ -105,7 +105,7 @@ pub(crate) fn succeeds(cmd: &mut Command) -> String {
 }
 
 /// Runs `cmd`, expects exit status `code` and one error line on stderr, and returns the line.
-fn fails(cmd: &mut Command, code: i32) -> String {
+pub(crate) fn fails(cmd: &mut Command, code: i32) -> String {
     let out = cmd.assert().code(code).get_output().clone();
     assert_one_line_error(&out.stderr)
 }

@@ -4,3 +4,4 @@
 mod cli;
 mod corpus;
 mod index;
+mod robustness;
