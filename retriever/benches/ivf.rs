@@ -251,7 +251,10 @@ fn main() {
         Tensor::from_slice(&queries[from * dim..(from + len) * dim]).view([len as i64, dim as i64])
     };
     let exact = SearchOptions::exact();
+    // Warm-up: the matrix loads, and the first search of each shape measures the exact paths.
     snap.top_k_with(&qt(0, 1), K, &exact).expect("warm-up");
+    snap.top_k_with(&qt(0, 64.min(nq)), K, &exact)
+        .expect("warm-up");
     // Ground truth, and exact search at batch 64.
     let start = Instant::now();
     let mut truth = Vec::new();
@@ -318,7 +321,11 @@ fn main() {
     let snap = retriever.snapshot().expect("snapshot");
     let mut points = Vec::new();
     let default = realm_retriever::default_nprobe(info.nlist as usize);
-    let mut nprobes: Vec<usize> = NPROBES.iter().copied().filter(|&p| p <= info.nlist as usize).collect();
+    let mut nprobes: Vec<usize> = NPROBES
+        .iter()
+        .copied()
+        .filter(|&p| p <= info.nlist as usize)
+        .collect();
     if !nprobes.contains(&default) {
         nprobes.push(default);
         nprobes.sort_unstable();
@@ -358,7 +365,14 @@ fn main() {
     let faiss = if std::env::args().any(|a| a == "--no-faiss") {
         Vec::new()
     } else {
-        run_faiss(&base, &queries, &truth, dim, info.nlist as usize, batch1.min(nq))
+        run_faiss(
+            &base,
+            &queries,
+            &truth,
+            dim,
+            info.nlist as usize,
+            batch1.min(nq),
+        )
     };
     let mut builds = vec![("realm-db IVF-SQ8".to_string(), build, (dim + 8) as f64)];
     for v in &faiss {

@@ -1,4 +1,5 @@
-//! Exact top-k MIPS through the public query path, side by side in one run with:
+//! Exact top-k MIPS through the public query path, side by side in one run (measured in
+//! alternation, median time per round) with:
 //! the memory-bandwidth bound measured on this machine, plain libtorch (one matmul + topk),
 //! FAISS `IndexFlatIP` (Python, `pip install faiss-cpu numpy`), and f16 storage (with its
 //! recall@k against exact f32).
@@ -60,13 +61,29 @@ fn bandwidth(data: &[f32]) -> f64 {
     best
 }
 
-fn qps(batch: usize, rounds: usize, mut f: impl FnMut(usize)) -> f64 {
-    f(0); // warm-up (and matrix load)
-    let start = Instant::now();
-    for r in 0..rounds {
-        f(r + 1);
+/// QPS of each contender, measured in alternation (round r runs them in a rotated order),
+/// from the median time per round: host noise hits all of them alike.
+fn race(batch: usize, rounds: usize, contenders: &mut [&mut dyn FnMut(usize)]) -> Vec<f64> {
+    for f in contenders.iter_mut() {
+        f(0); // warm-up (and matrix load, and the first search's path measurement)
     }
-    (batch * rounds) as f64 / start.elapsed().as_secs_f64()
+    let n = contenders.len();
+    let mut times = vec![Vec::with_capacity(rounds); n];
+    for r in 0..rounds {
+        for i in 0..n {
+            let c = (i + r) % n;
+            let start = Instant::now();
+            contenders[c](r + 1);
+            times[c].push(start.elapsed().as_secs_f64());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            batch as f64 / t[t.len() / 2]
+        })
+        .collect()
 }
 
 fn options(compute: Compute) -> RetrieverOptions {
@@ -137,19 +154,23 @@ fn main() {
         let half = Retriever::new(db.clone(), options(Compute::F16));
         let half_snap = half.snapshot().expect("snapshot");
         let mut rows = Vec::new();
-        for (batch, rounds) in [(1usize, 20usize), (64, 3)] {
-            let ours = qps(batch, rounds, |r| {
+        // About 3 s of each contender per batch size.
+        let per_query = n as f64 * dim as f64 * 4.0 / 15e9;
+        for batch in [1usize, 64] {
+            let rounds = ((3.0 / (per_query * batch as f64).max(1e-4)) as usize).clamp(5, 400);
+            let mut ours = |r: usize| {
                 std::hint::black_box(snap.top_k(&qt(batch, r), k).expect("search"));
-            });
-            let torch = qps(batch, rounds, |r| {
+            };
+            let mut torch = |r: usize| {
                 let q = qt(batch, r);
                 let scores = tch::no_grad(|| q.matmul(&plain.tr()));
                 let _ = std::hint::black_box(scores.topk(k as i64, -1, true, true));
-            });
-            let f16 = qps(batch, rounds, |r| {
+            };
+            let mut f16 = |r: usize| {
                 std::hint::black_box(half_snap.top_k(&qt(batch, r), k).expect("search"));
-            });
-            rows.push((batch, ours, torch, f16));
+            };
+            let q = race(batch, rounds, &mut [&mut ours, &mut torch, &mut f16]);
+            rows.push((batch, q[0], q[1], q[2]));
         }
         // f16 recall@k against exact f32 on 256 queries.
         let q = Tensor::from_slice(&queries[..256 * dim]).view([256, dim as i64]);

@@ -16,8 +16,10 @@ use realm_storage::{GenerationId, IvfList, Snapshot};
 
 use crate::error::Result;
 use crate::kernels::{dot, dot_u8};
+use crate::matrix::ReadOnlyTensor;
 use crate::retriever::Retriever;
 use crate::topk::{Candidate, TopK};
+use tch::{Device, Kind, Tensor};
 
 /// Default re-scoring cap per query, unless the options set one: `max(MIN, k · PER_K)`.
 const RESCORE_MIN: usize = 64;
@@ -93,6 +95,39 @@ pub(crate) struct LoadedIndex {
     step: Vec<f32>,
     max_error: Vec<f32>,
     lists: Option<Vec<IvfList>>,
+    /// On CUDA (or on the CPU with `host_scan` off), the lists' codes on the device.
+    device: Option<DeviceLists>,
+}
+
+/// Every list's codes in one `[entries, dim]` u8 tensor on the device, list after list.
+struct DeviceLists {
+    codes: ReadOnlyTensor,
+    /// `offsets[l]..offsets[l + 1]`: the rows of list `l`.
+    offsets: Vec<usize>,
+    /// The passage id of each row.
+    ids: Vec<u64>,
+}
+
+impl DeviceLists {
+    fn new(lists: &[IvfList], dim: usize, device: Device) -> Result<Self> {
+        let mut offsets = Vec::with_capacity(lists.len() + 1);
+        let mut ids = Vec::new();
+        let mut codes = Vec::new();
+        offsets.push(0);
+        for list in lists {
+            ids.extend_from_slice(&list.ids);
+            codes.extend_from_slice(&list.codes);
+            offsets.push(ids.len());
+        }
+        let tensor = Tensor::f_from_slice(&codes)?
+            .f_view([ids.len() as i64, dim as i64])?
+            .f_to_device(device)?;
+        Ok(DeviceLists {
+            codes: ReadOnlyTensor(tensor),
+            offsets,
+            ids,
+        })
+    }
 }
 
 /// Where re-scoring reads exact rows.
@@ -126,6 +161,14 @@ impl Retriever {
         } else {
             None
         };
+        let options = self.options();
+        let device = options.encoder.device;
+        let device_lists = match &lists {
+            Some(lists) if device != Device::Cpu || !options.host_scan => {
+                Some(DeviceLists::new(lists, dim, device)?)
+            }
+            _ => None,
+        };
         let loaded = Arc::new(LoadedIndex {
             generation: info.generation,
             version: info.version,
@@ -137,6 +180,7 @@ impl Retriever {
             step: params.quantizer.step,
             max_error: info.max_error.clone(),
             lists,
+            device: device_lists,
         });
         let mut cache = self.inner.indexes.lock();
         cache.retain(|i| (i.generation, i.version) != key);
@@ -208,7 +252,6 @@ impl IvfScan<'_> {
         threads: usize,
     ) -> Result<Vec<(u64, f32)>> {
         let index = self.index;
-        let dim = index.dim;
         let probes = self.probes(q);
         // score(code) = q·min + Σ (q_d · step_d) · code_d
         let folded: Vec<f32> = q.iter().zip(&index.step).map(|(a, s)| a * s).collect();
@@ -222,50 +265,9 @@ impl IvfScan<'_> {
         } else {
             k
         };
-        let disk;
-        let lists: Vec<&IvfList> = match &index.lists {
-            Some(all) => probes.iter().map(|&l| &all[l]).collect(),
-            None => {
-                disk = probes
-                    .iter()
-                    .map(|&l| self.snapshot.index_list(index.version, l as u32))
-                    .collect::<Result<Vec<_>, _>>()?;
-                disk.iter().collect()
-            }
-        };
-        let entries: usize = lists.iter().map(|l| l.ids.len()).sum();
-        let scan = |part: &[&IvfList]| {
-            let mut heap = TopK::new(cap);
-            for list in part {
-                for (i, &id) in list.ids.iter().enumerate() {
-                    let code = &list.codes[i * dim..(i + 1) * dim];
-                    let score = bias + dot_u8(&folded, code);
-                    if heap.would_take(score) && !self.deleted.contains(&id) {
-                        heap.offer(Candidate { score, id });
-                    }
-                }
-            }
-            heap
-        };
-        let mut best = if threads > 1 && entries > 32_768 {
-            let per = lists.len().div_ceil(threads);
-            let parts: Vec<TopK> = std::thread::scope(|s| {
-                let handles: Vec<_> = lists
-                    .chunks(per.max(1))
-                    .map(|p| s.spawn(move || scan(p)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                    .collect()
-            });
-            let mut merged = TopK::new(cap);
-            for part in parts {
-                part.into_candidates().for_each(|c| merged.offer(c));
-            }
-            merged
-        } else {
-            scan(&lists)
+        let mut best = match &index.device {
+            Some(dev) => self.scan_on_device(dev, &probes, &folded, bias, cap)?,
+            None => self.scan_on_host(&probes, &folded, bias, cap, threads)?,
         };
         if !self.rescore {
             return Ok(best.into_sorted());
@@ -297,6 +299,122 @@ impl IvfScan<'_> {
             next = end;
         }
         Ok(exact.into_sorted())
+    }
+
+    /// The `cap` best codes of the probed lists, scored on the host (in memory or read from
+    /// the store per list).
+    fn scan_on_host(
+        &self,
+        probes: &[usize],
+        folded: &[f32],
+        bias: f32,
+        cap: usize,
+        threads: usize,
+    ) -> Result<TopK> {
+        let index = self.index;
+        let dim = index.dim;
+        let disk;
+        let lists: Vec<&IvfList> = match &index.lists {
+            Some(all) => probes.iter().map(|&l| &all[l]).collect(),
+            None => {
+                disk = probes
+                    .iter()
+                    .map(|&l| self.snapshot.index_list(index.version, l as u32))
+                    .collect::<Result<Vec<_>, _>>()?;
+                disk.iter().collect()
+            }
+        };
+        let entries: usize = lists.iter().map(|l| l.ids.len()).sum();
+        let scan = |part: &[&IvfList]| {
+            let mut heap = TopK::new(cap);
+            for list in part {
+                for (i, &id) in list.ids.iter().enumerate() {
+                    let code = &list.codes[i * dim..(i + 1) * dim];
+                    let score = bias + dot_u8(&folded, code);
+                    if heap.would_take(score) && !self.deleted.contains(&id) {
+                        heap.offer(Candidate { score, id });
+                    }
+                }
+            }
+            heap
+        };
+        let best = if threads > 1 && entries > 32_768 {
+            let per = lists.len().div_ceil(threads);
+            let parts: Vec<TopK> = std::thread::scope(|s| {
+                let handles: Vec<_> = lists
+                    .chunks(per.max(1))
+                    .map(|p| s.spawn(move || scan(p)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            });
+            let mut merged = TopK::new(cap);
+            for part in parts {
+                part.into_candidates().for_each(|c| merged.offer(c));
+            }
+            merged
+        } else {
+            scan(&lists)
+        };
+        Ok(best)
+    }
+
+    /// The `cap` best codes of the probed lists, scored by one matrix-vector product on the
+    /// device over the probed lists' rows.
+    fn scan_on_device(
+        &self,
+        dev: &DeviceLists,
+        probes: &[usize],
+        folded: &[f32],
+        bias: f32,
+        cap: usize,
+    ) -> Result<TopK> {
+        let mut heap = TopK::new(cap);
+        let ranges: Vec<(usize, usize)> = probes
+            .iter()
+            .map(|&l| (dev.offsets[l], dev.offsets[l + 1]))
+            .filter(|(a, b)| b > a)
+            .collect();
+        if ranges.is_empty() {
+            return Ok(heap);
+        }
+        tch::no_grad(|| -> Result<()> {
+            let device = dev.codes.device();
+            let parts = ranges
+                .iter()
+                .map(|&(a, b)| dev.codes.f_narrow(0, a as i64, (b - a) as i64))
+                .collect::<Result<Vec<_>, _>>()?;
+            let codes = Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?;
+            let q = Tensor::f_from_slice(folded)?.f_to_device(device)?;
+            let scores = codes.f_mv(&q)?;
+            // Rows of deleted passages are dropped below, so enough are taken to make up for them.
+            let take = (cap + self.deleted.len()).min(scores.size()[0] as usize) as i64;
+            let (values, positions) = scores.f_topk(take, 0, true, true)?;
+            let values: Vec<f32> = Vec::try_from(&values.f_to_device(Device::Cpu)?)?;
+            let positions: Vec<i64> = Vec::try_from(&positions.f_to_device(Device::Cpu)?)?;
+            // Position p of the concatenation lies in the first range that reaches past it.
+            let mut starts = Vec::with_capacity(ranges.len());
+            let mut total = 0;
+            for &(a, b) in &ranges {
+                starts.push((total, a));
+                total += b - a;
+            }
+            for (score, p) in values.into_iter().zip(positions) {
+                let p = p as usize;
+                let i = starts.partition_point(|&(from, _)| from <= p) - 1;
+                let id = dev.ids[starts[i].1 + (p - starts[i].0)];
+                if !self.deleted.contains(&id) {
+                    heap.offer(Candidate {
+                        score: score + bias,
+                        id,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        Ok(heap)
     }
 
     /// The `nprobe` lists whose centroids have the largest inner product with `q`.

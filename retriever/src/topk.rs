@@ -115,6 +115,55 @@ impl GemmScan<'_> {
     /// For each row of `queries` (`[B, dim]`, any device and float kind), the `k` best
     /// `(passage id, score)` pairs, best first. `k` must not exceed the live rows.
     pub(crate) fn top_k(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
+        if self.chunk_rows >= self.len
+            && let Some(found) = self.top_k_whole(queries, k)?
+        {
+            return Ok(found);
+        }
+        self.top_k_chunked(queries, k)
+    }
+
+    /// One GEMM over every row and one top-k of `k + 1`, the naive baseline's work and no
+    /// more: when the `(k+1)`-th score is below the k-th in every row, no tie crosses the
+    /// cut and the first k are the answer (ties inside it ordered by id here). `None` when a
+    /// tie crosses it (then the chunked path keeps every tied row), or on f16 CPU rows.
+    fn top_k_whole(&self, queries: &Tensor, k: usize) -> Result<Option<Vec<Vec<(u64, f32)>>>> {
+        let device = self.matrix.device();
+        if device == Device::Cpu && self.matrix.kind() == Kind::Half {
+            return Ok(None);
+        }
+        tch::no_grad(|| {
+            let q = queries.to_device(device).to_kind(self.matrix.kind());
+            let m = self.matrix.narrow(0, 0, self.len as i64);
+            let mut scores = q.matmul(&m.tr()).to_kind(Kind::Float);
+            if let Some(dead) = self.dead {
+                let dead = dead.narrow(0, 0, self.len as i64);
+                scores = scores.masked_fill(&dead.unsqueeze(0), f64::NEG_INFINITY);
+            }
+            let take = (k + 1).min(self.len);
+            let (values, indices) = scores.topk(take as i64, -1, true, true);
+            let values: Vec<f32> =
+                Vec::try_from(&values.to_device(Device::Cpu).contiguous().view(-1))?;
+            let indices: Vec<i64> =
+                Vec::try_from(&indices.to_device(Device::Cpu).contiguous().view(-1))?;
+            let mut out = Vec::with_capacity(values.len() / take.max(1));
+            for (vals, idx) in values.chunks(take).zip(indices.chunks(take)) {
+                if take > k && vals[k] >= vals[k - 1] {
+                    return Ok(None);
+                }
+                let mut row: Vec<(u64, f32)> = vals[..k]
+                    .iter()
+                    .zip(&idx[..k])
+                    .map(|(&score, &i)| (self.ids[i as usize], score))
+                    .collect();
+                row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                out.push(row);
+            }
+            Ok(Some(out))
+        })
+    }
+
+    fn top_k_chunked(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
         let batch = queries.size().first().copied().unwrap_or(0) as usize;
         let mut heaps: Vec<TopK> = (0..batch).map(|_| TopK::new(k)).collect();
         tch::no_grad(|| -> Result<()> {

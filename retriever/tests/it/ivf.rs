@@ -340,16 +340,30 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::create(dir.path()).unwrap();
         let ids = store(&db, &rows);
-        let retriever = Retriever::new(db.clone(), options(true, 8 << 30));
-        retriever
+        Retriever::new(db.clone(), options(true, 8 << 30))
             .build_index(db.current_generation().unwrap().unwrap(), &config(2), None)
             .unwrap();
         let live: Vec<(u64, Vec<f32>)> = ids.into_iter().zip(rows).collect();
-        let snapshot = retriever.snapshot().unwrap();
-        let got = snapshot
-            .top_k_with(&self::query(&query), k, &SearchOptions::probing(2))
-            .unwrap()
-            .remove(0);
-        prop_assert_eq!(got, oracle(&live, &query, k));
+        // Codes scored on the host, and on the device-tensor path CUDA takes.
+        for host_scan in [true, false] {
+            let snapshot = Retriever::new(db.clone(), options(host_scan, 8 << 30)).snapshot().unwrap();
+            let got = snapshot
+                .top_k_with(&self::query(&query), k, &SearchOptions::probing(2))
+                .unwrap()
+                .remove(0);
+            prop_assert_eq!(got, oracle(&live, &query, k), "host_scan {}", host_scan);
+        }
+        // One list probed: both paths re-score exactly the rows of that list.
+        let one: Vec<_> = [true, false]
+            .into_iter()
+            .map(|host_scan| {
+                Retriever::new(db.clone(), options(host_scan, 8 << 30))
+                    .snapshot()
+                    .unwrap()
+                    .top_k_with(&self::query(&query), k, &SearchOptions::probing(1))
+                    .unwrap()
+            })
+            .collect();
+        prop_assert_eq!(&one[0], &one[1]);
     }
 }
