@@ -125,7 +125,7 @@ impl Retriever {
             .saturating_mul(config.train_per_list.max(1))
             .max(nlist);
         let mut order: Vec<u64> = (0..blocks).collect();
-        let mut rng = SplitMix64::new(config.seed ^ 0x5a4d_504c_45);
+        let mut rng = SplitMix64::new(config.seed ^ 0x005a_4d50_4c45);
         for i in (1..order.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);

@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::kernels::{dot, dot_u8};
 use crate::matrix::ReadOnlyTensor;
 use crate::retriever::Retriever;
-use crate::topk::{Candidate, TopK};
+use crate::topk::{Candidate, Ranked, TopK};
 use tch::{Device, Kind, Tensor};
 
 /// Default re-scoring cap per query, unless the options set one: `max(MIN, k · PER_K)`.
@@ -221,7 +221,7 @@ impl IvfScan<'_> {
         }
         // Several queries: each thread takes a share of them, one query at a time.
         let per = batch.div_ceil(threads);
-        let parts: Vec<Result<Vec<Vec<(u64, f32)>>>> = std::thread::scope(|s| {
+        let parts: Vec<Result<Vec<Ranked>>> = std::thread::scope(|s| {
             let handles: Vec<_> = queries
                 .chunks(per * dim)
                 .map(|part| {
@@ -330,7 +330,7 @@ impl IvfScan<'_> {
             for list in part {
                 for (i, &id) in list.ids.iter().enumerate() {
                     let code = &list.codes[i * dim..(i + 1) * dim];
-                    let score = bias + dot_u8(&folded, code);
+                    let score = bias + dot_u8(folded, code);
                     if heap.would_take(score) && !self.deleted.contains(&id) {
                         heap.offer(Candidate { score, id });
                     }

@@ -11,6 +11,9 @@ use crate::error::Result;
 use crate::kernels::dot;
 use crate::matrix::HostRows;
 
+/// One query's ranked `(passage id, score)` pairs, best first.
+pub(crate) type Ranked = Vec<(u64, f32)>;
+
 /// Exact top-k by scanning host rows with all cores, each keeping a bounded heap.
 pub(crate) struct HostScan<'a> {
     pub(crate) rows: &'a HostRows,
@@ -127,7 +130,7 @@ impl GemmScan<'_> {
     /// more: when the `(k+1)`-th score is below the k-th in every row, no tie crosses the
     /// cut and the first k are the answer (ties inside it ordered by id here). `None` when a
     /// tie crosses it (then the chunked path keeps every tied row), or on f16 CPU rows.
-    fn top_k_whole(&self, queries: &Tensor, k: usize) -> Result<Option<Vec<Vec<(u64, f32)>>>> {
+    fn top_k_whole(&self, queries: &Tensor, k: usize) -> Result<Option<Vec<Ranked>>> {
         let device = self.matrix.device();
         if device == Device::Cpu && self.matrix.kind() == Kind::Half {
             return Ok(None);

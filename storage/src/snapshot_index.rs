@@ -26,8 +26,7 @@ impl Snapshot {
         };
         Ok(ivf::read_infos(&self.rs, manifest.id)?
             .into_iter()
-            .filter(|i| i.state == IndexState::Ready)
-            .next_back())
+            .rfind(|i| i.state == IndexState::Ready))
     }
 
     /// Every published index version of the pinned generation this snapshot sees.

@@ -23,7 +23,11 @@ fn params() -> IvfParams {
 }
 
 fn row(i: u64) -> [f32; DIM] {
-    if i % 2 == 0 { [0.9, 0.1] } else { [0.1, 0.9] }
+    if i.is_multiple_of(2) {
+        [0.9, 0.1]
+    } else {
+        [0.1, 0.9]
+    }
 }
 
 /// `n` more passages, then a committed generation of every passage, written in blocks of
