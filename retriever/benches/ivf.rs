@@ -20,8 +20,10 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod common;
+
+use common::{Mixtures, arg, database, flag, num, read_f32, write_f32};
 use plotters::prelude::*;
-use realm_retriever::random::SplitMix64;
 use realm_retriever::{
     Compute, Device, Encoder, EncoderConfig, IvfConfig, Retriever, RetrieverOptions, SearchOptions,
     default_model_dir,
@@ -32,17 +34,6 @@ use tch::Tensor;
 const K: usize = 10;
 const NPROBES: &[usize] = &[1, 2, 4, 8, 16, 32, 64, 128];
 const EFS: &[usize] = &[16, 32, 64, 128, 256];
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn num(name: &str, default: usize) -> usize {
-    arg(name).and_then(|s| s.parse().ok()).unwrap_or(default)
-}
 
 /// One measured point of a curve.
 #[derive(Clone, Debug)]
@@ -66,21 +57,6 @@ fn cache_dir() -> PathBuf {
     let dir = target.join("ivf-bench");
     std::fs::create_dir_all(&dir).expect("cache dir");
     dir
-}
-
-fn write_f32(path: &Path, values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).expect("write");
-}
-
-fn read_f32(path: &Path) -> Option<Vec<f32>> {
-    let bytes = std::fs::read(path).ok()?;
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
-    )
 }
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
@@ -121,37 +97,6 @@ fn embeddings(encoder: &Encoder, docs: &[(String, String)], name: &str) -> Vec<f
         start.elapsed().as_secs_f64()
     );
     write_f32(&path, &out);
-    out
-}
-
-/// `n` normalized mixtures of two or three passage vectors plus noise.
-fn mixtures(passages: &[f32], dim: usize, n: usize) -> Vec<f32> {
-    let count = passages.len() / dim;
-    let mut rng = SplitMix64::new(2026);
-    let mut out = Vec::with_capacity(n * dim);
-    let mut v = vec![0f32; dim];
-    for _ in 0..n {
-        v.iter_mut().for_each(|x| *x = 0.0);
-        // One main passage and one or two others mixed in more weakly: the corpus's topics
-        // stay recognizable, as in real embeddings, instead of averaging out.
-        let parts = 2 + (rng.next_u64() % 2) as usize;
-        for part in 0..parts {
-            let p = (rng.next_u64() % count as u64) as usize;
-            let w = if part == 0 {
-                1.0
-            } else {
-                0.15 + 0.35 * rng.uniform() as f32
-            };
-            for (x, y) in v.iter_mut().zip(&passages[p * dim..(p + 1) * dim]) {
-                *x += w * y;
-            }
-        }
-        for x in v.iter_mut() {
-            *x += 0.02 * rng.normal() as f32;
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        out.extend(v.iter().map(|x| x / norm));
-    }
     out
 }
 
@@ -211,27 +156,12 @@ fn main() {
     let passages = embeddings(&encoder, &corpus, "corpus.f32");
     let queries = embeddings(&encoder, &questions, &format!("questions-{nq}.f32"));
     let nq = queries.len() / dim;
-    let base = mixtures(&passages, dim, n);
+    let base = Mixtures::new(&passages, dim).next_rows(n);
 
     // The database: one generation of f32 rows.
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Db::create(dir.path()).expect("create");
     let start = Instant::now();
-    for part in (0..n).collect::<Vec<_>>().chunks(20_000) {
-        let batch: Vec<NewPassage> = part
-            .iter()
-            .map(|i| NewPassage::new("", format!("p{i}")))
-            .collect();
-        db.insert(&batch).expect("insert");
-    }
-    let mut w = db
-        .begin_generation(GenerationSpec::new("bench", dim as u32, Dtype::F32))
-        .expect("begin");
-    let ids: Vec<u64> = (0..n as u64).collect();
-    for (i, c) in ids.chunks(4096).zip(base.chunks(4096 * dim)) {
-        w.write(i, c).expect("write");
-    }
-    w.commit().expect("commit");
+    let (db, _) = database(dir.path(), &base, dim);
     println!(
         "  stored {n} rows in {:.1} s",
         start.elapsed().as_secs_f64()
@@ -362,7 +292,7 @@ fn main() {
     }
 
     // FAISS on the same vectors.
-    let faiss = if std::env::args().any(|a| a == "--no-faiss") {
+    let faiss = if flag("--no-faiss") {
         Vec::new()
     } else {
         run_faiss(
@@ -467,7 +397,7 @@ fn main() {
     }
     draw(&plot, &points, exact1, exact64);
     println!("  wrote {plot}");
-    if !std::env::args().any(|a| a == "--no-accuracy") {
+    if !flag("--no-accuracy") {
         accuracy(&encoder, &data, &corpus, &passages);
     }
 }

@@ -13,69 +13,27 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use realm_retriever::random::SplitMix64;
 use realm_retriever::{
     Compute, Device, EncoderConfig, IvfConfig, Retriever, RetrieverOptions, SearchOptions,
 };
-use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
+use realm_storage::{Db, Dtype, GenerationSpec};
+
+mod common;
+
+use common::{Mixtures, arg, num};
 use tch::Tensor;
 
 const K: usize = 10;
 const DIM: usize = 384;
 const CHUNK: usize = 100_000;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn num(name: &str, default: usize) -> usize {
-    arg(name).and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| {
+fn cached(path: &Path) -> Vec<f32> {
+    common::read_f32(path).unwrap_or_else(|| {
         panic!(
-            "{}: {e} (run the ivf bench first with the same --cache)",
+            "{} is missing: run the ivf bench first with the same --cache",
             path.display()
         )
-    });
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect()
-}
-
-/// Rows `from..from + n` of the deterministic mixture stream (each row seeded by its index).
-fn mixtures(passages: &[f32], from: usize, n: usize) -> Vec<f32> {
-    let count = passages.len() / DIM;
-    let mut out = Vec::with_capacity(n * DIM);
-    let mut v = vec![0f32; DIM];
-    for i in from..from + n {
-        let mut rng = SplitMix64::new(i as u64 ^ 0x1a29e);
-        v.iter_mut().for_each(|x| *x = 0.0);
-        // As in the ivf bench: one main passage, one or two others mixed in more weakly.
-        let parts = 2 + (rng.next_u64() % 2) as usize;
-        for part in 0..parts {
-            let p = (rng.next_u64() % count as u64) as usize;
-            let w = if part == 0 {
-                1.0
-            } else {
-                0.15 + 0.35 * rng.uniform() as f32
-            };
-            for (x, y) in v.iter_mut().zip(&passages[p * DIM..(p + 1) * DIM]) {
-                *x += w * y;
-            }
-        }
-        for x in v.iter_mut() {
-            *x += 0.02 * rng.normal() as f32;
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        out.extend(v.iter().map(|x| x / norm));
-    }
-    out
+    })
 }
 
 fn peak_rss_mb() -> f64 {
@@ -125,33 +83,20 @@ fn build(dir: &Path, n: usize, nlist: usize, passages: &[f32]) {
         .create_if_missing(true)
         .open()
         .expect("create");
-    let mut w = None;
+    let mut writer = db
+        .begin_generation(GenerationSpec::new("large", DIM as u32, Dtype::F16))
+        .expect("begin");
+    let mut mixtures = Mixtures::new(passages, DIM);
     for from in (0..n).step_by(CHUNK) {
         let len = CHUNK.min(n - from);
-        let batch: Vec<NewPassage> = (from..from + len)
-            .map(|i| NewPassage::new("", format!("p{i}")))
-            .collect();
-        let ids: Vec<u64> = db
-            .insert(&batch)
-            .expect("insert")
-            .iter()
-            .map(|o| o.id())
-            .collect();
-        let writer = w.get_or_insert_with(|| {
-            db.begin_generation(GenerationSpec::new("large", DIM as u32, Dtype::F16))
-                .expect("begin")
-        });
-        let rows = mixtures(passages, from, len);
-        for (i, c) in ids.chunks(4096).zip(rows.chunks(4096 * DIM)) {
-            writer.write(i, c).expect("write");
-        }
+        common::insert_rows(&db, &mut writer, &mixtures.next_rows(len), DIM);
         eprint!(
             "\r  stored {} rows ({:.0} s)",
             from + len,
             start.elapsed().as_secs_f64()
         );
     }
-    let generation = w.expect("rows").commit().expect("commit");
+    let generation = writer.commit().expect("commit");
     eprintln!();
     println!(
         "  stored {n} rows in {:.0} s",
@@ -244,14 +189,14 @@ fn main() {
     let cache = PathBuf::from(arg("--cache").unwrap_or_else(|| {
         std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()) + "/ivf-bench"
     }));
-    let queries = read_f32(&cache.join("questions-1000.f32"));
+    let queries = cached(&cache.join("questions-1000.f32"));
     let queries = &queries[..nq.min(queries.len() / DIM) * DIM];
-    if std::env::args().any(|a| a == "--search-only") {
+    if common::flag("--search-only") {
         search(&dir, queries, budget);
         return;
     }
     if !dir.join("CURRENT").exists() {
-        let passages = read_f32(&cache.join("corpus.f32"));
+        let passages = cached(&cache.join("corpus.f32"));
         build(&dir, n, nlist, &passages);
     }
     println!("  size on disk: {:.2} GB", dir_bytes(&dir) as f64 / 1e9);

@@ -9,15 +9,11 @@
 use std::time::Instant;
 
 use realm_retriever::{Compute, Device, EncoderConfig, Retriever, RetrieverOptions};
-use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
 use tch::Tensor;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+mod common;
+
+use common::arg;
 
 /// Deterministic uniform values in [-1, 1).
 fn random_values(n: usize, seed: u64) -> Vec<f32> {
@@ -122,23 +118,8 @@ fn main() {
         );
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = Db::create(dir.path()).expect("create");
         let start = Instant::now();
-        for part in (0..n).collect::<Vec<_>>().chunks(10_000) {
-            let batch: Vec<NewPassage> = part
-                .iter()
-                .map(|i| NewPassage::new("", format!("p{i}")))
-                .collect();
-            db.insert(&batch).expect("insert");
-        }
-        let mut w = db
-            .begin_generation(GenerationSpec::new("bench", dim as u32, Dtype::F32))
-            .expect("begin");
-        let ids: Vec<u64> = (0..n as u64).collect();
-        for (i, c) in ids.chunks(4096).zip(values.chunks(4096 * dim)) {
-            w.write(i, c).expect("write");
-        }
-        w.commit().expect("commit");
+        let (db, _) = common::database(dir.path(), &values, dim);
         println!(
             "  built the database in {:.1} s",
             start.elapsed().as_secs_f64()
