@@ -227,27 +227,7 @@ impl Snapshot {
 
     /// One passage's vector in the pinned generation.
     pub fn vector(&self, id: PassageId) -> Result<Option<Vec<f32>>> {
-        let m = self.pinned()?;
-        let block = match self.rs.get(Cf::VectorIndex, &pair_key(m.id, id))? {
-            None => return Ok(None),
-            Some(bytes) => {
-                codec::decode_u64(&bytes, &|| format!("the index entry of passage {id}"))?
-            }
-        };
-        let bytes = self
-            .rs
-            .get(Cf::Vectors, &pair_key(m.id, block))?
-            .ok_or_else(|| Error::Corrupt {
-                what: format!("vector block {block} of generation {} (missing)", m.id),
-            })?;
-        let dim = m.spec.dim as usize;
-        let mut values = Vec::new();
-        let rows = codec::decode_block(&bytes, dim, m.id, block, &mut values)?;
-        Ok(rows
-            .ids
-            .iter()
-            .position(|&x| x == id)
-            .map(|i| values[i * dim..(i + 1) * dim].to_vec()))
+        Ok(self.vectors_of(&[id])?.pop().flatten())
     }
 
     /// Lexical search: the `k` visible passages with the highest BM25 score for `query`
