@@ -3,7 +3,8 @@
 use std::io::Write;
 
 use anyhow::Result;
-use realm_db::{Db, GenerationInfo};
+use realm_db::storage::ivf::IndexState;
+use realm_db::{Db, GenerationInfo, IndexInfo};
 use serde_json::json;
 
 use super::Env;
@@ -22,7 +23,7 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
     let generations = db.generations()?;
     if json {
         for g in &generations {
-            json_line(out, &generation_json(g))?;
+            json_line(out, &generation_json(g, &db.indexes(g.manifest.id)?))?;
         }
         return Ok(());
     }
@@ -38,6 +39,7 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
         ("dim", Align::Right),
         ("vectors", Align::Right),
         ("pinned", Align::Right),
+        ("index", Align::Left),
         ("step", Align::Right),
         ("parent", Align::Right),
         ("note", Align::Left),
@@ -45,6 +47,14 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
     for g in &generations {
         let m = &g.manifest;
         let p = &m.spec.provenance;
+        let index = db
+            .indexes(m.id)?
+            .into_iter()
+            .rfind(|i| i.state == IndexState::Ready)
+            .map_or_else(
+                || "-".into(),
+                |i| format!("ivf v{} ({})", i.version, i.nlist),
+            );
         table.row(vec![
             if g.current { "*" } else { "" }.to_string(),
             m.id.to_string(),
@@ -62,6 +72,7 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
             ),
             m.live_vectors().to_string(),
             g.pins.to_string(),
+            index,
             p.training_step
                 .map_or_else(|| "-".into(), |s| s.to_string()),
             p.parent.map_or_else(|| "-".into(), |s| s.to_string()),
@@ -71,7 +82,7 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
     table.write(out)
 }
 
-fn generation_json(g: &GenerationInfo) -> serde_json::Value {
+fn generation_json(g: &GenerationInfo, indexes: &[IndexInfo]) -> serde_json::Value {
     let m = &g.manifest;
     let p = &m.spec.provenance;
     json!({
@@ -97,6 +108,15 @@ fn generation_json(g: &GenerationInfo) -> serde_json::Value {
             "checkpoint_id": q.checkpoint_id,
             "attached_ms": q.attached_ms,
             "note": q.note,
+        })).collect::<Vec<_>>(),
+        "indexes": indexes.iter().map(|i| json!({
+            "version": i.version,
+            "kind": "ivf",
+            "state": format!("{:?}", i.state).to_lowercase(),
+            "nlist": i.nlist,
+            "codes": i.codes.to_string(),
+            "entries": i.entries,
+            "note": i.note,
         })).collect::<Vec<_>>(),
     })
 }

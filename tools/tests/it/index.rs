@@ -52,6 +52,13 @@ fn an_index_is_built_searched_reported_and_checked() {
     assert_eq!(re[0]["generation"], 2);
     let stats: serde_json::Value = serde_json::from_str(&f.run(&["stats", db, "--json"])).unwrap();
     assert_eq!(stats["index"]["nlist"], 3, "{stats}");
+    let generations = json_lines(&f.run(&["generations", db, "--json"]));
+    assert_eq!(generations[0]["indexes"][0]["nlist"], 2, "{generations:?}");
+    assert_eq!(
+        generations[1]["indexes"][0]["state"], "ready",
+        "{generations:?}"
+    );
+    assert!(f.run(&["generations", db]).contains("ivf v1 (3)"));
     // `check` exits 0 only when every invariant holds, the index's included.
     f.run(&["check", db]);
 
