@@ -61,6 +61,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Retrieve the passages closest to a query.
     Search(SearchArgs),
+    /// Delete passages by external id or passage id, in one atomic write.
+    Delete(DeleteArgs),
     /// List the generations that have not been garbage-collected.
     Generations(GenerationsArgs),
     /// Embed lines of standard input and write them as JSONL.
@@ -129,6 +131,24 @@ pub struct IngestArgs {
     /// is 0.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// External ids of passages to delete (repeatable).
+    #[arg(long, value_name = "EXTERNAL_ID")]
+    pub id: Vec<String>,
+    /// A file of external ids, one a line (blank lines are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub ids_from: Option<PathBuf>,
+    /// Passage ids (as `search --json` prints them) to delete (repeatable).
+    #[arg(long, value_name = "N")]
+    pub passage: Vec<u64>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

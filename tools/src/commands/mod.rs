@@ -14,6 +14,7 @@ use crate::cli::{
 use crate::open;
 
 mod ask;
+mod delete;
 mod embed;
 mod eval;
 mod export;
@@ -118,6 +119,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init::run(args, &env, &mut out),
         Command::Ingest(args) => ingest::run(args, &env, &mut out),
         Command::Search(args) => search::run(args, &env, &mut out),
+        Command::Delete(args) => delete::run(args, &env, &mut out),
         Command::Generations(args) => generations::run(args, &env, &mut out),
         Command::Embed(args) => embed::run(args, &env, &mut out),
         Command::Gc(args) => maintenance::gc(args, &env, &mut out),

@@ -3,5 +3,6 @@
 
 mod cli;
 mod corpus;
+mod delete;
 mod index;
 mod robustness;
