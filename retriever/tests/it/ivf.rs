@@ -160,6 +160,13 @@ proptest! {
                 let expected = oracle(&live, q, k);
                 let got = snapshot.top_k_with(&query(q), k, &all).unwrap().remove(0);
                 prop_assert_eq!(&got, &expected, "index path, host_scan {}, budget {}", host_scan, budget);
+                // Codes alone rank approximately, but never return a deleted passage.
+                let codes_only = SearchOptions { rescore: false, ..all.clone() };
+                let approx = snapshot.top_k_with(&query(q), k, &codes_only).unwrap().remove(0);
+                prop_assert!(
+                    approx.iter().all(|(id, _)| live.iter().any(|(l, _)| l == id)),
+                    "a deleted passage came back: {:?}", approx
+                );
                 let exact = snapshot.top_k_with(&query(q), k, &SearchOptions::exact()).unwrap().remove(0);
                 prop_assert_eq!(&exact, &expected, "exact path, host_scan {}, budget {}", host_scan, budget);
             }
