@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels::dot;
 use crate::matrix::{DeviceMatrix, HostRows};
 use crate::search::{SearchSnapshot, SearchState};
@@ -58,21 +58,12 @@ pub struct ExactShape {
 pub(crate) type ExactPlans = HashMap<ExactShape, ExactPath>;
 
 impl SearchSnapshot {
-    /// Exact MIPS over the pinned generation's matrix on the device.
+    /// Exact MIPS over the pinned generation's matrix on the device; `queries` is `[B, dim]`.
     pub(crate) fn top_k_exact(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<(u64, f32)>>> {
         let state = self.state()?;
         let matrix = &state.matrix;
-        let dim = matrix.tensor.size().get(1).copied().unwrap_or(0);
-        let qsize = queries.size();
-        if qsize.len() != 2 || qsize[1] != dim {
-            return Err(Error::InvalidInput {
-                reason: format!(
-                    "query vectors have shape {qsize:?}, but generation {} stores {dim}-dimensional vectors",
-                    matrix.generation
-                ),
-            });
-        }
-        let batch = qsize[0] as usize;
+        // `top_k_with` checked the shape against the generation.
+        let batch = queries.size()[0] as usize;
         let k = k.min(state.live);
         if k == 0 || batch == 0 {
             return Ok(vec![Vec::new(); batch]);

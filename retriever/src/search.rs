@@ -71,6 +71,8 @@ pub struct SearchSnapshot {
     state: Mutex<Option<Arc<SearchState>>>,
     /// Passages deleted since their rows were written, as an index search filters them.
     deleted: Mutex<Option<Arc<HashSet<u64>>>>,
+    /// The pinned generation's index as the snapshot sees it (read once: it cannot change).
+    index: Mutex<Option<Option<IndexInfo>>>,
     options: Mutex<SearchOptions>,
 }
 
@@ -90,6 +92,7 @@ impl SearchSnapshot {
             snapshot,
             state: Mutex::new(None),
             deleted: Mutex::new(None),
+            index: Mutex::new(None),
             options: Mutex::new(SearchOptions::default()),
         }
     }
@@ -114,6 +117,7 @@ impl SearchSnapshot {
         self.snapshot.refresh()?;
         *self.state.lock() = None;
         *self.deleted.lock() = None;
+        *self.index.lock() = None;
         Ok(())
     }
 
@@ -284,7 +288,7 @@ impl SearchSnapshot {
         let index = if options.exact {
             None
         } else {
-            self.snapshot.index()?
+            self.index_info()?
         };
         let fits = self.matrix_fits();
         match index {
@@ -314,6 +318,17 @@ impl SearchSnapshot {
         };
         (m.vector_count as usize).saturating_mul(m.spec.dim as usize * bytes)
             <= self.retriever.options().memory_budget_bytes
+    }
+
+    /// The index searches may use, read through the snapshot on first use.
+    fn index_info(&self) -> Result<Option<IndexInfo>> {
+        let mut guard = self.index.lock();
+        if let Some(info) = guard.as_ref() {
+            return Ok(info.clone());
+        }
+        let info = self.snapshot.index()?;
+        *guard = Some(info.clone());
+        Ok(info)
     }
 
     fn deleted_ids(&self) -> Result<Arc<HashSet<u64>>> {

@@ -402,23 +402,20 @@ pub(crate) fn delete_index(wb: &mut Batch<'_>, generation: GenerationId, version
     wb.delete_prefix(Cf::IvfLists, &prefix);
 }
 
-/// The passage ids and codes of one list, as `r` sees it.
-pub(crate) fn read_list(
+/// Every entry of index `version` of `generation` (of one list, when `list` is given), in key
+/// order, as `r` sees it: `f` gets each entry's list, passage id and `dim`-byte code. A key or
+/// code of the wrong size is [`Error::Corrupt`].
+pub(crate) fn scan_entries(
     r: &dyn Reader,
     generation: GenerationId,
     version: u32,
-    list: u32,
+    list: Option<u32>,
     dim: usize,
-    ids: &mut Vec<PassageId>,
-    codes: &mut Vec<u8>,
+    mut f: impl FnMut(u32, PassageId, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    for entry in r.scan(
-        Cf::IvfLists,
-        &list_prefix(generation, version, Some(list)),
-        &[],
-    ) {
+    for entry in r.scan(Cf::IvfLists, &list_prefix(generation, version, list), &[]) {
         let (key, value) = entry?;
-        let (_, id) = split_entry_key(&key)?;
+        let (list, id) = split_entry_key(&key)?;
         if value.len() != dim {
             return Err(Error::Corrupt {
                 what: format!(
@@ -426,8 +423,7 @@ pub(crate) fn read_list(
                 ),
             });
         }
-        ids.push(id);
-        codes.extend_from_slice(&value);
+        f(list, id, &value)?;
     }
     Ok(())
 }

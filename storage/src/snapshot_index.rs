@@ -64,14 +64,17 @@ impl Snapshot {
         let (generation, _) = self.ready_index(version)?;
         let dim = self.pinned()?.spec.dim as usize;
         let mut out = IvfList::default();
-        ivf::read_list(
+        ivf::scan_entries(
             &self.rs,
             generation,
             version,
-            list,
+            Some(list),
             dim,
-            &mut out.ids,
-            &mut out.codes,
+            |_, id, code| {
+                out.ids.push(id);
+                out.codes.extend_from_slice(code);
+                Ok(())
+            },
         )?;
         Ok(out)
     }
@@ -81,21 +84,24 @@ impl Snapshot {
         let (generation, info) = self.ready_index(version)?;
         let dim = self.pinned()?.spec.dim as usize;
         let mut lists = vec![IvfList::default(); info.nlist as usize];
-        let prefix = ivf::list_prefix(generation, version, None);
-        for entry in self.rs.scan(Cf::IvfLists, &prefix, &[]) {
-            let (key, value) = entry?;
-            let (list, id) = ivf::split_entry_key(&key)?;
-            let slot = lists.get_mut(list as usize).filter(|_| value.len() == dim);
-            let Some(slot) = slot else {
-                return Err(Error::Corrupt {
-                    what: format!(
-                        "the IVF entry of passage {id} in list {list} of index {version} of generation {generation}"
-                    ),
-                });
-            };
-            slot.ids.push(id);
-            slot.codes.extend_from_slice(&value);
-        }
+        ivf::scan_entries(
+            &self.rs,
+            generation,
+            version,
+            None,
+            dim,
+            |list, id, code| {
+                let slot = lists.get_mut(list as usize).ok_or_else(|| Error::Corrupt {
+                what: format!(
+                    "the IVF entry of passage {id} in list {list} of index {version} of generation {generation} (only {} lists)",
+                    info.nlist
+                ),
+            })?;
+                slot.ids.push(id);
+                slot.codes.extend_from_slice(code);
+                Ok(())
+            },
+        )?;
         Ok(lists)
     }
 

@@ -7,23 +7,16 @@
 use std::collections::HashSet;
 
 use proptest::prelude::*;
-use realm_retriever::{
-    Compute, Device, EncoderConfig, IvfConfig, Retriever, RetrieverOptions, SearchOptions,
-};
+use realm_retriever::{IvfConfig, Retriever, RetrieverOptions, SearchOptions};
 use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
 use tch::Tensor;
 
+/// The CPU settings of `vectors` (host scan, or the device-tensor path CUDA takes) with a
+/// memory budget: 0 reads lists and rows from the store per search.
 fn options(host_scan: bool, memory_budget_bytes: usize) -> RetrieverOptions {
     RetrieverOptions {
-        encoder: EncoderConfig {
-            device: Device::Cpu,
-            ..EncoderConfig::default()
-        },
-        compute: Compute::F32,
-        score_chunk_rows: if host_scan { 0 } else { 5 },
-        host_scan,
         memory_budget_bytes,
-        ..RetrieverOptions::default()
+        ..crate::vectors::cpu_options(host_scan)
     }
 }
 

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 /// CPU settings: host rows scanned directly, or (`host_scan` off) the device-tensor path
 /// that CUDA takes, in small chunks so that candidates cross chunk boundaries.
-fn cpu_options(host_scan: bool) -> RetrieverOptions {
+pub(crate) fn cpu_options(host_scan: bool) -> RetrieverOptions {
     RetrieverOptions {
         encoder: EncoderConfig {
             device: Device::Cpu,
