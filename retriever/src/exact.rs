@@ -200,7 +200,7 @@ fn run(
                 };
             }
         }
-        row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        row.sort_by(crate::topk::by_rank);
     }
     Ok(result)
 }

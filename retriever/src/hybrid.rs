@@ -117,7 +117,7 @@ pub fn reciprocal_rank_fusion(
         }
     }
     let mut out: Vec<(u64, f32)> = fused.into_iter().collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.sort_by(crate::topk::by_rank);
     out.truncate(k);
     out
 }

@@ -51,11 +51,14 @@ impl Eq for Candidate {}
 
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.score
-            .partial_cmp(&other.score)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(other.id.cmp(&self.id))
+        by_rank(&(other.id, other.score), &(self.id, self.score))
     }
+}
+
+/// The order of a ranking, best first: higher score, then lower passage id. −0 and +0 are
+/// the same score (a dot product may give either), so their tie goes to the id as well.
+pub(crate) fn by_rank(a: &(u64, f32), b: &(u64, f32)) -> std::cmp::Ordering {
+    (b.1 + 0.0).total_cmp(&(a.1 + 0.0)).then(a.0.cmp(&b.0))
 }
 
 impl PartialOrd for Candidate {
@@ -159,7 +162,7 @@ impl GemmScan<'_> {
                     .zip(&idx[..k])
                     .map(|(&score, &i)| (self.ids[i as usize], score))
                     .collect();
-                row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                row.sort_by(by_rank);
                 out.push(row);
             }
             Ok(Some(out))

@@ -58,11 +58,12 @@ fn ingest(db: &Db, vectors: &[Vec<f32>]) -> Vec<u64> {
         .collect()
 }
 
-/// The exact top-k by brute force: score descending, then id ascending.
+/// The exact top-k by brute force: score descending, then id ascending. Scores are summed
+/// from +0, so a row of −0 products ties with +0 and the tie goes to the lower id.
 fn oracle(rows: &[(u64, Vec<f32>)], q: &[f32], k: usize) -> Vec<(u64, f32)> {
     let mut scored: Vec<(u64, f32)> = rows
         .iter()
-        .map(|(id, v)| (*id, v.iter().zip(q).map(|(a, b)| a * b).sum()))
+        .map(|(id, v)| (*id, v.iter().zip(q).fold(0.0, |s, (a, b)| s + a * b)))
         .collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     scored.truncate(k);
