@@ -73,7 +73,8 @@ pub type GenerationId = u64;
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewPassage {
     /// A caller-chosen unique key. Inserting a passage whose external id already exists is a
-    /// no-op that reports the existing id, so re-ingesting the same data is idempotent.
+    /// no-op that reports the existing id, so re-ingesting the same data is idempotent;
+    /// [`Db::upsert`] replaces the stored passage instead when its content differs.
     pub external_id: Option<String>,
     pub title: String,
     pub text: String,
@@ -113,6 +114,14 @@ pub struct Passage {
     pub title: String,
     pub text: String,
     pub meta: serde_json::Value,
+}
+
+impl Passage {
+    /// Whether `new` carries this passage's title, text and metadata, so that
+    /// [`Db::upsert`] would report it as a duplicate rather than update it.
+    pub fn has_content_of(&self, new: &NewPassage) -> bool {
+        self.title == new.title && self.text == new.text && self.meta == new.meta
+    }
 }
 
 /// The element type a generation stores its vectors in. Reads always return `f32`.
