@@ -72,7 +72,11 @@ impl Counters {
     fn stage(&self, wb: &mut Batch<'_>) {
         wb.put(Cf::Meta, META_PASSAGE_COUNT, &u64_key(self.passages));
         wb.put(Cf::Meta, lexical::META_DOCS, &u64_key(self.lexical_docs));
-        wb.put(Cf::Meta, lexical::META_TOKENS, &u64_key(self.lexical_tokens));
+        wb.put(
+            Cf::Meta,
+            lexical::META_TOKENS,
+            &u64_key(self.lexical_tokens),
+        );
     }
 }
 
@@ -223,11 +227,13 @@ impl Db {
                     let id = codec::decode_u64(&bytes, &|| format!("external id {ext:?}"))?;
                     let stored = match mode {
                         Mode::Insert => None,
-                        Mode::Upsert => Some(read_passage(&*rocks, id)?.ok_or_else(|| {
-                            Error::Corrupt {
-                                what: format!("external id {ext:?} (it names missing passage {id})"),
-                            }
-                        })?),
+                        Mode::Upsert => {
+                            Some(read_passage(&*rocks, id)?.ok_or_else(|| Error::Corrupt {
+                                what: format!(
+                                    "external id {ext:?} (it names missing passage {id})"
+                                ),
+                            })?)
+                        }
                     };
                     match stored {
                         Some(stored) if !stored.has_content_of(passage) => {
@@ -356,9 +362,7 @@ fn stage_removal(
     terms.stage_delete(wb, id);
     counters.passages = counters.passages.saturating_sub(1);
     counters.lexical_docs = counters.lexical_docs.saturating_sub(1);
-    counters.lexical_tokens = counters
-        .lexical_tokens
-        .saturating_sub(u64::from(terms.len));
+    counters.lexical_tokens = counters.lexical_tokens.saturating_sub(u64::from(terms.len));
     for manifest in manifests.iter_mut() {
         let key = pair_key(manifest.id, id);
         if rocks.get(Cf::VectorIndex, &key)?.is_some() {

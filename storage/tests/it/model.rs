@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use realm_storage::lexical::{Bm25Params, analyze};
 use realm_storage::{
-    Db, Dtype, Error, GenerationSpec, GenerationState, GenerationWriter, InsertOutcome,
-    NewPassage, Snapshot,
+    Db, Dtype, Error, GenerationSpec, GenerationState, GenerationWriter, InsertOutcome, NewPassage,
+    Snapshot,
 };
-use serde_json::{Value, json};
 use realm_testing::temp_db;
+use serde_json::{Value, json};
 
 /// Words of the passages' texts: inflections of one stem, stop words, a single character.
 const VOCAB: [&str; 13] = [
@@ -187,7 +187,10 @@ impl Model {
         let mut seen: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
         let mut outcomes = Vec::new();
         for (i, p) in batch.iter().enumerate() {
-            let ext = p.external_id.as_deref().expect("upserts name their passages");
+            let ext = p
+                .external_id
+                .as_deref()
+                .expect("upserts name their passages");
             let content = (p.title.clone(), p.text.clone(), p.meta.clone());
             if let Some(&(first, id)) = seen.get(ext) {
                 let earlier = &batch[first];
@@ -624,9 +627,10 @@ impl Harness {
         // `verify` expects no generation to be building (it runs after open); the harness's
         // open writer is the one exception it may report.
         let report = self.db().verify().unwrap();
-        let building = self.writer.as_ref().map(|w| {
-            format!("generation {} is still building after open", w.id())
-        });
+        let building = self
+            .writer
+            .as_ref()
+            .map(|w| format!("generation {} is still building after open", w.id()));
         let problems: Vec<&String> = report
             .problems
             .iter()
