@@ -8,6 +8,10 @@
 //!   publishes it with one atomic write that also retires the previous current generation.
 //! * A **snapshot** ([`Db::snapshot`]) pins the current generation together with a RocksDB
 //!   snapshot of the passages, so everything read through it stays the same while it lives.
+//! * Passages are inserted idempotently by external id ([`Db::insert`]); [`Db::upsert`]
+//!   replaces a passage whose external id is stored with other content, in one atomic write
+//!   that removes the old passage (its postings and rows) and stores the new content under a
+//!   new passage id ([`InsertOutcome::Updated`]).
 //! * [`Db::gc`] collects retired generations that no snapshot pins, beyond a `keep` count.
 //! * A **lexical (BM25) index** ([`lexical`]) is updated in the same write batch as every
 //!   passage insert and delete, so [`Snapshot::bm25_search`] scores exactly the passages the
