@@ -171,27 +171,7 @@ impl Db {
         let rocks = self.rocks();
         let mut current = match vectors {
             None => None,
-            Some((generation, rows)) => {
-                let current = read_current(&*rocks)?;
-                if current != Some(generation) {
-                    return Err(Error::GenerationChanged {
-                        expected: generation,
-                        found: current,
-                    });
-                }
-                let manifest = read_manifest(&*rocks, generation)?;
-                for (i, row) in rows.iter().enumerate() {
-                    if let Some(row) = row {
-                        generation::check_rows(&manifest, 1, row).map_err(|e| match e {
-                            Error::NonFinite { position, .. } => {
-                                Error::NonFinite { row: i, position }
-                            }
-                            other => other,
-                        })?;
-                    }
-                }
-                Some(manifest)
-            }
+            Some((generation, rows)) => Some(current_for_rows(&*rocks, generation, rows)?),
         };
         let mut next = read_meta_u64(&*rocks, META_NEXT_PASSAGE)?.unwrap_or(0);
         let mut counters = Counters::read(&*rocks)?;
@@ -223,29 +203,17 @@ impl Db {
                     outcomes.push(InsertOutcome::Duplicate(id));
                     continue;
                 }
-                if let Some(bytes) = rocks.get(Cf::ExternalIds, ext.as_bytes())? {
-                    let id = codec::decode_u64(&bytes, &|| format!("external id {ext:?}"))?;
-                    let stored = match mode {
-                        Mode::Insert => None,
-                        Mode::Upsert => {
-                            Some(read_passage(&*rocks, id)?.ok_or_else(|| Error::Corrupt {
-                                what: format!(
-                                    "external id {ext:?} (it names missing passage {id})"
-                                ),
-                            })?)
-                        }
-                    };
-                    match stored {
-                        Some(stored) if !stored.has_content_of(passage) => {
-                            stage_removal(&rocks, &mut wb, &mut manifests, &stored, &mut counters)?;
-                            removed_any = true;
-                            replaces = Some(id);
-                        }
-                        _ => {
-                            seen.insert(ext, (index, id));
-                            outcomes.push(InsertOutcome::Duplicate(id));
-                            continue;
-                        }
+                match stored_under(&*rocks, ext, passage, mode)? {
+                    Stored::No => {}
+                    Stored::Same(id) => {
+                        seen.insert(ext, (index, id));
+                        outcomes.push(InsertOutcome::Duplicate(id));
+                        continue;
+                    }
+                    Stored::Other(stored) => {
+                        stage_removal(&rocks, &mut wb, &mut manifests, &stored, &mut counters)?;
+                        removed_any = true;
+                        replaces = Some(stored.id);
                     }
                 }
             }
@@ -372,6 +340,59 @@ fn stage_removal(
         }
     }
     Ok(())
+}
+
+/// The manifest of `generation`, which must be current, after checking `rows` against it.
+fn current_for_rows(
+    r: &dyn Reader,
+    generation: GenerationId,
+    rows: &[Option<&[f32]>],
+) -> Result<GenerationManifest> {
+    let current = read_current(r)?;
+    if current != Some(generation) {
+        return Err(Error::GenerationChanged {
+            expected: generation,
+            found: current,
+        });
+    }
+    let manifest = read_manifest(r, generation)?;
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(row) = row {
+            generation::check_rows(&manifest, 1, row).map_err(|e| match e {
+                Error::NonFinite { position, .. } => Error::NonFinite { row: i, position },
+                other => other,
+            })?;
+        }
+    }
+    Ok(manifest)
+}
+
+/// What an external id names before a write.
+enum Stored {
+    /// Nothing.
+    No,
+    /// A passage to keep: the same content, or any content for an insert.
+    Same(PassageId),
+    /// A passage an upsert replaces.
+    Other(Passage),
+}
+
+fn stored_under(r: &dyn Reader, ext: &str, new: &NewPassage, mode: Mode) -> Result<Stored> {
+    let Some(bytes) = r.get(Cf::ExternalIds, ext.as_bytes())? else {
+        return Ok(Stored::No);
+    };
+    let id = codec::decode_u64(&bytes, &|| format!("external id {ext:?}"))?;
+    if mode == Mode::Insert {
+        return Ok(Stored::Same(id));
+    }
+    let stored = read_passage(r, id)?.ok_or_else(|| Error::Corrupt {
+        what: format!("external id {ext:?} (it names missing passage {id})"),
+    })?;
+    Ok(if stored.has_content_of(new) {
+        Stored::Same(id)
+    } else {
+        Stored::Other(stored)
+    })
 }
 
 /// Whether two passages of one batch carry the same content.
