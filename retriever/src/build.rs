@@ -2,8 +2,9 @@
 //!
 //! [`Retriever::build_generation`] embeds every passage with an encoder into a new generation
 //! and publishes it; [`Retriever::ingest`] stores passages and their vectors in the current
-//! generation in one atomic write; [`Retriever::embed_pending`] embeds passages stored before
-//! their generation could embed them.
+//! generation in one atomic write ([`Retriever::upsert`] also replaces changed passages);
+//! [`Retriever::embed_pending`] embeds passages stored before their generation could embed
+//! them.
 
 use realm_storage::{
     Dtype, GenerationId, GenerationSpec, InsertOutcome, NewPassage, Provenance, Snapshot,
@@ -135,19 +136,38 @@ impl Retriever {
     /// external id is already stored are not embedded. Before any generation exists,
     /// passages are stored pending and the first build embeds them.
     pub fn ingest(&self, batch: &[NewPassage]) -> Result<Vec<InsertOutcome>> {
+        self.ingest_as(batch, false)
+    }
+
+    /// [`Retriever::ingest`] by [`Db::upsert`](realm_storage::Db::upsert): a passage whose
+    /// external id is stored with another title, text or metadata replaces it
+    /// ([`InsertOutcome::Updated`], under a new passage id) and is embedded with the current
+    /// document encoder in the same write; an unchanged one is a duplicate and is not
+    /// embedded again.
+    pub fn upsert(&self, batch: &[NewPassage]) -> Result<Vec<InsertOutcome>> {
+        self.ingest_as(batch, true)
+    }
+
+    fn ingest_as(&self, batch: &[NewPassage], upsert: bool) -> Result<Vec<InsertOutcome>> {
         for _ in 0..3 {
             let snapshot = self.db().snapshot()?;
             let Some(manifest) = snapshot.generation().cloned() else {
-                return Ok(self.db().insert(batch)?);
+                return Ok(if upsert {
+                    self.db().upsert(batch)?
+                } else {
+                    self.db().insert(batch)?
+                });
             };
             let encoder = self.document_encoder(&manifest)?;
             let mut fresh = Vec::new();
             for (i, p) in batch.iter().enumerate() {
-                let known = match &p.external_id {
-                    Some(ext) => snapshot.get_by_external_id(ext)?.is_some(),
+                let unchanged = match &p.external_id {
+                    Some(ext) => snapshot
+                        .get_by_external_id(ext)?
+                        .is_some_and(|stored| !upsert || stored.has_content_of(p)),
                     None => false,
                 };
-                if !known && !p.text.trim().is_empty() {
+                if !unchanged && !p.text.trim().is_empty() {
                     fresh.push(i);
                 }
             }
@@ -161,15 +181,20 @@ impl Retriever {
             for (j, &i) in fresh.iter().enumerate() {
                 rows[i] = Some(&embedded[j * dim..(j + 1) * dim]);
             }
-            match self.db().insert_with_vectors(batch, manifest.id, &rows) {
+            let written = if upsert {
+                self.db().upsert_with_vectors(batch, manifest.id, &rows)
+            } else {
+                self.db().insert_with_vectors(batch, manifest.id, &rows)
+            };
+            match written {
                 Ok(outcomes) => {
-                    // A passage that turned out new without a row (its external id was
-                    // deleted meanwhile) is pending: embed it now, in whatever generation is
-                    // current by then.
+                    // A passage that turned out new or changed without a row (its external id
+                    // was deleted or updated meanwhile) is pending: embed it now, in whatever
+                    // generation is current by then.
                     let late = outcomes
                         .iter()
                         .zip(&rows)
-                        .any(|(o, r)| matches!(o, InsertOutcome::Inserted(_)) && r.is_none());
+                        .any(|(o, r)| !matches!(o, InsertOutcome::Duplicate(_)) && r.is_none());
                     if late {
                         self.embed_pending()?;
                     }

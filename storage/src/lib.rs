@@ -8,6 +8,10 @@
 //!   publishes it with one atomic write that also retires the previous current generation.
 //! * A **snapshot** ([`Db::snapshot`]) pins the current generation together with a RocksDB
 //!   snapshot of the passages, so everything read through it stays the same while it lives.
+//! * Passages are inserted idempotently by external id ([`Db::insert`]); [`Db::upsert`]
+//!   replaces a passage whose external id is stored with other content, in one atomic write
+//!   that removes the old passage (its postings and rows) and stores the new content under a
+//!   new passage id ([`InsertOutcome::Updated`]).
 //! * [`Db::gc`] collects retired generations that no snapshot pins, beyond a `keep` count.
 //! * A **lexical (BM25) index** ([`lexical`]) is updated in the same write batch as every
 //!   passage insert and delete, so [`Snapshot::bm25_search`] scores exactly the passages the
@@ -73,7 +77,8 @@ pub type GenerationId = u64;
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewPassage {
     /// A caller-chosen unique key. Inserting a passage whose external id already exists is a
-    /// no-op that reports the existing id, so re-ingesting the same data is idempotent.
+    /// no-op that reports the existing id, so re-ingesting the same data is idempotent;
+    /// [`Db::upsert`] replaces the stored passage instead when its content differs.
     pub external_id: Option<String>,
     pub title: String,
     pub text: String,
@@ -113,6 +118,14 @@ pub struct Passage {
     pub title: String,
     pub text: String,
     pub meta: serde_json::Value,
+}
+
+impl Passage {
+    /// Whether `new` carries this passage's title, text and metadata, so that
+    /// [`Db::upsert`] would report it as a duplicate rather than update it.
+    pub fn has_content_of(&self, new: &NewPassage) -> bool {
+        self.title == new.title && self.text == new.text && self.meta == new.meta
+    }
 }
 
 /// The element type a generation stores its vectors in. Reads always return `f32`.

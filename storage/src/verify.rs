@@ -1,6 +1,6 @@
 //! A full integrity check of the store, for `realm-db check` and for crash tests.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::codec::{self, decode_u64, pair_key, pair_second};
 use crate::db::{Db, META_PASSAGE_COUNT, read_current, read_manifests, read_meta_u64};
@@ -40,15 +40,21 @@ impl Db {
         let lexical_unavailable = lexical::unavailable_reason(r)?;
         let mut lexical = LexicalCheck::default();
         let mut passages = HashSet::new();
+        let mut external_ids: HashMap<u64, String> = HashMap::new();
         for entry in r.scan(Cf::Passages, &[], &[]) {
             let (key, value) = entry?;
             match decode_u64(&key, &|| "a passage key".into()) {
                 Ok(id) => {
                     match crate::db::decode_passage(id, &value) {
-                        Ok(passage) if lexical_unavailable.is_none() => {
-                            lexical.passage(r, id, &DocTerms::of(&passage.title, &passage.text))?;
+                        Ok(passage) => {
+                            if lexical_unavailable.is_none() {
+                                let terms = DocTerms::of(&passage.title, &passage.text);
+                                lexical.passage(r, id, &terms)?;
+                            }
+                            if let Some(ext) = passage.external_id {
+                                external_ids.insert(id, ext);
+                            }
                         }
-                        Ok(_) => {}
                         Err(e) => problem(e.to_string()),
                     }
                     passages.insert(id);
@@ -140,6 +146,7 @@ impl Db {
                 ));
             }
         }
+        check_names(r, &passages, external_ids, &mut problem)?;
         report.index_entries = check_indexes(r, &manifests, !self.is_follower(), &mut problem)?;
         match lexical_unavailable {
             None => report.postings = lexical.finish(r, &passages, &mut problem)?,
@@ -154,6 +161,57 @@ impl Db {
         report.problems = problems;
         Ok(report)
     }
+}
+
+/// Checks invariant 16: the external ids map exactly to the passages that carry them, and
+/// rows are indexed only for stored passages and tombstoned only for removed ones (an update
+/// removes the old passage, so its rows must be tombstoned, never left live).
+fn check_names(
+    r: &dyn Reader,
+    passages: &HashSet<u64>,
+    mut external_ids: HashMap<u64, String>,
+    problem: &mut dyn FnMut(String),
+) -> Result<()> {
+    for entry in r.scan(Cf::ExternalIds, &[], &[]) {
+        let (key, value) = entry?;
+        let ext = String::from_utf8_lossy(&key).into_owned();
+        let id = decode_u64(&value, &|| format!("external id {ext:?}"))?;
+        if external_ids.get(&id) == Some(&ext) {
+            external_ids.remove(&id);
+        } else {
+            problem(format!(
+                "external id {ext:?} names passage {id}, which does not carry it"
+            ));
+        }
+    }
+    for (id, ext) in external_ids {
+        problem(format!(
+            "passage {id} carries external id {ext:?}, which does not name it"
+        ));
+    }
+    for (cf, live) in [(Cf::VectorIndex, true), (Cf::Tombstones, false)] {
+        let mut wrong = Vec::new();
+        for entry in r.scan(cf, &[], &[]) {
+            let (key, _) = entry?;
+            let id = pair_second(&key, &|| "a row key".into())?;
+            if passages.contains(&id) != live {
+                wrong.push(id);
+            }
+        }
+        if !wrong.is_empty() {
+            let (what, state) = if live {
+                ("rows are indexed", "removed")
+            } else {
+                ("rows are tombstoned", "stored")
+            };
+            problem(format!(
+                "{} {what} for passages that are {state}: {:?}",
+                wrong.len(),
+                &wrong[..wrong.len().min(5)]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks every approximate index: its parameters fit its generation, its entries are

@@ -131,6 +131,12 @@ pub struct IngestArgs {
     /// is 0.
     #[arg(long)]
     pub strict: bool,
+    /// Update passages whose external id is stored with another title, text or metadata:
+    /// the new content replaces the old in one atomic write (under a new passage id) and is
+    /// embedded with the current encoder. Unchanged lines stay duplicates. Within the input,
+    /// a later line with the same id updates an earlier one.
+    #[arg(long)]
+    pub upsert: bool,
 }
 
 #[derive(Debug, Args)]

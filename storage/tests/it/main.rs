@@ -8,3 +8,4 @@ mod crash;
 mod ivf;
 mod lexical;
 mod model;
+mod upsert;

@@ -1,6 +1,7 @@
 //! Random operation sequences against an in-memory oracle.
 //!
-//! Checks, after every step: held snapshots never change; no reader ever sees a building
+//! Checks, after every step: `verify` finds no problem; held snapshots never change (an
+//! update or a delete after them included); no reader ever sees a building
 //! generation or a partial one (every visible passage has a vector or is pending); GC never
 //! removes a current or pinned generation and removes exactly what the policy says; BM25
 //! search through a fresh snapshot equals a brute-force oracle over the model's passages, and
@@ -11,9 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use realm_storage::lexical::{Bm25Params, analyze};
 use realm_storage::{
-    Db, Dtype, Error, GenerationSpec, GenerationState, GenerationWriter, NewPassage, Snapshot,
+    Db, Dtype, Error, GenerationSpec, GenerationState, GenerationWriter, InsertOutcome, NewPassage,
+    Snapshot,
 };
 use realm_testing::temp_db;
+use serde_json::{Value, json};
 
 /// Words of the passages' texts: inflections of one stem, stop words, a single character.
 const VOCAB: [&str; 13] = [
@@ -37,6 +40,12 @@ enum Op {
         ext: Option<u8>,
     },
     Delete(usize),
+    /// `Db::upsert` (with rows in the current generation when `vectors`): per entry, an
+    /// external id, words, whether to repeat the stored content, and metadata.
+    Upsert {
+        entries: Vec<UpsertEntry>,
+        vectors: bool,
+    },
     Begin,
     WriteSome(usize),
     Commit,
@@ -51,6 +60,30 @@ enum Op {
     Reopen,
 }
 
+#[derive(Clone, Debug)]
+struct UpsertEntry {
+    ext: u8,
+    words: Vec<usize>,
+    /// Repeat the stored title, text and metadata (a duplicate) when the id is stored.
+    same: bool,
+    meta: Option<u8>,
+}
+
+fn upsert_entry() -> impl Strategy<Value = UpsertEntry> {
+    (
+        0u8..4,
+        proptest::collection::vec(0..VOCAB.len(), 1..6),
+        any::<bool>(),
+        proptest::option::of(0u8..2),
+    )
+        .prop_map(|(ext, words, same, meta)| UpsertEntry {
+            ext,
+            words,
+            same,
+            meta,
+        })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (
@@ -59,6 +92,8 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(texts, ext)| Op::Insert { texts, ext }),
         2 => any::<usize>().prop_map(Op::Delete),
+        4 => (proptest::collection::vec(upsert_entry(), 1..4), any::<bool>())
+            .prop_map(|(entries, vectors)| Op::Upsert { entries, vectors }),
         2 => Just(Op::Begin),
         4 => (1usize..12).prop_map(Op::WriteSome),
         3 => Just(Op::Commit),
@@ -78,17 +113,20 @@ fn vector(g: u64, p: u64) -> [f32; 2] {
     [g as f32, p as f32]
 }
 
+/// A passage's title, text and metadata.
+type Content = (String, String, Value);
+
 #[derive(Clone, Debug, PartialEq)]
 struct View {
     generation: Option<u64>,
-    passages: BTreeMap<u64, String>,
+    passages: BTreeMap<u64, Content>,
     vectors: BTreeMap<u64, [f32; 2]>,
     pending: Vec<u64>,
 }
 
 #[derive(Default)]
 struct Model {
-    passages: BTreeMap<u64, String>,
+    passages: BTreeMap<u64, Content>,
     /// Each passage's analyzed `title + " " + text`.
     docs: BTreeMap<u64, Vec<String>>,
     ext: BTreeMap<String, u64>,
@@ -120,6 +158,63 @@ impl Model {
                 .copied()
                 .collect(),
         }
+    }
+
+    /// Stores a new passage under the next id.
+    fn add(&mut self, p: &NewPassage) -> u64 {
+        let id = self.next_passage;
+        self.next_passage += 1;
+        self.passages
+            .insert(id, (p.title.clone(), p.text.clone(), p.meta.clone()));
+        self.docs
+            .insert(id, analyze(&format!("{} {}", p.title, p.text)));
+        if let Some(e) = &p.external_id {
+            self.ext.insert(e.clone(), id);
+        }
+        id
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.passages.remove(&id);
+        self.docs.remove(&id);
+        self.ext.retain(|_, v| *v != id);
+    }
+
+    /// What `Db::upsert` must answer for `batch`: one outcome per passage, or the index of
+    /// the repeat that fails the whole batch. Changes nothing.
+    fn expect_upsert(&self, batch: &[NewPassage]) -> Result<Vec<InsertOutcome>, usize> {
+        let mut next = self.next_passage;
+        let mut seen: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            let ext = p
+                .external_id
+                .as_deref()
+                .expect("upserts name their passages");
+            let content = (p.title.clone(), p.text.clone(), p.meta.clone());
+            if let Some(&(first, id)) = seen.get(ext) {
+                let earlier = &batch[first];
+                if (&earlier.title, &earlier.text, &earlier.meta) != (&p.title, &p.text, &p.meta) {
+                    return Err(i);
+                }
+                outcomes.push(InsertOutcome::Duplicate(id));
+                continue;
+            }
+            let outcome = match self.ext.get(ext) {
+                Some(&old) if self.passages[&old] == content => InsertOutcome::Duplicate(old),
+                Some(&old) => {
+                    next += 1;
+                    InsertOutcome::Updated { old, new: next - 1 }
+                }
+                None => {
+                    next += 1;
+                    InsertOutcome::Inserted(next - 1)
+                }
+            };
+            seen.insert(ext, (i, outcome.id()));
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
     }
 
     fn missing(&self, g: u64) -> Vec<u64> {
@@ -161,7 +256,7 @@ impl Model {
         if let Some(doc) = self.docs.values().next() {
             queries.push(doc.join(" "));
         }
-        if let Some(title) = self.passages.values().next_back() {
+        if let Some((title, _, _)) = self.passages.values().next_back() {
             queries.push(title.clone());
         }
         queries
@@ -210,7 +305,7 @@ fn assert_matches_oracle(query: &str, got: &Ranked, expected: &BTreeMap<u64, f64
 fn observe(snap: &Snapshot) -> View {
     let passages = snap
         .passages()
-        .map(|p| p.map(|p| (p.id, p.title)))
+        .map(|p| p.map(|p| (p.id, (p.title, p.text, p.meta))))
         .collect::<Result<BTreeMap<_, _>, _>>()
         .unwrap();
     let vectors = match snap.generation_id() {
@@ -290,15 +385,7 @@ impl Harness {
                         Some(id) => assert_eq!(o.id(), id, "duplicate must report the old id"),
                         None => {
                             assert_eq!(o.id(), m.next_passage);
-                            m.passages.insert(m.next_passage, p.title.clone());
-                            m.docs.insert(
-                                m.next_passage,
-                                analyze(&format!("{} {}", p.title, p.text)),
-                            );
-                            if let Some(e) = &p.external_id {
-                                m.ext.insert(e.clone(), m.next_passage);
-                            }
-                            m.next_passage += 1;
+                            m.add(p);
                         }
                     }
                 }
@@ -309,10 +396,9 @@ impl Harness {
                 }
                 let id = *m.passages.keys().nth(i % m.passages.len()).unwrap();
                 self.db.as_ref().unwrap().delete(&[id]).unwrap();
-                m.passages.remove(&id);
-                m.docs.remove(&id);
-                m.ext.retain(|_, v| *v != id);
+                m.remove(id);
             }
+            Op::Upsert { entries, vectors } => self.upsert(entries, *vectors),
             Op::Begin => {
                 if self.writer.is_some() {
                     return;
@@ -458,6 +544,74 @@ impl Harness {
         }
     }
 
+    /// Upserts a batch and checks every outcome against the model; with `vectors`, the rows
+    /// go into the current generation in the same write.
+    fn upsert(&mut self, entries: &[UpsertEntry], vectors: bool) {
+        let m = &mut self.model;
+        let batch: Vec<NewPassage> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let ext = format!("e{}", e.ext);
+                let stored = m.ext.get(&ext).map(|id| m.passages[id].clone());
+                let (title, text, meta) = match stored {
+                    Some(content) if e.same => content,
+                    _ => {
+                        let words: Vec<&str> = e.words.iter().map(|&w| VOCAB[w]).collect();
+                        let meta = e.meta.map_or(Value::Null, |v| json!({ "v": v }));
+                        (format!("u{}-{i}", m.next_passage), words.join(" "), meta)
+                    }
+                };
+                NewPassage::new(title, text)
+                    .with_external_id(ext)
+                    .with_meta(meta)
+            })
+            .collect();
+        let expected = m.expect_upsert(&batch);
+        let db = self.db.as_ref().unwrap();
+        let generation = m.current.filter(|_| vectors);
+        let rows: Vec<[f32; 2]> = match (&expected, generation) {
+            (Ok(outcomes), Some(g)) => outcomes.iter().map(|o| vector(g, o.id())).collect(),
+            _ => Vec::new(),
+        };
+        let got = match generation {
+            Some(g) => {
+                let rows: Vec<Option<&[f32]>> = if rows.is_empty() {
+                    vec![Some(&[0.0, 0.0][..]); batch.len()]
+                } else {
+                    rows.iter().map(|r| Some(&r[..])).collect()
+                };
+                db.upsert_with_vectors(&batch, g, &rows)
+            }
+            None => db.upsert(&batch),
+        };
+        let outcomes = match (expected, got) {
+            (Ok(expected), Ok(got)) => {
+                assert_eq!(got, expected, "upsert outcomes differ from the oracle");
+                got
+            }
+            (Err(index), Err(Error::InvalidPassage { index: i, .. })) => {
+                assert_eq!(i, index, "the wrong repeat was refused");
+                return;
+            }
+            (expected, got) => panic!("upsert: expected {expected:?}, got {got:?}"),
+        };
+        for (p, o) in batch.iter().zip(outcomes) {
+            match o {
+                InsertOutcome::Duplicate(_) => {}
+                InsertOutcome::Inserted(id) | InsertOutcome::Updated { new: id, .. } => {
+                    if let InsertOutcome::Updated { old, .. } = o {
+                        m.remove(old);
+                    }
+                    assert_eq!(m.add(p), id);
+                    if let Some(g) = generation {
+                        m.generations.get_mut(&g).unwrap().1.insert(id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Checks a fresh snapshot's BM25 results against the oracle (the fixed queries and the
     /// ones built from the model's passages); returns its results for the fixed queries.
     fn lexical_checked(&self, snap: &Snapshot) -> Vec<Ranked> {
@@ -470,6 +624,19 @@ impl Harness {
     }
 
     fn check(&self) {
+        // `verify` expects no generation to be building (it runs after open); the harness's
+        // open writer is the one exception it may report.
+        let report = self.db().verify().unwrap();
+        let building = self
+            .writer
+            .as_ref()
+            .map(|w| format!("generation {} is still building after open", w.id()));
+        let problems: Vec<&String> = report
+            .problems
+            .iter()
+            .filter(|p| Some(*p) != building.as_ref())
+            .collect();
+        assert!(problems.is_empty(), "verify: {problems:?}");
         let fixed: Vec<String> = QUERIES.iter().map(|q| q.to_string()).collect();
         for (snap, view, results) in &self.snapshots {
             assert_eq!(&observe(snap), view, "a held snapshot changed");

@@ -1,6 +1,8 @@
 //! `realm-db ingest`: stream passages from files into the database, embedding them with the
-//! current generation's document encoder.
+//! current generation's document encoder; with `--upsert`, changed passages replace the
+//! stored ones.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ struct Rejected {
 #[derive(Debug, Default)]
 struct Summary {
     inserted: u64,
+    updated: u64,
     duplicate: u64,
     rejected: Vec<Rejected>,
 }
@@ -37,6 +40,32 @@ struct Summary {
 struct Batch {
     passages: Vec<NewPassage>,
     lines: Vec<u64>,
+    /// The batch's external ids: an upsert batch holds each at most once, so a later line
+    /// with the same id goes into the next batch and updates the earlier one.
+    external_ids: HashSet<String>,
+}
+
+impl Batch {
+    fn repeats(&self, passage: &NewPassage) -> bool {
+        passage
+            .external_id
+            .as_ref()
+            .is_some_and(|ext| self.external_ids.contains(ext))
+    }
+
+    fn push(&mut self, passage: NewPassage, line: u64) {
+        if let Some(ext) = &passage.external_id {
+            self.external_ids.insert(ext.clone());
+        }
+        self.passages.push(passage);
+        self.lines.push(line);
+    }
+
+    fn clear(&mut self) {
+        self.passages.clear();
+        self.lines.clear();
+        self.external_ids.clear();
+    }
 }
 
 /// One input file, opened before anything is written.
@@ -113,8 +142,10 @@ pub fn run(args: &IngestArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             })?;
             match item {
                 Ok(record) => {
-                    batch.passages.push(record.passage);
-                    batch.lines.push(record.line);
+                    if args.upsert && batch.repeats(&record.passage) {
+                        write_batch(&retriever, args.upsert, &mut batch, &name, &mut summary)?;
+                    }
+                    batch.push(record.passage, record.line);
                 }
                 Err(rejection) => summary.rejected.push(Rejected {
                     file: name.clone(),
@@ -123,11 +154,11 @@ pub fn run(args: &IngestArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 }),
             }
             if batch.passages.len() >= args.batch as usize {
-                write_batch(&retriever, &mut batch, &name, &mut summary)?;
+                write_batch(&retriever, args.upsert, &mut batch, &name, &mut summary)?;
                 bar.set_position(done_bytes + reader.bytes_read());
             }
         }
-        write_batch(&retriever, &mut batch, &name, &mut summary)?;
+        write_batch(&retriever, args.upsert, &mut batch, &name, &mut summary)?;
         done_bytes += input.len;
         bar.set_position(done_bytes);
     }
@@ -149,29 +180,39 @@ fn display_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Writes a batch; a passage the store rejects is reported and the rest retried.
+/// Writes a batch (an upsert with `upsert`); a passage the store rejects is reported and the
+/// rest retried.
 fn write_batch(
     retriever: &Retriever,
+    upsert: bool,
     batch: &mut Batch,
     file: &str,
     summary: &mut Summary,
 ) -> Result<()> {
     while !batch.passages.is_empty() {
-        match retriever.ingest(&batch.passages) {
+        let written = if upsert {
+            retriever.upsert(&batch.passages)
+        } else {
+            retriever.ingest(&batch.passages)
+        };
+        match written {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     match outcome {
                         InsertOutcome::Inserted(_) => summary.inserted += 1,
+                        InsertOutcome::Updated { .. } => summary.updated += 1,
                         InsertOutcome::Duplicate(_) => summary.duplicate += 1,
                     }
                 }
-                batch.passages.clear();
-                batch.lines.clear();
+                batch.clear();
             }
             Err(realm_db::Error::Storage(StorageError::InvalidPassage { index, reason }))
                 if index < batch.passages.len() =>
             {
-                batch.passages.remove(index);
+                let passage = batch.passages.remove(index);
+                if let Some(ext) = &passage.external_id {
+                    batch.external_ids.remove(ext);
+                }
                 let line = batch.lines.remove(index);
                 summary.rejected.push(Rejected {
                     file: file.to_string(),
@@ -197,7 +238,8 @@ fn report(
     summary: &Summary,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let pending = retriever.db().current_generation()?.is_none() && summary.inserted > 0;
+    let pending =
+        retriever.db().current_generation()?.is_none() && summary.inserted + summary.updated > 0;
     if args.json {
         for r in &summary.rejected {
             crate::output::json_line(
@@ -211,16 +253,23 @@ fn report(
                 "type": "summary",
                 "files": args.files.len(),
                 "inserted": summary.inserted,
+                "updated": summary.updated,
                 "duplicate": summary.duplicate,
                 "rejected": summary.rejected.len(),
                 "pending": pending,
             }),
         );
     }
+    // Without --upsert nothing is ever updated, and the line stays as it always was.
+    let updated = if args.upsert {
+        format!(" {} updated,", summary.updated)
+    } else {
+        String::new()
+    };
     say(
         out,
         format_args!(
-            "Ingested {} {}: {} inserted, {} duplicate, {} rejected.",
+            "Ingested {} {}: {} inserted,{updated} {} duplicate, {} rejected.",
             args.files.len(),
             if args.files.len() == 1 {
                 "file"

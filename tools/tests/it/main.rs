@@ -6,3 +6,4 @@ mod corpus;
 mod delete;
 mod index;
 mod robustness;
+mod upsert;
