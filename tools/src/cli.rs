@@ -424,6 +424,14 @@ pub struct EvalArgs {
     /// Print one JSON object per system.
     #[arg(long)]
     pub json: bool,
+    /// Write each question's ranking by the `--mode` system to this file as JSON lines:
+    /// the question, the rank of the first passage with an answer (within the largest k)
+    /// and the top `--rankings-k` passages (id, title, whether it holds an answer).
+    #[arg(long, value_name = "FILE")]
+    pub rankings: Option<PathBuf>,
+    /// Passages per question in the `--rankings` file.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "rankings", value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub rankings_k: u32,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
 }

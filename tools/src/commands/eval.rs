@@ -15,7 +15,7 @@ use realm_db::retriever::eval::{
 use realm_db::{SearchMode, SearchSnapshot};
 use serde::Serialize;
 
-use super::search::pin_for;
+use super::search::{pin_for, query_encoder_version};
 use super::{Env, say};
 use crate::cli::{EvalArgs, ModeArg};
 use crate::error::user;
@@ -33,6 +33,38 @@ struct SystemResult {
     accuracy: TopKAccuracy,
     /// Seconds spent retrieving (encoding included), not matching answers.
     retrieval_seconds: f64,
+    /// Each question's ranking, when `--rankings` asks for them.
+    rankings: Vec<Ranking>,
+}
+
+/// A question's ranking, as a line of the `--rankings` file.
+#[derive(Debug, Serialize)]
+struct Ranking {
+    /// The question's line in the question file.
+    line: usize,
+    question: String,
+    /// The 1-based rank of the first passage holding an answer, within the largest k.
+    first_match: Option<usize>,
+    top: Vec<RankedPassage>,
+}
+
+/// A passage of a `--rankings` line.
+#[derive(Debug, Serialize)]
+struct RankedPassage {
+    id: u64,
+    title: String,
+    /// Whether the passage holds an answer.
+    answer: bool,
+}
+
+/// The header line of the `--rankings` file, before the questions.
+#[derive(Debug, Serialize)]
+struct RankingsHeader<'a> {
+    system: &'a str,
+    qa: &'a str,
+    generation: Option<u64>,
+    /// The query-encoder version of the generation (`null`: its document encoder).
+    query_encoder: Option<u32>,
 }
 
 /// A system's figures as a JSON line.
@@ -41,6 +73,9 @@ struct SystemJson<'a> {
     system: &'a str,
     qa: String,
     generation: Option<u64>,
+    /// The query-encoder version dense retrieval used (`null`: the generation's document
+    /// encoder).
+    query_encoder: Option<u32>,
     questions: usize,
     in_corpus_questions: Option<usize>,
     /// k → fraction of all questions with a matching passage in the top k.
@@ -107,12 +142,34 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         matchers: &matchers,
         max_k,
         batch: args.batch as usize,
+        keep: if args.rankings.is_some() {
+            args.rankings_k as usize
+        } else {
+            0
+        },
         texts: PassageTexts::default(),
     };
     let results = modes
         .into_iter()
-        .map(|mode| evaluation.run(mode))
+        .enumerate()
+        .map(|(i, mode)| {
+            // Only the `--mode` system's rankings are written.
+            if i == 1 {
+                evaluation.keep = 0;
+            }
+            evaluation.run(mode)
+        })
         .collect::<Result<Vec<_>>>()?;
+    let query_encoder = query_encoder_version(&snapshot);
+    if let Some(path) = &args.rankings {
+        write_rankings(
+            path,
+            &results[0],
+            &args.qa,
+            snapshot.generation_id(),
+            query_encoder,
+        )?;
+    }
 
     let exact_match = if args.em {
         Some(exact_match(
@@ -154,6 +211,7 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                     system: r.mode.name(),
                     qa: qa.clone(),
                     generation: snapshot.generation_id(),
+                    query_encoder,
                     questions: r.accuracy.questions(),
                     in_corpus_questions: ic,
                     accuracy: ks.iter().map(|&k| (k, r.accuracy.accuracy(k))).collect(),
@@ -171,7 +229,13 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             )?;
         }
     } else {
-        write_table(&results, &ks, &qa, snapshot.generation_id(), out)?;
+        write_table(
+            &results,
+            &ks,
+            &qa,
+            (snapshot.generation_id(), query_encoder),
+            out,
+        )?;
         write_left_out(left_out, out)?;
     }
 
@@ -277,15 +341,44 @@ fn write_left_out(left_out: LeftOut, out: &mut dyn Write) -> Result<()> {
     say(out, format_args!("Left out: {}.", parts.join("; ")))
 }
 
+/// Writes the `--rankings` file: a header line naming the system, the question file, the
+/// generation and the query-encoder version, then one line per question.
+fn write_rankings(
+    path: &std::path::Path,
+    result: &SystemResult,
+    qa: &std::path::Path,
+    generation: Option<u64>,
+    query_encoder: Option<u32>,
+) -> Result<()> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| user(format!("cannot create {}: {e}", path.display())))?;
+    let mut file = std::io::BufWriter::new(file);
+    let qa = qa.display().to_string();
+    json_line(
+        &mut file,
+        &RankingsHeader {
+            system: result.mode.name(),
+            qa: &qa,
+            generation,
+            query_encoder,
+        },
+    )?;
+    for ranking in &result.rankings {
+        json_line(&mut file, ranking)?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
 /// Passage texts read through the snapshot and answer-normalized, each once.
 #[derive(Default)]
 struct PassageTexts {
-    /// Passage id → (text, normalized text).
-    texts: HashMap<u64, (String, String)>,
+    /// Passage id → (title, text, normalized text).
+    texts: HashMap<u64, (String, String, String)>,
 }
 
 impl PassageTexts {
-    fn get(&mut self, snapshot: &SearchSnapshot, id: u64) -> Result<&(String, String)> {
+    fn get(&mut self, snapshot: &SearchSnapshot, id: u64) -> Result<&(String, String, String)> {
         match self.texts.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -293,7 +386,7 @@ impl PassageTexts {
                     anyhow::anyhow!("passage {id} was ranked but is not in the pinned snapshot")
                 })?;
                 let normalized = normalize_answer(&passage.text);
-                Ok(e.insert((passage.text, normalized)))
+                Ok(e.insert((passage.title, passage.text, normalized)))
             }
         }
     }
@@ -308,17 +401,20 @@ struct Evaluation<'a> {
     max_k: usize,
     /// Questions per retrieval call.
     batch: usize,
+    /// Passages kept per question for `--rankings` (0: no rankings).
+    keep: usize,
     texts: PassageTexts,
 }
 
 impl Evaluation<'_> {
     fn run(&mut self, mode: SearchMode) -> Result<SystemResult> {
-        let (snapshot, examples, matchers, max_k, batch) = (
+        let (snapshot, examples, matchers, max_k, batch, keep) = (
             self.snapshot,
             self.examples,
             self.matchers,
             self.max_k,
             self.batch,
+            self.keep,
         );
         let texts = &mut self.texts;
         let bar = progress::bar(
@@ -330,21 +426,41 @@ impl Evaluation<'_> {
         );
         let mut accuracy = TopKAccuracy::new();
         let mut retrieval_seconds = 0.0;
+        let mut rankings = Vec::new();
         for (chunk, chunk_matchers) in examples.chunks(batch).zip(matchers.chunks(batch)) {
             let questions: Vec<&str> = chunk.iter().map(|e| e.question.as_str()).collect();
             let started = Instant::now();
-            let ranked = snapshot.rank_batch(&questions, max_k, mode)?;
+            let ranked = snapshot.rank_batch(&questions, max_k.max(keep), mode)?;
             retrieval_seconds += started.elapsed().as_secs_f64();
             for ((example, matcher), ranking) in chunk.iter().zip(chunk_matchers).zip(ranked) {
                 let mut first = None;
+                let mut top = Vec::with_capacity(keep);
                 for (rank, (id, _)) in ranking.iter().enumerate() {
-                    let (raw, normalized) = texts.get(snapshot, *id)?;
-                    if matcher.matches_normalized(normalized, raw) {
-                        first = Some(rank);
+                    if rank >= keep && (first.is_some() || rank >= max_k) {
                         break;
+                    }
+                    let (title, raw, normalized) = texts.get(snapshot, *id)?;
+                    let answer = matcher.matches_normalized(normalized, raw);
+                    if rank < keep {
+                        top.push(RankedPassage {
+                            id: *id,
+                            title: title.clone(),
+                            answer,
+                        });
+                    }
+                    if answer && first.is_none() && rank < max_k {
+                        first = Some(rank);
                     }
                 }
                 accuracy.add(first, example.in_corpus);
+                if keep > 0 {
+                    rankings.push(Ranking {
+                        line: example.line,
+                        question: example.question.clone(),
+                        first_match: first.map(|r| r + 1),
+                        top,
+                    });
+                }
             }
             bar.inc(chunk.len() as u64);
         }
@@ -353,6 +469,7 @@ impl Evaluation<'_> {
             mode,
             accuracy,
             retrieval_seconds,
+            rankings,
         })
     }
 }
@@ -361,14 +478,17 @@ fn write_table(
     results: &[SystemResult],
     ks: &[usize],
     qa: &str,
-    generation: Option<u64>,
+    (generation, query_encoder): (Option<u64>, Option<u32>),
     out: &mut dyn Write,
 ) -> Result<()> {
     let Some(first) = results.first() else {
         return Ok(());
     };
     let in_corpus = first.accuracy.in_corpus_questions();
-    let generation = generation.map_or_else(String::new, |g| format!(", generation {g}"));
+    let query_encoder =
+        query_encoder.map_or_else(String::new, |v| format!(" (query encoder v{v})"));
+    let generation =
+        generation.map_or_else(String::new, |g| format!(", generation {g}{query_encoder}"));
     match in_corpus {
         Some(n) => say(
             out,

@@ -60,6 +60,17 @@ pub(crate) fn pin(retriever: &Retriever, generation: Option<u64>) -> Result<Sear
     Ok(snapshot)
 }
 
+/// The version of the query encoder a dense search of `snapshot` uses: its generation's
+/// newest attached query-encoder version, or `None` when queries go through the document
+/// encoder (or there is no generation).
+pub(crate) fn query_encoder_version(snapshot: &SearchSnapshot) -> Option<u32> {
+    snapshot
+        .storage()
+        .generation()
+        .and_then(|m| m.query_encoder())
+        .map(|q| q.version)
+}
+
 /// A hit as a JSON line.
 #[derive(Debug, Serialize)]
 struct HitJson<'a> {
@@ -70,6 +81,9 @@ struct HitJson<'a> {
     score: f32,
     prob: f32,
     generation: u64,
+    /// The query-encoder version of the generation that encoded the query (`null`: its
+    /// document encoder, or no encoder at all in BM25 mode).
+    query_encoder: Option<u32>,
     snippet: String,
 }
 
@@ -81,6 +95,7 @@ pub(crate) fn write_hits(
     out: &mut dyn Write,
 ) -> Result<()> {
     if json {
+        let query_encoder = query_encoder_version(snapshot);
         for hit in hits {
             let external_id = snapshot
                 .storage()
@@ -96,6 +111,7 @@ pub(crate) fn write_hits(
                     score: hit.score,
                     prob: hit.prob,
                     generation: hit.generation,
+                    query_encoder,
                     snippet: snippet(&hit.text, SNIPPET_CHARS),
                 },
             )?;

@@ -692,6 +692,8 @@ fn eval_reports_top_k_accuracy_for_each_mode_and_plots() {
     }
     // Dense top-1 finds all three (these questions are easy for MiniLM).
     assert!((systems[0]["accuracy"][0][1].as_f64().expect("a fraction") - 0.75).abs() < 1e-9);
+    // No query-encoder version is attached: queries use the document encoder.
+    assert_eq!(systems[0]["query_encoder"], serde_json::Value::Null);
     let png = std::fs::read(&plot).expect("the plot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG file");
 
@@ -715,6 +717,58 @@ fn eval_reports_top_k_accuracy_for_each_mode_and_plots() {
         "{table}"
     );
     assert!(table.contains("75.0 / 100.0"), "{table}");
+
+    // --rankings: a header, then each question's top passages with their answer flags, by
+    // the --mode system only (dense here, not the compared BM25), whatever the largest k.
+    let rankings = f.path("rankings.jsonl");
+    f.run(&[
+        "eval",
+        db.to_str().expect("UTF-8 path"),
+        "--qa",
+        qa.to_str().expect("UTF-8 path"),
+        "-k",
+        "1",
+        "--compare",
+        "bm25",
+        "--rankings",
+        rankings.to_str().expect("UTF-8 path"),
+        "--rankings-k",
+        "3",
+    ]);
+    let lines = json_lines(&std::fs::read_to_string(&rankings).expect("the rankings"));
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines[0]["system"], "dense");
+    assert_eq!(lines[0]["generation"], 1);
+    assert_eq!(lines[1]["line"], 1);
+    assert_eq!(lines[1]["question"], "what is the capital of norway");
+    assert_eq!(lines[1]["first_match"], 1);
+    let top = lines[1]["top"].as_array().expect("the top passages");
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0]["title"], "Oslo");
+    assert_eq!(top[0]["answer"], true);
+    assert!(top[0]["id"].is_u64());
+    // Hamlet has no answer anywhere; first_match looks no further than the largest k.
+    assert_eq!(lines[4]["first_match"], serde_json::Value::Null);
+    assert!(
+        lines[4]["top"]
+            .as_array()
+            .expect("top")
+            .iter()
+            .all(|p| p["answer"] == false)
+    );
+    for l in &lines[1..] {
+        let first = l["first_match"].as_u64();
+        assert!(first.is_none() || first == Some(1), "{l}");
+    }
+    // --rankings-k needs --rankings.
+    f.user_error(&[
+        "eval",
+        db.to_str().expect("UTF-8 path"),
+        "--qa",
+        qa.to_str().expect("UTF-8 path"),
+        "--rankings-k",
+        "3",
+    ]);
 
     // A malformed QA line is a user error that names the line.
     let bad = f.write(
@@ -751,6 +805,9 @@ fn train_query_side_attaches_a_query_encoder_and_plots_its_curve() {
     let db = db.to_str().expect("UTF-8 path");
     let qa = qa.to_str().expect("UTF-8 path");
     let curve = f.path("curve.png");
+    // Before training, queries go through the generation's document encoder.
+    let hits = f.search_json("capital of Norway", &["-k", "1"]);
+    assert_eq!(hits[0]["query_encoder"], serde_json::Value::Null);
     let out = f.run(&[
         "train",
         db,
@@ -802,7 +859,13 @@ fn train_query_side_attaches_a_query_encoder_and_plots_its_curve() {
     // The same generation still answers, through the new query tower.
     let hits = f.search_json("capital of Norway", &["-k", "1"]);
     assert_eq!(hits[0]["generation"], 1);
+    assert_eq!(hits[0]["query_encoder"], 1);
     assert_eq!(hits[0]["title"], "Oslo");
+    // Eval names the query-encoder version it used, in JSON and in the table.
+    let systems = json_lines(&f.run(&["eval", db, "--qa", qa, "-k", "1", "--json"]));
+    assert_eq!(systems[0]["query_encoder"], 1);
+    let table = f.run(&["eval", db, "--qa", qa, "-k", "1"]);
+    assert!(table.contains("generation 1 (query encoder v1)"), "{table}");
 
     // Query-side and dual training need labels.
     let line = f.user_error(&["train", db, "--mode", "dual", "--steps", "1"]);
