@@ -11,7 +11,8 @@
 //!
 //! `cargo bench -p realm-retriever --bench ivf -- [--n 1000000] [--nlist 1024]
 //!  [--queries 1000] [--batch1 200] [--data ../shared/data] [--plot ivf.png] [--cache DIR]
-//!  [--no-faiss] [--no-accuracy]` (`--nlist 0` takes the default list count)
+//!  [--no-faiss] [--no-accuracy] [--cached]` (`--nlist 0` takes the default list count;
+//!  `--cached` reads the embeddings from the cache alone, without the model or the data)
 //!
 //! Embeddings are cached under `--cache`, by default `$CARGO_TARGET_DIR/ivf-bench`.
 
@@ -125,36 +126,50 @@ fn main() {
         tch::get_num_threads()
     );
 
-    let encoder = Encoder::load(
-        &default_model_dir().expect("the MiniLM model folder (scripts/setup.sh)"),
-        EncoderConfig {
-            device,
-            ..EncoderConfig::default()
-        },
-    )
-    .expect("encoder");
-    let dim = encoder.dim() as usize;
-    let corpus: Vec<(String, String)> = json_lines(&data.join("corpus.jsonl"))
-        .iter()
-        .map(|v| {
-            (
-                v["title"].as_str().unwrap_or("").to_string(),
-                v["text"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    let questions: Vec<(String, String)> = json_lines(&data.join("nq-open-dev.jsonl"))
-        .iter()
-        .take(nq)
-        .map(|v| {
-            (
-                String::new(),
-                v["question"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    let passages = embeddings(&encoder, &corpus, "corpus.f32");
-    let queries = embeddings(&encoder, &questions, &format!("questions-{nq}.f32"));
+    // `--cached`: the embeddings come from the cache alone (no model, no data folder), for a
+    // machine that has neither, such as a GPU lease; accuracy needs both and is skipped.
+    let cached = flag("--cached");
+    let (encoder, corpus, dim, passages, queries) = if cached {
+        let read = |name: &str| {
+            let path = cache_dir().join(name);
+            read_f32(&path).unwrap_or_else(|| panic!("--cached: {} is missing", path.display()))
+        };
+        let dim = num("--dim", 384);
+        let queries = read(&format!("questions-{nq}.f32"));
+        (None, Vec::new(), dim, read("corpus.f32"), queries)
+    } else {
+        let encoder = Encoder::load(
+            &default_model_dir().expect("the MiniLM model folder (scripts/setup.sh)"),
+            EncoderConfig {
+                device,
+                ..EncoderConfig::default()
+            },
+        )
+        .expect("encoder");
+        let dim = encoder.dim() as usize;
+        let corpus: Vec<(String, String)> = json_lines(&data.join("corpus.jsonl"))
+            .iter()
+            .map(|v| {
+                (
+                    v["title"].as_str().unwrap_or("").to_string(),
+                    v["text"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let questions: Vec<(String, String)> = json_lines(&data.join("nq-open-dev.jsonl"))
+            .iter()
+            .take(nq)
+            .map(|v| {
+                (
+                    String::new(),
+                    v["question"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let passages = embeddings(&encoder, &corpus, "corpus.f32");
+        let queries = embeddings(&encoder, &questions, &format!("questions-{nq}.f32"));
+        (Some(encoder), corpus, dim, passages, queries)
+    };
     let nq = queries.len() / dim;
     let base = Mixtures::new(&passages, dim).next_rows(n);
 
@@ -203,15 +218,23 @@ fn main() {
         }
         m as f64 / start.elapsed().as_secs_f64()
     };
-    let plain = Tensor::from_slice(&base).view([n as i64, dim as i64]);
+    // The baseline's matrix lives on the search device, and its results come back to the host.
+    let plain = Tensor::from_slice(&base)
+        .view([n as i64, dim as i64])
+        .to_device(device);
     let naive = |batch: usize, count: usize| {
         let start = Instant::now();
         let mut done = 0;
         while done < count {
             let len = batch.min(nq - (done % nq)).min(count - done);
-            let q = qt(done % nq, len);
+            let q = qt(done % nq, len).to_device(device);
             let scores = tch::no_grad(|| q.matmul(&plain.tr()));
-            let _ = std::hint::black_box(scores.topk(K as i64, -1, true, true));
+            let (values, indices) = scores.topk(K as i64, -1, true, true);
+            let values: Vec<f32> =
+                Vec::try_from(values.to_device(Device::Cpu).view(-1)).expect("scores");
+            let indices: Vec<i64> =
+                Vec::try_from(indices.to_device(Device::Cpu).view(-1)).expect("indices");
+            std::hint::black_box((values, indices));
             done += len;
         }
         count as f64 / start.elapsed().as_secs_f64()
@@ -397,8 +420,8 @@ fn main() {
     }
     draw(&plot, &points, exact1, exact64);
     println!("  wrote {plot}");
-    if !flag("--no-accuracy") {
-        accuracy(&encoder, &data, &corpus, &passages);
+    if let Some(encoder) = encoder.as_ref().filter(|_| !flag("--no-accuracy")) {
+        accuracy(encoder, &data, &corpus, &passages);
     }
 }
 

@@ -131,7 +131,12 @@ fn main() {
         };
         let exact = Retriever::new(db.clone(), options(Compute::F32));
         let snap = exact.snapshot().expect("snapshot");
-        let plain = Tensor::from_slice(&values).view([n as i64, dim as i64]);
+        // The baseline's matrix lives where ours does (the GPU when there is one), and its
+        // results come back to the host as ours do.
+        let device = Device::cuda_if_available();
+        let plain = Tensor::from_slice(&values)
+            .view([n as i64, dim as i64])
+            .to_device(device);
         let half = Retriever::new(db.clone(), options(Compute::F16));
         let half_snap = half.snapshot().expect("snapshot");
         let mut rows = Vec::new();
@@ -143,9 +148,14 @@ fn main() {
                 std::hint::black_box(snap.top_k(&qt(batch, r), k).expect("search"));
             };
             let mut torch = |r: usize| {
-                let q = qt(batch, r);
+                let q = qt(batch, r).to_device(device);
                 let scores = tch::no_grad(|| q.matmul(&plain.tr()));
-                let _ = std::hint::black_box(scores.topk(k as i64, -1, true, true));
+                let (values, indices) = scores.topk(k as i64, -1, true, true);
+                let values: Vec<f32> =
+                    Vec::try_from(values.to_device(Device::Cpu).view(-1)).expect("scores");
+                let indices: Vec<i64> =
+                    Vec::try_from(indices.to_device(Device::Cpu).view(-1)).expect("indices");
+                std::hint::black_box((values, indices));
             };
             let mut f16 = |r: usize| {
                 std::hint::black_box(half_snap.top_k(&qt(batch, r), k).expect("search"));

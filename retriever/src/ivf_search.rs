@@ -38,7 +38,10 @@ pub struct SearchOptions {
     /// At most this many candidates re-scored per query; 0 picks `max(64, 16·k)`.
     pub max_rescore: usize,
     /// Generations with fewer live rows are searched exactly unless `nprobe` is set: below
-    /// this size an exact scan is as fast as probing (see the `ivf` bench).
+    /// this size an exact scan is as fast as probing (see the `ivf` bench). On a GPU, a
+    /// generation whose matrix fits the memory budget is searched exactly unless `nprobe` is
+    /// set, whatever its size: there one matrix product beats probing (an H200 ran exact
+    /// top-10 over 1M × 384 at 1,792 queries/s at batch 1, the index at recall 0.95 at 1,005).
     pub min_index_rows: u64,
 }
 
@@ -71,9 +74,12 @@ impl SearchOptions {
         }
     }
 
-    /// Whether a generation of `live` rows with index `index` is searched through it.
-    pub(crate) fn uses_index(&self, index: Option<&IndexInfo>, live: u64) -> bool {
-        !self.exact && index.is_some() && (self.nprobe.is_some() || live >= self.min_index_rows)
+    /// Whether a generation of `live` rows, with an index or not, is searched through it;
+    /// `exact_is_faster` when its matrix sits whole on a GPU.
+    pub(crate) fn uses_index(&self, has_index: bool, live: u64, exact_is_faster: bool) -> bool {
+        !self.exact
+            && has_index
+            && (self.nprobe.is_some() || (live >= self.min_index_rows && !exact_is_faster))
     }
 }
 
@@ -432,5 +438,24 @@ impl IvfScan<'_> {
             scored.truncate(n);
         }
         scored.into_iter().map(|(_, l)| l).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SearchOptions;
+
+    #[test]
+    fn an_index_is_used_when_asked_for_or_large_enough_off_the_gpu() {
+        let auto = SearchOptions::default();
+        let big = auto.min_index_rows;
+        assert!(auto.uses_index(true, big, false));
+        assert!(!auto.uses_index(true, big - 1, false));
+        assert!(!auto.uses_index(false, big, false));
+        // On a GPU holding the whole matrix, exact search wins by default...
+        assert!(!auto.uses_index(true, 100 * big, true));
+        // ...but an explicit nprobe is obeyed, and exact is always exact.
+        assert!(SearchOptions::probing(4).uses_index(true, 10, true));
+        assert!(!SearchOptions::exact().uses_index(true, 100 * big, false));
     }
 }

@@ -291,8 +291,9 @@ impl SearchSnapshot {
             self.index_info()?
         };
         let fits = self.matrix_fits();
+        let on_gpu = fits && self.retriever.options().encoder.device.is_cuda();
         match index {
-            Some(info) if options.uses_index(Some(&info), manifest.live_vectors()) => {
+            Some(info) if options.uses_index(true, manifest.live_vectors(), on_gpu) => {
                 self.top_k_index(queries, k, options, &info, fits)
             }
             _ if fits => self.top_k_exact(queries, k),
