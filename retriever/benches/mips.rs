@@ -148,14 +148,7 @@ fn main() {
                 std::hint::black_box(snap.top_k(&qt(batch, r), k).expect("search"));
             };
             let mut torch = |r: usize| {
-                let q = qt(batch, r).to_device(device);
-                let scores = tch::no_grad(|| q.matmul(&plain.tr()));
-                let (values, indices) = scores.topk(k as i64, -1, true, true);
-                let values: Vec<f32> =
-                    Vec::try_from(values.to_device(Device::Cpu).view(-1)).expect("scores");
-                let indices: Vec<i64> =
-                    Vec::try_from(indices.to_device(Device::Cpu).view(-1)).expect("indices");
-                std::hint::black_box((values, indices));
+                std::hint::black_box(common::naive_top_k(&plain, &qt(batch, r), k));
             };
             let mut f16 = |r: usize| {
                 std::hint::black_box(half_snap.top_k(&qt(batch, r), k).expect("search"));

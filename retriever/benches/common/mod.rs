@@ -8,6 +8,19 @@ use std::path::Path;
 use realm_retriever::random::SplitMix64;
 use realm_storage::{Db, Dtype, GenerationId, GenerationSpec, NewPassage};
 
+/// The naive baseline of every search bench: one libtorch matmul of `queries` against the
+/// whole matrix `plain` on its device, one top-k, and the results copied to the host (as
+/// realm-db's searches return theirs).
+pub fn naive_top_k(plain: &tch::Tensor, queries: &tch::Tensor, k: usize) -> (Vec<f32>, Vec<i64>) {
+    let host = tch::Device::Cpu;
+    let q = queries.to_device(plain.device());
+    let scores = tch::no_grad(|| q.matmul(&plain.tr()));
+    let (values, indices) = scores.topk(k as i64, -1, true, true);
+    let values = Vec::try_from(values.to_device(host).view(-1)).expect("scores");
+    let indices = Vec::try_from(indices.to_device(host).view(-1)).expect("indices");
+    (values, indices)
+}
+
 /// The value after `name` on the command line.
 pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
