@@ -52,8 +52,8 @@ cp -a "$src" "$db"
 # nq-open-dev, the training set the other lines plus two other question sets.
 dev="$out/nq-dev-5.jsonl"
 train="$out/train.jsonl"
-awk 'NR % 5 == 0' "$data/nq-open-dev.jsonl" > "$dev"
-{ awk 'NR % 5 != 0' "$data/nq-open-dev.jsonl"; cat "$data/webq-train.jsonl" "$data/curated-train.jsonl"; } > "$train"
+source scripts/splits.sh
+write_splits "$data" "$dev" "$train"
 echo "dev split nq-dev-5 (every 5th line of nq-open-dev): $(wc -l < "$dev") questions;" \
   "training: $(wc -l < "$train") other questions (rest of nq-open-dev, webq-train, curated-train)"
 

@@ -24,8 +24,8 @@ if [ ! -d .deps/main-db ]; then
   exit 1
 fi
 mkdir -p "$out"
-awk 'NR % 5 == 0' "$data/nq-open-dev.jsonl" > "$out/dev.jsonl"
-{ awk 'NR % 5 != 0' "$data/nq-open-dev.jsonl"; cat "$data/webq-train.jsonl" "$data/curated-train.jsonl"; } > "$out/train.jsonl"
+source scripts/splits.sh
+write_splits "$data" "$out/dev.jsonl" "$out/train.jsonl"
 echo "dev: $(wc -l < "$out/dev.jsonl") questions; train: $(wc -l < "$out/train.jsonl") questions"
 
 echo "== before training (pretrained MiniLM and BM25) on the dev split"

@@ -15,6 +15,7 @@ use realm_db::retriever::eval::{
 use realm_db::{SearchMode, SearchSnapshot};
 use serde::Serialize;
 
+use super::rankings::{RankedPassage, Ranking, RankingsHeader, write_rankings};
 use super::search::{pin_for, query_encoder_version};
 use super::{Env, say};
 use crate::cli::{EvalArgs, ModeArg};
@@ -35,36 +36,6 @@ struct SystemResult {
     retrieval_seconds: f64,
     /// Each question's ranking, when `--rankings` asks for them.
     rankings: Vec<Ranking>,
-}
-
-/// A question's ranking, as a line of the `--rankings` file.
-#[derive(Debug, Serialize)]
-struct Ranking {
-    /// The question's line in the question file.
-    line: usize,
-    question: String,
-    /// The 1-based rank of the first passage holding an answer, within the largest k.
-    first_match: Option<usize>,
-    top: Vec<RankedPassage>,
-}
-
-/// A passage of a `--rankings` line.
-#[derive(Debug, Serialize)]
-struct RankedPassage {
-    id: u64,
-    title: String,
-    /// Whether the passage holds an answer.
-    answer: bool,
-}
-
-/// The header line of the `--rankings` file, before the questions.
-#[derive(Debug, Serialize)]
-struct RankingsHeader<'a> {
-    system: &'a str,
-    qa: &'a str,
-    generation: Option<u64>,
-    /// The query-encoder version of the generation (`null`: its document encoder).
-    query_encoder: Option<u32>,
 }
 
 /// A system's figures as a JSON line.
@@ -162,13 +133,13 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let query_encoder = query_encoder_version(&snapshot);
     if let Some(path) = &args.rankings {
-        write_rankings(
-            path,
-            &results[0],
-            &args.qa,
-            snapshot.generation_id(),
+        let header = RankingsHeader {
+            system: results[0].mode.name(),
+            qa: args.qa.display().to_string(),
+            generation: snapshot.generation_id(),
             query_encoder,
-        )?;
+        };
+        write_rankings(path, &header, &results[0].rankings)?;
     }
 
     let exact_match = if args.em {
@@ -339,35 +310,6 @@ fn write_left_out(left_out: LeftOut, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
     say(out, format_args!("Left out: {}.", parts.join("; ")))
-}
-
-/// Writes the `--rankings` file: a header line naming the system, the question file, the
-/// generation and the query-encoder version, then one line per question.
-fn write_rankings(
-    path: &std::path::Path,
-    result: &SystemResult,
-    qa: &std::path::Path,
-    generation: Option<u64>,
-    query_encoder: Option<u32>,
-) -> Result<()> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| user(format!("cannot create {}: {e}", path.display())))?;
-    let mut file = std::io::BufWriter::new(file);
-    let qa = qa.display().to_string();
-    json_line(
-        &mut file,
-        &RankingsHeader {
-            system: result.mode.name(),
-            qa: &qa,
-            generation,
-            query_encoder,
-        },
-    )?;
-    for ranking in &result.rankings {
-        json_line(&mut file, ranking)?;
-    }
-    file.flush()?;
-    Ok(())
 }
 
 /// Passage texts read through the snapshot and answer-normalized, each once.

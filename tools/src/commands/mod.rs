@@ -23,6 +23,7 @@ mod index;
 mod ingest;
 mod init;
 mod maintenance;
+mod rankings;
 mod reindex;
 mod search;
 mod shell;
