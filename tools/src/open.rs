@@ -133,23 +133,27 @@ pub fn load_encoder(path: &Path, config: EncoderConfig) -> Result<Encoder> {
     })
 }
 
-/// Whether a RocksDB operation failed somewhere in the error's chain.
+/// Whether the error's chain holds a RocksDB failure or data that a torn read-only view
+/// can show as corrupt (a row block missing under a manifest that names it).
 fn is_rocks_error(err: &anyhow::Error) -> bool {
+    let torn =
+        |e: &StorageError| matches!(e, StorageError::Rocks { .. } | StorageError::Corrupt { .. });
     err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<StorageError>(),
-            Some(StorageError::Rocks { .. })
-        ) || matches!(
-            cause.downcast_ref::<realm_db::Error>(),
-            Some(realm_db::Error::Storage(StorageError::Rocks { .. }))
-        )
+        cause.downcast_ref::<StorageError>().is_some_and(torn)
+            || matches!(
+                cause.downcast_ref::<realm_db::Error>(),
+                Some(realm_db::Error::Storage(e)) if torn(e)
+            )
     })
 }
 
 /// Runs `op`; on a follower, retries it a few times after a RocksDB error. A follower opens
 /// a fresh read-only view for every snapshot, and that open races with the writer's
 /// compactions: a table file listed in the MANIFEST it read can be deleted before it is
-/// opened ("No such file or directory"). A moment later the MANIFEST is consistent again.
+/// opened ("No such file or directory"), or a flush can move rows out of the log it replays
+/// into a table its MANIFEST does not list yet, so a generation's manifest is seen without
+/// its blocks (reported as corrupt). A moment later the view is consistent again; data
+/// that stays corrupt fails after the last try.
 pub fn follower_retry<T>(db: &Db, mut op: impl FnMut() -> Result<T>) -> Result<T> {
     let attempts: u32 = if db.is_follower() { 6 } else { 1 };
     let mut attempt = 1;
