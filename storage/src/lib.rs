@@ -53,7 +53,9 @@ mod verify;
 
 use serde::{Deserialize, Serialize};
 
-pub use db::{Db, DbBuilder, DbStats, GcReport, IndexWriter, InsertOutcome, Options, RowBlocks};
+pub use db::{
+    Db, DbBuilder, DbStats, GcReport, IndexWriter, InsertOutcome, Options, PinHolders, RowBlocks,
+};
 pub use error::{Error, Result};
 pub use generation::GenerationWriter;
 pub use lexical::Bm25Params;
@@ -283,8 +285,10 @@ pub struct GenerationInfo {
     pub manifest: GenerationManifest,
     /// Whether this is the current generation.
     pub current: bool,
-    /// Live snapshots in this process that pin it.
+    /// Live snapshots of this handle that pin it.
     pub pins: usize,
+    /// Other live handles (other processes, usually) with a snapshot that pins it.
+    pub pinned_elsewhere: usize,
 }
 
 pub(crate) fn now_ms() -> u64 {

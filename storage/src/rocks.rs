@@ -1,7 +1,8 @@
 //! The one module that talks to RocksDB.
 //!
 //! It owns the column-family names, their options, opening (as the writer or as a
-//! read-only follower), and the small read/write vocabulary the rest of the crate uses:
+//! follower: a RocksDB secondary instance that catches up with the writer), and the small
+//! read/write vocabulary the rest of the crate uses:
 //! point reads, bounded prefix scans, write batches, range deletes and snapshots.
 //! No other module imports `rocksdb`.
 
@@ -113,8 +114,8 @@ impl Cf {
 pub(crate) enum OpenMode {
     /// The single writer; creates the database when `create` is set.
     Writer { create: bool },
-    /// A read-only follower: a RocksDB read-only instance, a frozen view of the database as of
-    /// opening (WAL included). Catching up means opening a new one.
+    /// A follower: a RocksDB secondary instance. It is a frozen view of the database as of
+    /// opening (WAL included) until [`Rocks::catch_up`] replays what the writer wrote since.
     Follower,
 }
 
@@ -123,6 +124,12 @@ pub(crate) struct Rocks {
     db: rocksdb::DB,
     path: PathBuf,
     follower: bool,
+    /// A follower lacks a column family the database has gained since it opened (a writer
+    /// upgraded an older format): catching up cannot add it, only a fresh instance can.
+    lacks_families: bool,
+    /// A secondary instance's own folder (its info log); removed when the instance closes.
+    /// Declared after `db`, so it outlives the instance.
+    _secondary_dir: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for Rocks {
@@ -140,27 +147,71 @@ impl Rocks {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_background_jobs(2);
-        let (db, follower) = match mode {
+        match mode {
             OpenMode::Writer { create } => {
                 opts.create_if_missing(create);
-                (
-                    rocksdb::DB::open_cf_descriptors(&opts, path, descriptors()),
-                    false,
-                )
+                let db = rocksdb::DB::open_cf_descriptors(&opts, path, descriptors())
+                    .map_err(|source| classify_open_error(path, source))?;
+                Ok(Rocks {
+                    db,
+                    path: path.to_path_buf(),
+                    follower: false,
+                    lacks_families: false,
+                    _secondary_dir: None,
+                })
             }
             OpenMode::Follower => {
-                // Every table file stays open, so files the writer compacts away meanwhile
-                // remain readable for as long as this frozen view lives.
+                // Every table file is opened with its version and stays open, so files the
+                // writer compacts away remain readable until this instance catches up (RocksDB
+                // requires this setting of secondary instances).
                 opts.set_max_open_files(-1);
-                (open_read_only(&opts, path), true)
+                let dir = tempfile::Builder::new()
+                    .prefix("realm-db-follower-")
+                    .tempdir()
+                    .map_err(|source| Error::Io {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
+                let (db, lacks_families) = open_secondary(&opts, path, dir.path())
+                    .map_err(|source| classify_open_error(path, source))?;
+                Ok(Rocks {
+                    db,
+                    path: path.to_path_buf(),
+                    follower: true,
+                    lacks_families,
+                    _secondary_dir: Some(dir),
+                })
             }
-        };
-        let db = db.map_err(|source| classify_open_error(path, source))?;
-        Ok(Rocks {
-            db,
-            path: path.to_path_buf(),
-            follower,
-        })
+        }
+    }
+
+    /// A follower replays what the writer has written since this instance opened or last
+    /// caught up (new table files from its MANIFEST, new records from its WAL); a writer does
+    /// nothing. Returns false when only a fresh instance can show everything:
+    /// - a table file the writer's MANIFEST lists was deleted before this instance opened it
+    ///   (the writer flushed, then compacted the file away, while this instance lagged); the
+    ///   instance cannot skip that version edit, so every later attempt fails alike;
+    /// - the database has gained a column family since this instance opened.
+    pub(crate) fn catch_up(&self) -> Result<bool> {
+        if !self.follower {
+            return Ok(true);
+        }
+        if self.lacks_families {
+            let families =
+                rocksdb::DB::list_cf(&Options::default(), &self.path).map_err(|e| self.err(e))?;
+            let ours = |name: &String| Cf::ALL.iter().any(|cf| cf.name() == name);
+            if families
+                .iter()
+                .any(|name| ours(name) && self.db.cf_handle(name).is_none())
+            {
+                return Ok(false);
+            }
+        }
+        match self.db.try_catch_up_with_primary() {
+            Ok(()) => Ok(true),
+            Err(e) if is_missing_file(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -268,26 +319,39 @@ fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()))
 }
 
-/// Opens a read-only instance. A database written by an older format may lack newer column
-/// families; a follower cannot create them, so it opens those that exist and reads the others
-/// as empty. The writer may delete a table file between our reading its MANIFEST and opening
-/// the file (a finished compaction); that race surfaces as a missing file, and a fresh attempt
-/// reads the newer MANIFEST.
-fn open_read_only(opts: &Options, path: &Path) -> std::result::Result<rocksdb::DB, rocksdb::Error> {
+/// Opens a secondary instance, with its own files in `secondary`. A database written by an
+/// older format may lack newer column families; a follower cannot create them, so it opens
+/// those that exist and reads the others as empty (the flag says whether any is missing).
+/// The writer may delete a table file between our reading its MANIFEST and opening the file
+/// (a finished compaction); that race surfaces as a missing file, and a fresh attempt reads
+/// the newer MANIFEST.
+fn open_secondary(
+    opts: &Options,
+    path: &Path,
+    secondary: &Path,
+) -> std::result::Result<(rocksdb::DB, bool), rocksdb::Error> {
     let mut attempt = 0u32;
     loop {
         let opened = rocksdb::DB::list_cf(opts, path).and_then(|existing| {
-            let present = descriptors().filter(|d| existing.iter().any(|name| name == d.name()));
-            rocksdb::DB::open_cf_descriptors_read_only(opts, path, present, false)
+            let present: Vec<_> = descriptors()
+                .filter(|d| existing.iter().any(|name| name == d.name()))
+                .collect();
+            let lacks = present.len() < Cf::ALL.len();
+            rocksdb::DB::open_cf_descriptors_as_secondary(opts, path, secondary, present)
+                .map(|db| (db, lacks))
         });
         match opened {
-            Err(e) if attempt < 8 && e.to_string().contains("No such file") => {
+            Err(e) if attempt < 8 && is_missing_file(&e) => {
                 std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
                 attempt += 1;
             }
             other => return other,
         }
     }
+}
+
+fn is_missing_file(e: &rocksdb::Error) -> bool {
+    e.to_string().contains("No such file")
 }
 
 fn scan_options(prefix: &[u8], start: &[u8]) -> (ReadOptions, Vec<u8>) {
@@ -389,7 +453,7 @@ impl std::fmt::Debug for RocksSnapshot {
 }
 
 /// A consistent read view: a RocksDB snapshot of the writer's instance, or a follower's
-/// read-only instance, which never changes.
+/// secondary instance that nothing catches up while the view lives (see `db/follower.rs`).
 #[derive(Debug)]
 pub(crate) enum SnapshotReader {
     Live(RocksSnapshot),

@@ -110,13 +110,17 @@ impl Db {
     pub fn generations(&self) -> Result<Vec<GenerationInfo>> {
         let rocks = self.rocks();
         let current = read_current(&*rocks)?;
-        let pins = self.inner.pins.lock().clone();
+        let pins = self.pins()?;
         Ok(read_manifests(&*rocks)?
             .into_iter()
-            .map(|manifest| GenerationInfo {
-                current: Some(manifest.id) == current,
-                pins: pins.get(&manifest.id).copied().unwrap_or(0),
-                manifest,
+            .map(|manifest| {
+                let holders = pins.get(&manifest.id).copied().unwrap_or_default();
+                GenerationInfo {
+                    current: Some(manifest.id) == current,
+                    pins: holders.here,
+                    pinned_elsewhere: holders.elsewhere,
+                    manifest,
+                }
             })
             .collect())
     }

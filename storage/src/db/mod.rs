@@ -2,13 +2,15 @@
 //! accessors and figures. Each other concern of [`Db`] has its own module.
 
 mod blobs;
+mod follower;
 mod generations;
 mod ivf_index;
 mod lexical_index;
 mod passages;
+mod pin_files;
 mod pins;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ pub(crate) use generations::{read_current, read_manifest, read_manifests};
 pub use ivf_index::{IndexWriter, RowBlocks};
 pub use passages::InsertOutcome;
 pub(crate) use passages::{decode_passage, read_passage};
+pub use pin_files::PinHolders;
 pub use pins::GcReport;
 
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
@@ -49,7 +52,9 @@ pub struct Options {
     pub create_if_missing: bool,
     /// Fail if a database already exists (set by `create`).
     pub error_if_exists: bool,
-    /// Open as a read-only follower of a database another handle holds for writing.
+    /// Open as a read-only follower: it never takes the writer's lock, so it opens whether or
+    /// not another handle (in this process or another) writes, and catches up with that
+    /// writer at every new snapshot.
     pub follower: bool,
     /// fsync every write, not only publishes (default: false; a killed process still keeps
     /// every acknowledged write, a power loss may lose the last unsynced ones).
@@ -135,19 +140,23 @@ pub struct DbStats {
 }
 
 pub(crate) struct Inner {
-    /// The instance; a follower swaps in a fresh read-only one when it catches up.
+    /// The writer's instance, or a follower's tip (see `follower.rs`).
     rocks: RwLock<Arc<Rocks>>,
+    /// A follower's view instances, which its snapshots read (see `follower.rs`).
+    views: Mutex<Vec<Arc<Rocks>>>,
     pub(crate) options: Options,
     /// Serializes read-modify-write sequences (id counters, manifests, coverage checks).
     pub(crate) write_lock: Mutex<()>,
-    /// Live snapshots per generation, in this process.
-    pub(crate) pins: Mutex<HashMap<GenerationId, usize>>,
+    /// This handle's pins, registered where every process's GC sees them.
+    pub(crate) pins: pin_files::PinRegistry,
 }
 
 /// An open realm-db database. Cheap to clone; clones share one RocksDB instance.
 ///
-/// One process opens a database for writing at a time; others may open it as read-only
-/// followers ([`DbBuilder::follower`]).
+/// One handle opens a database for writing at a time ([`Db::open`], which takes the writer's
+/// lock). Any number of handles, in any processes, may open it as read-only followers
+/// ([`Db::open_read_only`]) whether or not a writer exists: they never block the writer, and
+/// the generations their snapshots pin are safe from every process's GC.
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: Arc<Inner>,
@@ -173,9 +182,16 @@ impl Db {
         Db::open_with(path.as_ref(), options)
     }
 
-    /// Opens an existing database for writing.
+    /// Opens an existing database for writing; fails with [`Error::Locked`] while another
+    /// handle holds it for writing.
     pub fn open(path: impl AsRef<Path>) -> Result<Db> {
         Db::open_with(path.as_ref(), Options::default())
+    }
+
+    /// Opens an existing database for reading only, as a follower: it takes no lock, and
+    /// sees what a writer (if any) has written as of each new snapshot.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Db> {
+        Db::builder(path).follower(true).open()
     }
 
     /// Starts building a handle with options.
@@ -212,9 +228,10 @@ impl Db {
         let db = Db {
             inner: Arc::new(Inner {
                 rocks: RwLock::new(Arc::new(rocks)),
+                views: Mutex::new(Vec::new()),
                 options,
                 write_lock: Mutex::new(()),
-                pins: Mutex::new(HashMap::new()),
+                pins: pin_files::PinRegistry::new(path),
             }),
         };
         match db.rocks().get(Cf::Meta, META_FORMAT)? {
@@ -330,16 +347,6 @@ impl Db {
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.is_follower() {
             return Err(Error::ReadOnly { path: self.path() });
-        }
-        Ok(())
-    }
-
-    /// A follower catches up with everything the writer has acknowledged so far (it opens a
-    /// fresh read-only view; snapshots taken before keep theirs); a writer does nothing.
-    pub fn catch_up(&self) -> Result<()> {
-        if self.is_follower() {
-            let fresh = Rocks::open(&self.path(), OpenMode::Follower)?;
-            *self.inner.rocks.write() = Arc::new(fresh);
         }
         Ok(())
     }

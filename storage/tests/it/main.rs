@@ -5,6 +5,7 @@
 mod api;
 mod corruption;
 mod crash;
+mod followers;
 mod ivf;
 mod lexical;
 mod model;
