@@ -153,6 +153,10 @@ pub enum Error {
     #[error("no stored blob is named {name:?}")]
     UnknownBlob { name: String },
 
+    /// A blob name holds the NUL character, which separates names from chunk numbers in keys.
+    #[error("the blob name {name:?} holds the NUL character, which blob names cannot hold")]
+    InvalidBlobName { name: String },
+
     /// Lexical search found no usable BM25 index: a read-only follower of a database that no
     /// writer of this version has opened yet, a snapshot taken while the index was being
     /// rebuilt, or an index built by another analyzer.
@@ -203,6 +207,7 @@ impl Error {
             // A follower of a database whose lexical index no writer has built yet.
             | Error::LexicalIndexUnavailable { .. }
             | Error::InvalidBm25Params { .. }
+            | Error::InvalidBlobName { .. }
             // A list count or index version given by the user.
             | Error::InvalidIndex { .. }
             | Error::UnknownIndex { .. } => true,
@@ -255,6 +260,7 @@ mod tests {
             Error::NoCurrentGeneration => true,
             Error::ReadOnly { .. } => true,
             Error::UnknownBlob { .. } => false,
+            Error::InvalidBlobName { .. } => true,
             Error::LexicalIndexUnavailable { .. } => true,
             Error::InvalidBm25Params { .. } => true,
             Error::InvalidIndex { .. } => true,
@@ -263,7 +269,7 @@ mod tests {
     }
 
     /// The number of arms of `expected_user_error`: one sample of each variant is needed.
-    const VARIANTS: usize = 26;
+    const VARIANTS: usize = 27;
 
     fn one_of_each() -> Vec<Error> {
         let path = PathBuf::from("/data/db");
@@ -333,6 +339,9 @@ mod tests {
             Error::ReadOnly { path: path.clone() },
             Error::UnknownBlob {
                 name: "encoder".into(),
+            },
+            Error::InvalidBlobName {
+                name: "notes\0x".into(),
             },
             Error::LexicalIndexUnavailable {
                 path,

@@ -13,6 +13,10 @@
 //!   that removes the old passage (its postings and rows) and stores the new content under a
 //!   new passage id ([`InsertOutcome::Updated`]).
 //! * [`Db::gc`] collects retired generations that no snapshot pins, beyond a `keep` count.
+//! * Named **blobs** hold encoder checkpoints, readers and trainer state: [`Db::put_blob`],
+//!   [`Db::get_blob`], [`Db::blobs`] (names and lengths, from the headers alone) and
+//!   [`Db::delete_blobs`] (which reclaims their space); `realm_trainer::collect_blobs`
+//!   decides which ones are garbage.
 //! * A **lexical (BM25) index** ([`lexical`]) is updated in the same write batch as every
 //!   passage insert and delete, so [`Snapshot::bm25_search`] scores exactly the passages the
 //!   snapshot sees.
@@ -54,7 +58,8 @@ mod verify;
 use serde::{Deserialize, Serialize};
 
 pub use db::{
-    Db, DbBuilder, DbStats, GcReport, IndexWriter, InsertOutcome, Options, PinHolders, RowBlocks,
+    BlobInfo, Db, DbBuilder, DbStats, GcReport, IndexWriter, InsertOutcome, Options, PinHolders,
+    RowBlocks,
 };
 pub use error::{Error, Result};
 pub use generation::GenerationWriter;

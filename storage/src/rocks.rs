@@ -33,7 +33,7 @@ pub(crate) enum Cf {
     VectorIndex,
     /// Generation id ++ passage id → empty: rows of deleted passages, skipped when loading.
     Tombstones,
-    /// Blob name ++ chunk number → chunk: encoder checkpoints and trainer state.
+    /// Blob name ++ 0x00 ++ chunk number → chunk: encoder checkpoints, readers, trainer state.
     Blobs,
     /// Term (UTF-8) ++ 0x00 ++ passage id (u64 BE) → tf and passage length: BM25 postings.
     LexicalPostings,
@@ -284,6 +284,39 @@ impl Rocks {
             Some(item) => item.map(|_| false).map_err(|e| self.err(e)),
             None => Ok(true),
         }
+    }
+
+    /// Walks `cf` backwards, skipping: the first entry is the last one of the column family,
+    /// and after each entry with key `k` the next is the greatest entry whose key is strictly
+    /// below `below(k)` (when `below(k)` is not below `k`, simply the entry before `k`). One
+    /// iterator serves the walk, so it reads one consistent view; entries skipped over are
+    /// never read. A follower reads a column family its database lacks as empty.
+    pub(crate) fn scan_back_skipping(
+        &self,
+        cf: Cf,
+        mut below: impl FnMut(&[u8]) -> Vec<u8>,
+    ) -> Result<Vec<Entry>> {
+        let Some(handle) = self.cf_if_present(cf) else {
+            return Ok(Vec::new());
+        };
+        let mut iter = self.db.raw_iterator_cf(handle);
+        iter.seek_to_last();
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let key: Box<[u8]> = key.into();
+            out.push((key.clone(), value.into()));
+            let target = below(&key);
+            if target.as_slice() < key.as_ref() {
+                iter.seek_for_prev(&target);
+                if iter.key() == Some(target.as_slice()) {
+                    iter.prev();
+                }
+            } else {
+                iter.prev();
+            }
+        }
+        iter.status().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// Bytes of live SST files in one column family.

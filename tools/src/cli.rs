@@ -67,7 +67,8 @@ pub enum Command {
     Generations(GenerationsArgs),
     /// Embed lines of standard input and write them as JSONL.
     Embed(EmbedArgs),
-    /// Delete retired generations beyond the newest N.
+    /// Delete retired generations beyond the newest N, then the encoder checkpoints, readers
+    /// and trainer blobs that nothing names any more.
     Gc(GcArgs),
     /// Print counts and disk usage.
     Stats(StatsArgs),
@@ -204,6 +205,10 @@ pub struct GcArgs {
     /// How many of the newest retired generations to keep for time travel.
     #[arg(long, default_value_t = 1)]
     pub keep: usize,
+    /// Keep the trainer states (and the towers they name) of only the N most recently saved
+    /// finished runs (default: every finished run's state).
+    #[arg(long, value_name = "N")]
+    pub keep_runs: Option<usize>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

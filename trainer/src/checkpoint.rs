@@ -88,6 +88,13 @@ pub(crate) struct TowerCheckpoints {
     pub reader: Option<String>,
 }
 
+/// Unix milliseconds now (0 on a clock before 1970).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Writes a checkpoint at `step`: the optimizer blob in the slot after `slot` holding
 /// `optimizers` (`(name, optimizer)` of every tower), then the state blob naming the
 /// query tower (stored here) and `towers`. Returns the state and the slot written.
@@ -104,7 +111,7 @@ pub(crate) fn write(
     let slot = if slot == 'a' { 'b' } else { 'a' };
     let optimizer = optimizer_blob(&ctx.config.run, slot);
     db.put_blob(&optimizer, &encode_optimizers(optimizers)?)?;
-    let state = TrainerState {
+    let mut state = TrainerState {
         format: STATE_FORMAT,
         mode: ctx.config.mode,
         step,
@@ -115,13 +122,15 @@ pub(crate) fn write(
         document_checkpoint: towers.document,
         optimizer_blob: optimizer,
         reader_checkpoint: towers.reader,
+        saved_ms: None,
     };
-    put_state(ctx, &state)?;
+    put_state(ctx, &mut state)?;
     Ok((state, slot))
 }
 
-/// Writes `state` as the run's state blob.
-pub(crate) fn put_state(ctx: &Context, state: &TrainerState) -> Result<()> {
+/// Writes `state` as the run's state blob, stamped with the time of writing.
+pub(crate) fn put_state(ctx: &Context, state: &mut TrainerState) -> Result<()> {
+    state.saved_ms = Some(now_ms());
     Ok(ctx
         .retriever
         .db()

@@ -42,9 +42,11 @@
 //! `supervision.rs`; towers and where they start from in `towers.rs`; the index-builder
 //! thread in `builder.rs`; held-out evaluation in `evaluation.rs`; checkpoints and resume
 //! in `checkpoint.rs` and [`state`]; seeded randomness in `sampling.rs`; AdamW in
-//! [`adamw`]; [`sentences`] and REALM's [`masking`].
+//! [`adamw`]; [`sentences`] and REALM's [`masking`]; the garbage collection of encoder,
+//! reader and trainer blobs ([`collect_blobs`]) in `blob_gc.rs`.
 
 pub mod adamw;
+mod blob_gc;
 mod builder;
 mod checkpoint;
 mod config;
@@ -64,6 +66,7 @@ mod supervision;
 mod towers;
 mod trainer;
 
+pub use blob_gc::{BlobGcOptions, BlobGcReport, UnreadableBlob, collect_blobs};
 pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
 pub use dual::DUAL_NOTE;
 pub use error::{Error, Result};

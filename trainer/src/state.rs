@@ -46,6 +46,10 @@ pub struct TrainerState {
     /// QA: the reader's checkpoint id (blob `reader/<id>`); absent from other modes' states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_checkpoint: Option<String>,
+    /// When the state was last written (Unix milliseconds); absent from states written before
+    /// it was recorded. Blob GC's `keep_runs` keeps the most recently saved finished runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_ms: Option<u64>,
 }
 
 impl TrainerState {
@@ -221,9 +225,11 @@ mod tests {
             document_checkpoint: None,
             optimizer_blob: "trainer/r/optimizer-a".to_owned(),
             reader_checkpoint: None,
+            saved_ms: None,
         };
         let mut json: serde_json::Value = serde_json::from_slice(&state.to_bytes()).unwrap();
         assert!(json.get("reader_checkpoint").is_none());
+        assert!(json.get("saved_ms").is_none());
         let config = json["config"].as_object_mut().unwrap();
         for key in ["reader_lr", "reader_passages", "reader_model"] {
             assert!(config.remove(key).is_some());
@@ -233,6 +239,7 @@ mod tests {
         state.mode = Mode::Qa;
         state.config.mode = Mode::Qa;
         state.reader_checkpoint = Some("r".to_owned());
+        state.saved_ms = Some(1_700_000_000_000);
         assert_eq!(TrainerState::parse(&state.to_bytes(), "x").unwrap(), state);
         assert_eq!("qa".parse::<Mode>().unwrap(), Mode::Qa);
         assert_eq!(Mode::Qa.to_string(), "qa");

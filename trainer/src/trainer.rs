@@ -448,7 +448,7 @@ impl Trainer {
         }
         if attach.is_some() {
             state.finished = true;
-            checkpoint::put_state(&self.ctx, &state)?;
+            checkpoint::put_state(&self.ctx, &mut state)?;
         }
         Ok(())
     }

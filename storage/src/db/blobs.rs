@@ -1,14 +1,18 @@
-//! Named blobs (encoder checkpoints, trainer state), stored in checksummed chunks.
+//! Named blobs (encoder checkpoints, trainer state), stored in checksummed chunks: writing,
+//! reading, listing and deleting them.
 
 use serde::{Deserialize, Serialize};
 
 use super::Db;
 use crate::codec::{self, decode, encode};
 use crate::error::{Error, Result};
-use crate::rocks::{Cf, Reader};
+use crate::rocks::{Cf, Reader, prefix_successor};
 
 const BLOB_CHUNK: usize = 1 << 20;
 const BLOB_HEADER_CHUNK: u32 = u32::MAX;
+
+/// The bytes of a blob's key after its name: the `0x00` separator and the chunk number.
+const KEY_SUFFIX: usize = 5;
 
 #[derive(Serialize, Deserialize)]
 struct BlobHeader {
@@ -17,10 +21,25 @@ struct BlobHeader {
     crc: u32,
 }
 
+/// A stored blob, as listed by [`Db::blobs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub name: String,
+    /// The blob's length in bytes.
+    pub bytes: u64,
+}
+
 impl Db {
     /// Stores a named blob (an encoder checkpoint, trainer state), replacing any old value.
+    /// A name may hold any UTF-8 text but the NUL character, which separates a blob's name
+    /// from its chunk numbers in keys.
     pub fn put_blob(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.check_writable()?;
+        if name.contains('\0') {
+            return Err(Error::InvalidBlobName {
+                name: name.to_owned(),
+            });
+        }
         let prefix = blob_prefix(name);
         let rocks = self.rocks();
         let mut wb = rocks.batch();
@@ -78,12 +97,87 @@ impl Db {
         let key = blob_key(&blob_prefix(name), BLOB_HEADER_CHUNK);
         Ok(self.rocks().get(Cf::Blobs, &key)?.is_some())
     }
+
+    /// Every stored blob with its length, by name, read from the blobs' headers alone.
+    ///
+    /// A blob's header key (`name ++ 0x00 ++ 0xFFFFFFFF`) is the last of its keys, and a name
+    /// holds no NUL, so no other blob's key falls between a blob's first and last key. The
+    /// listing therefore walks the column family backwards: from a header, the next entry
+    /// read is the greatest key below `name ++ 0x00`, the previous blob's header, and the
+    /// chunks in between (1 MiB each) are never read. A forward walk would have to read each
+    /// blob's first chunk to learn its name. A last key that is not a header (chunks
+    /// without one, which no write leaves) is reported as corruption rather than skipped.
+    pub fn blobs(&self) -> Result<Vec<BlobInfo>> {
+        let headers = self
+            .rocks()
+            .scan_back_skipping(Cf::Blobs, |key| match header_name(key) {
+                Some(name) => blob_prefix_bytes(name),
+                // Not a header: the walk stops on it below, so any lower key will do.
+                None => Vec::new(),
+            })?;
+        let mut out = Vec::with_capacity(headers.len());
+        for (key, value) in headers.into_iter().rev() {
+            let name = header_name(&key)
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .ok_or_else(|| Error::Corrupt {
+                    what: format!(
+                        "the blob key {:?}, the last of its blob, which is not a header",
+                        String::from_utf8_lossy(&key)
+                    ),
+                })?;
+            let header: BlobHeader = decode(&value, &|| format!("the header of blob {name:?}"))?;
+            out.push(BlobInfo {
+                name: name.to_owned(),
+                bytes: header.len,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes the named blobs (names that are not stored are ignored) in one synced write,
+    /// then compacts their key ranges so that their disk space is reclaimed.
+    pub fn delete_blobs(&self, names: &[String]) -> Result<()> {
+        self.check_writable()?;
+        // A name holding NUL is never stored, and its prefix could match another blob's keys.
+        let prefixes: Vec<Vec<u8>> = names
+            .iter()
+            .filter(|name| !name.contains('\0'))
+            .map(|name| blob_prefix(name))
+            .collect();
+        if prefixes.is_empty() {
+            return Ok(());
+        }
+        let rocks = self.rocks();
+        let mut wb = rocks.batch();
+        for prefix in &prefixes {
+            wb.delete_prefix(Cf::Blobs, prefix);
+        }
+        rocks.write(wb, true)?;
+        for prefix in &prefixes {
+            // A prefix ends with 0x00, so it always has a successor.
+            let end = prefix_successor(prefix).unwrap_or_default();
+            rocks.compact(Cf::Blobs, prefix, &end);
+        }
+        Ok(())
+    }
+}
+
+/// The name in a header key (`name ++ 0x00 ++ 0xFFFFFFFF`); `None` for any other key.
+fn header_name(key: &[u8]) -> Option<&[u8]> {
+    let (name, suffix) = key.split_at_checked(key.len().checked_sub(KEY_SUFFIX)?)?;
+    let mut header = [0u8; KEY_SUFFIX];
+    header[1..].copy_from_slice(&BLOB_HEADER_CHUNK.to_be_bytes());
+    (suffix == header).then_some(name)
+}
+
+fn blob_prefix_bytes(name: &[u8]) -> Vec<u8> {
+    let mut prefix = name.to_vec();
+    prefix.push(0);
+    prefix
 }
 
 fn blob_prefix(name: &str) -> Vec<u8> {
-    let mut prefix = name.as_bytes().to_vec();
-    prefix.push(0);
-    prefix
+    blob_prefix_bytes(name.as_bytes())
 }
 
 fn blob_key(prefix: &[u8], chunk: u32) -> Vec<u8> {

@@ -26,6 +26,7 @@ use crate::validation::{
 };
 use crate::{FORMAT_VERSION, GenerationId, GenerationState};
 
+pub use blobs::BlobInfo;
 pub(crate) use generations::{read_current, read_manifest, read_manifests};
 pub use ivf_index::{IndexWriter, RowBlocks};
 pub use passages::InsertOutcome;

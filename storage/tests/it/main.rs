@@ -3,6 +3,7 @@
 //! `torch` feature: these tests do not link libtorch).
 
 mod api;
+mod blobs;
 mod corruption;
 mod crash;
 mod followers;

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
+use realm_db::trainer::{BlobGcOptions, BlobGcReport, collect_blobs};
 use serde_json::json;
 
 use super::{Env, say};
@@ -34,7 +35,13 @@ fn plural(n: u64, noun: &str) -> String {
 
 pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let retriever = open::open_writer(&args.dir, env.retriever_options()?)?;
-    let report = retriever.db().gc(args.keep)?;
+    let db = retriever.db();
+    // Generations first: the encoders of the generations collected become garbage too.
+    let report = db.gc(args.keep)?;
+    let options = BlobGcOptions {
+        keep_runs: args.keep_runs,
+    };
+    let blobs = collect_blobs(db, &options)?;
     if args.json {
         return json_line(
             out,
@@ -43,6 +50,15 @@ pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "retained": report.retained,
                 "pinned": report.pinned,
                 "keep": args.keep,
+                "keep_runs": args.keep_runs,
+                "blobs_collected": blobs.collected.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                "blob_bytes_freed": blobs.bytes_freed(),
+                "blob_bytes_kept": blobs.bytes_kept,
+                "blobs_unreadable": blobs
+                    .unreadable
+                    .iter()
+                    .map(|u| json!({"name": u.name, "reason": u.reason}))
+                    .collect::<Vec<_>>(),
             }),
         );
     }
@@ -62,13 +78,50 @@ pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             args.keep,
             id_list(&report.pinned)
         ),
-    )
+    )?;
+    say_blobs(&blobs, out)
+}
+
+/// The blob part of `gc`'s report.
+fn say_blobs(blobs: &BlobGcReport, out: &mut dyn Write) -> Result<()> {
+    if blobs.collected.is_empty() {
+        say(out, "Collected no blobs.")?;
+    } else {
+        say(
+            out,
+            format_args!(
+                "Collected {}, freeing {}:",
+                plural(blobs.collected.len() as u64, "blob"),
+                human_bytes(blobs.bytes_freed())
+            ),
+        )?;
+        for blob in &blobs.collected {
+            say(
+                out,
+                format_args!("  {} ({})", blob.name, human_bytes(blob.bytes)),
+            )?;
+        }
+    }
+    say(
+        out,
+        format_args!("Kept {} of blobs.", human_bytes(blobs.bytes_kept)),
+    )?;
+    for unreadable in &blobs.unreadable {
+        say(
+            out,
+            format_args!(
+                "Kept the unreadable blob {} and every encoder and reader it might name: {}.",
+                unreadable.name, unreadable.reason
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let (retriever, access) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
     let db = retriever.db();
-    let (stats, pending, index) = open::follower_retry(db, || {
+    let (stats, pending, index, blobs) = open::follower_retry(db, || {
         let snapshot = db.snapshot()?;
         let index = match snapshot.index()? {
             Some(info) => {
@@ -77,8 +130,9 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             }
             None => None,
         };
-        Ok((db.stats()?, snapshot.pending()?.len(), index))
+        Ok((db.stats()?, snapshot.pending()?.len(), index, db.blobs()?))
     })?;
+    let blob_bytes: u64 = blobs.iter().map(|b| b.bytes).sum();
     let index = index.map(|(info, sizes)| IndexSummary::new(info, &sizes));
     let total: u64 = stats.disk_bytes.values().sum();
     if args.json {
@@ -90,6 +144,8 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "current_generation": stats.current_generation,
                 "generations": stats.generations,
                 "pending": pending,
+                "blobs": blobs.len(),
+                "blob_bytes": blob_bytes,
                 "disk_bytes": stats.disk_bytes,
                 "disk_bytes_total": total,
                 "follower": access == Access::Follower,
@@ -126,6 +182,18 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         "pending",
         pending.to_string(),
         "(passages without a vector in the current generation)".into(),
+    );
+    row(
+        &mut table,
+        "blobs",
+        blobs.len().to_string(),
+        "(encoder and reader checkpoints, trainer state, your blobs)".into(),
+    );
+    row(
+        &mut table,
+        "blob bytes",
+        blob_bytes.to_string(),
+        format!("({})", human_bytes(blob_bytes)),
     );
     for (cf, bytes) in &stats.disk_bytes {
         row(

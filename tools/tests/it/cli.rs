@@ -781,7 +781,7 @@ fn eval_reports_top_k_accuracy_for_each_mode_and_plots() {
 }
 
 /// Questions answerable from `CORPUS`.
-const QA: &str = r#"{"question": "what is the capital of norway", "answers": ["Oslo"]}
+pub(crate) const QA: &str = r#"{"question": "what is the capital of norway", "answers": ["Oslo"]}
 {"question": "which river flows through paris", "answers": ["Seine"]}
 {"question": "what is the highest mountain on earth", "answers": ["Mount Everest"]}
 {"question": "how do plants turn sunlight into sugar", "answers": ["photosynthesis"]}

@@ -4,6 +4,7 @@
 mod cli;
 mod corpus;
 mod delete;
+mod gc;
 mod index;
 mod robustness;
 mod upsert;

@@ -7,6 +7,8 @@
 //! threads. Even a test that only builds an index must hold it: libtorch work on another
 //! thread changed the weights of `qa::qa_run_resumes_bit_identically`'s resumed run.
 
+mod blob_gc;
+mod blob_gc_policy;
 mod dual;
 mod ict;
 mod qa;
