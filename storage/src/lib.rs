@@ -12,7 +12,12 @@
 //!   replaces a passage whose external id is stored with other content, in one atomic write
 //!   that removes the old passage (its postings and rows) and stores the new content under a
 //!   new passage id ([`InsertOutcome::Updated`]).
-//! * [`Db::gc`] collects retired generations that no snapshot pins, beyond a `keep` count.
+//! * One handle writes ([`Db::open`] takes the writer's lock); any number of **followers**
+//!   ([`Db::open_read_only`]), in any process, read without a lock and catch up with the
+//!   writer at each new snapshot. Every handle's pins are registered where every process's
+//!   GC sees them; the pins of a process that died do not count.
+//! * [`Db::gc`] collects retired generations that no live snapshot (in any process) pins,
+//!   beyond a `keep` count.
 //! * Named **blobs** hold encoder checkpoints, readers and trainer state: [`Db::put_blob`],
 //!   [`Db::get_blob`], [`Db::blobs`] (names and lengths, from the headers alone) and
 //!   [`Db::delete_blobs`] (which reclaims their space); `realm_trainer::collect_blobs`
@@ -39,6 +44,10 @@
 //! let matrix = snapshot.vectors()?;
 //! assert_eq!(matrix.ids, vec![id]);
 //! assert_eq!(snapshot.get(id)?.unwrap().title, "Paris");
+//!
+//! // A reader (here in the same process; usually another one) follows the writer.
+//! let follower = Db::open_read_only(dir.path())?;
+//! assert_eq!(follower.snapshot()?.generation_id(), Some(generation));
 //! # Ok(()) }
 //! ```
 

@@ -127,9 +127,6 @@ pub(crate) struct Rocks {
     /// A follower lacks a column family the database has gained since it opened (a writer
     /// upgraded an older format): catching up cannot add it, only a fresh instance can.
     lacks_families: bool,
-    /// A secondary instance's own folder (its info log); removed when the instance closes.
-    /// Declared after `db`, so it outlives the instance.
-    _secondary_dir: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for Rocks {
@@ -157,7 +154,6 @@ impl Rocks {
                     path: path.to_path_buf(),
                     follower: false,
                     lacks_families: false,
-                    _secondary_dir: None,
                 })
             }
             OpenMode::Follower => {
@@ -165,6 +161,13 @@ impl Rocks {
                 // writer compacts away remain readable until this instance catches up (RocksDB
                 // requires this setting of secondary instances).
                 opts.set_max_open_files(-1);
+                // A secondary instance needs a folder of its own for its info log. It is
+                // removed as soon as the instance is open (the open log file lives on
+                // unlinked, and the log never rolls over to a new file), so a killed follower
+                // leaves nothing behind.
+                opts.set_max_log_file_size(0);
+                opts.set_log_file_time_to_roll(0);
+                opts.set_log_level(rocksdb::LogLevel::Warn);
                 let dir = tempfile::Builder::new()
                     .prefix("realm-db-follower-")
                     .tempdir()
@@ -172,14 +175,19 @@ impl Rocks {
                         path: std::env::temp_dir(),
                         source,
                     })?;
-                let (db, lacks_families) = open_secondary(&opts, path, dir.path())
-                    .map_err(|source| classify_open_error(path, source))?;
+                let opened = open_secondary(&opts, path, dir.path());
+                let removed = dir.close();
+                let (db, lacks_families) =
+                    opened.map_err(|source| classify_open_error(path, source))?;
+                removed.map_err(|source| Error::Io {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
                 Ok(Rocks {
                     db,
                     path: path.to_path_buf(),
                     follower: true,
                     lacks_families,
-                    _secondary_dir: Some(dir),
                 })
             }
         }

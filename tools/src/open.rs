@@ -1,5 +1,5 @@
-//! Opening databases (as the writer, or as a read-only follower when another process holds
-//! the database) and loading encoders.
+//! Opening databases (commands that write take the writer's lock; commands that only read
+//! open as followers and never take it) and loading encoders.
 
 use std::path::{Path, PathBuf};
 
@@ -8,14 +8,6 @@ use realm_db::{Db, Device, Encoder, EncoderConfig, Retriever, RetrieverOptions, 
 
 use crate::cli::DeviceArg;
 use crate::error::user;
-
-/// How a database was opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Writer,
-    /// Read-only: another process holds the database for writing.
-    Follower,
-}
 
 /// The retriever settings for a device choice.
 pub fn retriever_options(device: DeviceArg) -> Result<RetrieverOptions> {
@@ -51,7 +43,7 @@ fn explain_open(dir: &Path, err: StorageError) -> anyhow::Error {
 pub fn open_writer(dir: &Path, options: RetrieverOptions) -> Result<Retriever> {
     let db = Db::open(dir).map_err(|e| match e {
         StorageError::Locked { .. } => user(format!(
-            "another process (a shell or a trainer, for example) holds the database at {} for writing; this command writes, so run it when that process has finished",
+            "another process (a trainer or an ingester, for example) holds the database at {} for writing; this command writes, so run it when that process has finished (reading commands such as search and shell can run meanwhile)",
             dir.display()
         )),
         other => explain_open(dir, other),
@@ -59,37 +51,12 @@ pub fn open_writer(dir: &Path, options: RetrieverOptions) -> Result<Retriever> {
     Ok(Retriever::new(db, options))
 }
 
-/// Opens a database for reading: as the writer when it is free, else as a read-only follower
-/// of the process that holds it (saying so on stderr when `announce` is set).
-pub fn open_reader(
-    dir: &Path,
-    options: RetrieverOptions,
-    announce: bool,
-) -> Result<(Retriever, Access)> {
-    match Db::open(dir) {
-        Ok(db) => Ok((Retriever::new(db, options), Access::Writer)),
-        Err(StorageError::Locked { .. }) => {
-            let mut attempt = 1;
-            let db = loop {
-                match Db::builder(dir).follower(true).open() {
-                    // The same race with the writer's compactions as in `follower_retry`.
-                    Err(StorageError::Rocks { .. }) if attempt < 6 => {
-                        std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
-                        attempt += 1;
-                    }
-                    other => break other.map_err(|e| explain_open(dir, e))?,
-                }
-            };
-            if announce {
-                eprintln!(
-                    "note: another process holds {} for writing; opened it as a read-only follower.",
-                    dir.display()
-                );
-            }
-            Ok((Retriever::new(db, options), Access::Follower))
-        }
-        Err(e) => Err(explain_open(dir, e)),
-    }
+/// Opens a database for reading, as a follower: it takes no lock, so it never blocks a writer
+/// (a trainer, an ingester) in another process, and it opens whether or not one runs. Its
+/// snapshots pin their generations against every process's GC.
+pub fn open_reader(dir: &Path, options: RetrieverOptions) -> Result<Retriever> {
+    let db = Db::open_read_only(dir).map_err(|e| explain_open(dir, e))?;
+    Ok(Retriever::new(db, options))
 }
 
 /// The default model folder, as a user error when none is installed.
@@ -131,39 +98,4 @@ pub fn load_encoder(path: &Path, config: EncoderConfig) -> Result<Encoder> {
         other => anyhow::Error::new(other)
             .context(format!("cannot load the encoder at {}", path.display())),
     })
-}
-
-/// Whether the error's chain holds a RocksDB failure or data that a torn read-only view
-/// can show as corrupt (a row block missing under a manifest that names it).
-fn is_rocks_error(err: &anyhow::Error) -> bool {
-    let torn =
-        |e: &StorageError| matches!(e, StorageError::Rocks { .. } | StorageError::Corrupt { .. });
-    err.chain().any(|cause| {
-        cause.downcast_ref::<StorageError>().is_some_and(torn)
-            || matches!(
-                cause.downcast_ref::<realm_db::Error>(),
-                Some(realm_db::Error::Storage(e)) if torn(e)
-            )
-    })
-}
-
-/// Runs `op`; on a follower, retries it a few times after a RocksDB error. A follower opens
-/// a fresh read-only view for every snapshot, and that open races with the writer's
-/// compactions: a table file listed in the MANIFEST it read can be deleted before it is
-/// opened ("No such file or directory"), or a flush can move rows out of the log it replays
-/// into a table its MANIFEST does not list yet, so a generation's manifest is seen without
-/// its blocks (reported as corrupt). A moment later the view is consistent again; data
-/// that stays corrupt fails after the last try.
-pub fn follower_retry<T>(db: &Db, mut op: impl FnMut() -> Result<T>) -> Result<T> {
-    let attempts: u32 = if db.is_follower() { 6 } else { 1 };
-    let mut attempt = 1;
-    loop {
-        match op() {
-            Err(e) if attempt < attempts && is_rocks_error(&e) => {
-                std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }

@@ -136,8 +136,12 @@ pub struct DbStats {
     pub passages: u64,
     pub current_generation: Option<GenerationId>,
     pub generations: usize,
-    /// Live SST bytes per column family (after a flush, for a writer).
+    /// Live SST bytes per column family (after a flush, for a writer; as of the writer's
+    /// last flush, for a follower).
     pub disk_bytes: BTreeMap<&'static str, u64>,
+    /// Bytes of every file in the database folder: table files, the write-ahead log,
+    /// manifests and pin files. What the database costs on disk.
+    pub folder_bytes: u64,
 }
 
 pub(crate) struct Inner {
@@ -369,8 +373,29 @@ impl Db {
             current_generation: read_current(&*rocks)?,
             generations: read_manifests(&*rocks)?.len(),
             disk_bytes,
+            folder_bytes: folder_bytes(rocks.path())?,
         })
     }
+}
+
+/// Bytes of the files under `dir`, recursively. A file removed while it is walked (the
+/// writer deleting an obsolete table file) counts as gone.
+fn folder_bytes(dir: &Path) -> Result<u64> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        match entry.metadata() {
+            Ok(meta) if meta.is_dir() => total += folder_bytes(&entry.path())?,
+            Ok(meta) => total += meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(total)
 }
 
 pub(crate) fn read_meta_u64(r: &dyn Reader, key: &[u8]) -> Result<Option<u64>> {

@@ -42,7 +42,7 @@ pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     }
     let options = env.retriever_options()?;
     let device = options.encoder.device;
-    let (retriever, _) = open::open_reader(&args.dir, options, true)?;
+    let retriever = open::open_reader(&args.dir, options)?;
     let config = ReaderConfig {
         device,
         ..ReaderConfig::default()
@@ -54,11 +54,9 @@ pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             args.dir.display()
         )));
     };
-    let (answer, generation) = open::follower_retry(retriever.db(), || {
-        let snapshot = pin(&retriever, args.generation)?;
-        snapshot.set_search_options(args.index.options());
-        Ok(ask(&reader, &snapshot, &args.question, args.k as usize)?)
-    })?;
+    let snapshot = pin(&retriever, args.generation)?;
+    snapshot.set_search_options(args.index.options());
+    let (answer, generation) = ask(&reader, &snapshot, &args.question, args.k as usize)?;
     if args.json {
         return json_line(
             out,

@@ -22,7 +22,7 @@ struct Embedded<'a> {
 fn encoder(args: &EmbedArgs, env: &Env) -> Result<Arc<Encoder>> {
     let options = env.retriever_options()?;
     if let Some(dir) = &args.dir {
-        let (retriever, _) = open::open_reader(dir, options, true)?;
+        let retriever = open::open_reader(dir, options)?;
         let current = retriever.db().current_generation()?.ok_or_else(|| {
             user(format!(
                 "the database at {} has no generation yet, so it has no query encoder; pass --model instead",

@@ -96,10 +96,8 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         .find(|m| !matches!(m, SearchMode::Bm25(_)))
         .unwrap_or(modes[0]);
 
-    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
-    let snapshot = open::follower_retry(retriever.db(), || {
-        pin_for(&retriever, args.generation, pin_mode)
-    })?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
+    let snapshot = pin_for(&retriever, args.generation, pin_mode)?;
     snapshot.set_search_options(args.retrieval.index.options());
     let max_k =
         ks.last()

@@ -25,14 +25,12 @@ struct Exported<'a> {
 }
 
 pub fn run(args: &ExportArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
-    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
     let db = retriever.db();
-    let snapshot = open::follower_retry(db, || {
-        Ok(match args.generation {
-            Some(g) => db.snapshot_at(g)?,
-            None => db.snapshot()?,
-        })
-    })?;
+    let snapshot = match args.generation {
+        Some(g) => db.snapshot_at(g)?,
+        None => db.snapshot()?,
+    };
     // Every vector of the pinned generation, read through the same snapshot as the passages.
     let vectors: Option<(VectorMatrix, HashMap<u64, usize>)> =
         match (args.vectors, snapshot.generation_id()) {

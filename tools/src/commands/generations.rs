@@ -13,7 +13,7 @@ use crate::open;
 use crate::output::{Align, Table, human_time, json_line, rfc3339, short_hash, truncate};
 
 pub fn run(args: &GenerationsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
-    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
     write_generations(retriever.db(), args.json, out)
 }
 
@@ -38,7 +38,7 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
         ("model", Align::Left),
         ("dim", Align::Right),
         ("vectors", Align::Right),
-        ("pinned", Align::Right),
+        ("readers", Align::Right),
         ("index", Align::Left),
         ("step", Align::Right),
         ("parent", Align::Right),
@@ -71,7 +71,7 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
                 }
             ),
             m.live_vectors().to_string(),
-            g.pins.to_string(),
+            readers(g).to_string(),
             index,
             p.training_step
                 .map_or_else(|| "-".into(), |s| s.to_string()),
@@ -80,6 +80,11 @@ pub(crate) fn write_generations(db: &Db, json: bool, out: &mut dyn Write) -> Res
         ]);
     }
     table.write(out)
+}
+
+/// Live handles (this one and those of other processes) with a snapshot of the generation.
+fn readers(g: &GenerationInfo) -> usize {
+    g.pinned_elsewhere + usize::from(g.pins > 0)
 }
 
 fn generation_json(g: &GenerationInfo, indexes: &[IndexInfo]) -> serde_json::Value {
@@ -99,6 +104,7 @@ fn generation_json(g: &GenerationInfo, indexes: &[IndexInfo]) -> serde_json::Val
         "vectors": m.live_vectors(),
         "dead_vectors": m.dead_vectors,
         "pinned": g.pins,
+        "readers": readers(g),
         "training_step": p.training_step,
         "checkpoint_id": p.checkpoint_id,
         "parent": p.parent,

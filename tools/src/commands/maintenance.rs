@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Env, say};
 use crate::cli::{CheckArgs, GcArgs, StatsArgs};
 use crate::error::user;
-use crate::open::{self, Access};
+use crate::open;
 use crate::output::{Align, Table, human_bytes, json_line};
 
 /// Ids as `1, 2, 3`, or `none`.
@@ -73,7 +73,7 @@ pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     say(
         out,
         format_args!(
-            "Kept retired generations {} (the newest {} by --keep); pinned by a snapshot: {}.",
+            "Kept retired generations {} (the newest {} by --keep); pinned by a live reader (in any process): {}.",
             id_list(&report.retained),
             args.keep,
             id_list(&report.pinned)
@@ -119,19 +119,17 @@ fn say_blobs(blobs: &BlobGcReport, out: &mut dyn Write) -> Result<()> {
 }
 
 pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
-    let (retriever, access) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
     let db = retriever.db();
-    let (stats, pending, index, blobs) = open::follower_retry(db, || {
-        let snapshot = db.snapshot()?;
-        let index = match snapshot.index()? {
-            Some(info) => {
-                let sizes = snapshot.index_list_sizes(info.version)?;
-                Some((info, sizes))
-            }
-            None => None,
-        };
-        Ok((db.stats()?, snapshot.pending()?.len(), index, db.blobs()?))
-    })?;
+    let snapshot = db.snapshot()?;
+    let index = match snapshot.index()? {
+        Some(info) => {
+            let sizes = snapshot.index_list_sizes(info.version)?;
+            Some((info, sizes))
+        }
+        None => None,
+    };
+    let (stats, pending, blobs) = (db.stats()?, snapshot.pending()?.len(), db.blobs()?);
     let blob_bytes: u64 = blobs.iter().map(|b| b.bytes).sum();
     let index = index.map(|(info, sizes)| IndexSummary::new(info, &sizes));
     let total: u64 = stats.disk_bytes.values().sum();
@@ -148,7 +146,7 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "blob_bytes": blob_bytes,
                 "disk_bytes": stats.disk_bytes,
                 "disk_bytes_total": total,
-                "follower": access == Access::Follower,
+                "folder_bytes": stats.folder_bytes,
                 "index": index.as_ref().map(IndexSummary::json),
             }),
         );
@@ -209,6 +207,12 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         total.to_string(),
         format!("({})", human_bytes(total)),
     );
+    row(
+        &mut table,
+        "disk bytes: folder",
+        stats.folder_bytes.to_string(),
+        format!("({})", human_bytes(stats.folder_bytes)),
+    );
     if let Some(index) = &index {
         row(
             &mut table,
@@ -233,12 +237,10 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             "Suggestion: the index has drifted (its lists grew by half or became uneven); `realm-db index DIR --ivf` builds a fresh version.",
         )?;
     }
-    if access == Access::Follower {
-        say(
-            out,
-            "(Disk figures of a follower are as of the writer's last flush.)",
-        )?;
-    }
+    say(
+        out,
+        "(Column-family figures are table files as of the writer's last flush; the folder figure is every file on disk, its log included.)",
+    )?;
     Ok(())
 }
 
@@ -283,7 +285,7 @@ impl IndexSummary {
 }
 
 pub fn check(args: &CheckArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
-    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
     let report = retriever.db().verify()?;
     if args.json {
         json_line(

@@ -19,14 +19,11 @@ pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     if args.query.trim().is_empty() {
         return Err(user("the query is empty; give the text to search for"));
     }
-    let (retriever, _) = open::open_reader(&args.dir, env.retriever_options()?, true)?;
-    let (snapshot, hits) = open::follower_retry(retriever.db(), || {
-        let mode = args.retrieval.mode();
-        let snapshot = pin_for(&retriever, args.generation, mode)?;
-        snapshot.set_search_options(args.retrieval.index.options());
-        let hits = snapshot.search_with(&args.query, args.k as usize, mode)?;
-        Ok((snapshot, hits))
-    })?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
+    let mode = args.retrieval.mode();
+    let snapshot = pin_for(&retriever, args.generation, mode)?;
+    snapshot.set_search_options(args.retrieval.index.options());
+    let hits = snapshot.search_with(&args.query, args.k as usize, mode)?;
     write_hits(&snapshot, &hits, args.json, out)
 }
 

@@ -15,7 +15,7 @@ use super::search::{pin, write_hits};
 use crate::cli::ShellArgs;
 use crate::cli::{ModeArg, RetrievalArgs};
 use crate::error::{render, user};
-use crate::open::{self, Access};
+use crate::open;
 
 const HELP: &str = "\
 Type a question to search the pinned generation, or a command:
@@ -38,7 +38,6 @@ enum Flow {
 
 struct Shell {
     retriever: Retriever,
-    access: Access,
     snapshot: Option<SearchSnapshot>,
     k: usize,
     json: bool,
@@ -58,12 +57,11 @@ fn history_path() -> Option<PathBuf> {
 }
 
 pub fn run(args: &ShellArgs, env: &Env) -> Result<()> {
-    let (retriever, access) = open::open_reader(&args.dir, env.retriever_options()?, false)?;
-    let snapshot = open::follower_retry(retriever.db(), || Ok(retriever.snapshot()?))?;
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
+    let snapshot = retriever.snapshot()?;
     let snapshot = snapshot.generation_id().is_some().then_some(snapshot);
     let mut shell = Shell {
         retriever,
-        access,
         snapshot,
         k: args.k as usize,
         json: args.json,
@@ -119,12 +117,6 @@ fn print(text: impl std::fmt::Display) -> Result<()> {
 
 impl Shell {
     fn banner(&self, dir: &std::path::Path) -> Result<()> {
-        let mode = match self.access {
-            Access::Writer => "",
-            Access::Follower => {
-                ", read-only: another process holds the database for writing, so this shell follows it"
-            }
-        };
         let pinned = match &self.snapshot {
             Some(s) => format!(
                 "generation {}, {} passages",
@@ -134,7 +126,7 @@ impl Shell {
             None => "no generation yet".into(),
         };
         print(format_args!(
-            "realm-db shell on {} ({pinned}{mode}). Type .help for commands.",
+            "realm-db shell on {} ({pinned}; read-only, other processes may write meanwhile). Type .help for commands.",
             dir.display()
         ))
     }
@@ -226,9 +218,7 @@ impl Shell {
     }
 
     fn use_generation(&mut self, generation: u64) -> Result<()> {
-        let snapshot = open::follower_retry(self.retriever.db(), || {
-            pin(&self.retriever, Some(generation))
-        })?;
+        let snapshot = pin(&self.retriever, Some(generation))?;
         let current = self.retriever.db().current_generation()?;
         self.time_travel = current != Some(generation);
         self.told_stale = false;
@@ -245,8 +235,7 @@ impl Shell {
     }
 
     fn refresh(&mut self) -> Result<()> {
-        let snapshot =
-            open::follower_retry(self.retriever.db(), || Ok(self.retriever.snapshot()?))?;
+        let snapshot = self.retriever.snapshot()?;
         self.time_travel = false;
         self.told_stale = false;
         match snapshot.generation_id() {
@@ -270,11 +259,7 @@ impl Shell {
                 "the database has no generation to search yet; build one (realm-db reindex) and type .refresh",
             ));
         };
-        let db = self.retriever.db();
-        if !self.time_travel
-            && !self.told_stale
-            && open::follower_retry(db, || Ok(snapshot.storage().is_stale()?))?
-        {
+        if !self.time_travel && !self.told_stale && snapshot.storage().is_stale()? {
             self.told_stale = true;
             let current = self.retriever.db().current_generation()?;
             print(format_args!(
@@ -284,9 +269,7 @@ impl Shell {
             ))?;
         }
         snapshot.set_search_options(self.retrieval.index.options());
-        let hits = open::follower_retry(db, || {
-            Ok(snapshot.search_with(text, self.k, self.retrieval.mode())?)
-        })?;
+        let hits = snapshot.search_with(text, self.k, self.retrieval.mode())?;
         let mut out = std::io::stdout().lock();
         write_hits(snapshot, &hits, self.json, &mut out)?;
         out.flush()?;

@@ -9,7 +9,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_realm-db");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_realm-db");
 
 pub(crate) const CORPUS: &str = r#"{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the river Seine."}
 {"id": "oslo", "title": "Oslo", "text": "Oslo is the capital and most populous city of Norway."}
@@ -310,7 +310,9 @@ fn reindex_time_travel_and_gc() {
 
 /// Spawns `cmd` with piped standard streams and reads its first line of output, so that it
 /// has started (opened the database) when this returns.
-fn spawn_to_first_line(cmd: &mut std::process::Command) -> (Child, BufReader<ChildStdout>, String) {
+pub(crate) fn spawn_to_first_line(
+    cmd: &mut std::process::Command,
+) -> (Child, BufReader<ChildStdout>, String) {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -327,7 +329,7 @@ fn spawn_to_first_line(cmd: &mut std::process::Command) -> (Child, BufReader<Chi
 
 /// Spawns `realm-db shell DIR` and waits for its banner, so the database is open when this
 /// returns.
-fn spawn_shell(f: &Fixture) -> (Child, BufReader<ChildStdout>, String) {
+pub(crate) fn spawn_shell(f: &Fixture) -> (Child, BufReader<ChildStdout>, String) {
     let (child, stdout, banner) = spawn_to_first_line(
         std::process::Command::new(BIN)
             .arg("shell")
@@ -339,35 +341,41 @@ fn spawn_shell(f: &Fixture) -> (Child, BufReader<ChildStdout>, String) {
 }
 
 #[test]
-fn readers_fall_back_to_a_follower_while_a_shell_holds_the_database() {
+fn a_shell_never_holds_the_database_and_sees_what_others_write() {
     let f = Fixture::new();
     let db = f.db();
     let db = db.to_str().expect("UTF-8 path");
     let (mut child, shell_out, banner) = spawn_shell(&f);
-    assert!(!banner.contains("read-only"), "{banner}");
+    assert!(banner.contains("read-only"), "{banner}");
 
-    // The shell holds the write lock: reads go through a follower, writes are refused.
-    let out = f
-        .cmd()
-        .args(["search", db, "capital of Norway", "-k", "1", "--json"])
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("read-only follower"))
-        .get_output()
-        .clone();
-    let hits = json_lines(&String::from_utf8_lossy(&out.stdout));
+    // Reading commands run beside the shell, and so do writing ones: the shell takes no lock.
+    let hits = f.search_json("capital of Norway", &["-k", "1"]);
     assert_eq!(hits[0]["title"], "Oslo");
+    f.write(
+        "more.jsonl",
+        r#"{"id": "nile", "title": "Nile", "text": "The Nile is a major river of northeastern Africa."}"#,
+    );
+    f.run(&[
+        "ingest",
+        db,
+        f.path("more.jsonl").to_str().expect("UTF-8 path"),
+    ]);
     let stats = json_lines(&f.run(&["stats", db, "--json"]));
-    assert_eq!(stats[0]["follower"], true);
-    assert_eq!(stats[0]["passages"], 6);
+    assert_eq!(stats[0]["passages"], 7);
+    assert!(stats[0]["folder_bytes"].as_u64().expect("folder bytes") > 0);
     f.cmd().args(["generations", db]).assert().success();
     f.cmd().args(["check", db]).assert().success();
-    let line = fails(f.cmd().args(["ingest", db]).arg(f.path("corpus.jsonl")), 1);
-    assert!(line.contains("holds the database"), "{line}");
 
-    // The shell itself still answers, then leaves at end of input.
+    // The shell sees the new passage once it refreshes.
     let mut stdin = child.stdin.take().expect("piped stdin");
-    writeln!(stdin, ".k 1\nhighest mountain on Earth\n.quit").expect("writing to the shell");
+    writeln!(
+        stdin,
+        ".refresh
+.k 1
+longest river in Africa
+.quit"
+    )
+    .expect("writing to the shell");
     drop(stdin);
     let mut rest = String::new();
     for line in shell_out.lines() {
@@ -375,7 +383,8 @@ fn readers_fall_back_to_a_follower_while_a_shell_holds_the_database() {
         rest.push('\n');
     }
     assert!(child.wait().expect("the shell exits").success());
-    assert!(rest.contains("Mount Everest"), "{rest}");
+    assert!(rest.contains("with 7 passages"), "{rest}");
+    assert!(rest.contains("Nile"), "{rest}");
 }
 
 #[test]
@@ -789,11 +798,11 @@ pub(crate) const QA: &str = r#"{"question": "what is the capital of norway", "an
 {"question": "what is the largest ocean", "answers": ["Pacific Ocean"]}
 "#;
 
-fn events(stdout: &str) -> Vec<serde_json::Value> {
+pub(crate) fn events(stdout: &str) -> Vec<serde_json::Value> {
     json_lines(stdout)
 }
 
-fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+pub(crate) fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
     events.iter().filter(|e| e["event"] == name).collect()
 }
 
@@ -876,7 +885,7 @@ fn train_query_side_attaches_a_query_encoder_and_plots_its_curve() {
 fn dual_training_publishes_generations_that_a_follower_searches() {
     let f = Fixture::new();
     let qa = f.write("qa.jsonl", QA);
-    // Once the trainer reports, it holds the database: searches run as followers.
+    // Once the trainer reports, it holds the database; searches never need its lock.
     let (mut child, mut stdout, first) = spawn_to_first_line(
         std::process::Command::new(BIN)
             .arg("train")
@@ -888,7 +897,7 @@ fn dual_training_publishes_generations_that_a_follower_searches() {
     );
     assert!(first.contains("\"started\""), "{first}");
     let mut seen = std::collections::BTreeSet::new();
-    let mut followed = 0;
+    let mut searches = 0;
     while child.try_wait().expect("polling the trainer").is_none() {
         let out = f
             .cmd()
@@ -902,9 +911,7 @@ fn dual_training_publishes_generations_that_a_follower_searches() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if String::from_utf8_lossy(&out.stderr).contains("follower") {
-            followed += 1;
-        }
+        searches += 1;
         for hit in json_lines(&String::from_utf8_lossy(&out.stdout)) {
             seen.insert(hit["generation"].as_u64().expect("a generation"));
         }
@@ -919,7 +926,7 @@ fn dual_training_publishes_generations_that_a_follower_searches() {
     let published = named(&events, "published");
     assert!(published.len() >= 2, "{events:?}");
     assert!(
-        followed >= 1,
+        searches >= 1,
         "no search ran while the trainer held the database"
     );
     assert!(!seen.is_empty());

@@ -6,5 +6,6 @@ mod corpus;
 mod delete;
 mod gc;
 mod index;
+mod processes;
 mod robustness;
 mod upsert;
