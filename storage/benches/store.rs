@@ -5,16 +5,10 @@
 
 use std::time::Instant;
 
-use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
+mod common;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::arg;
+use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
 
 fn main() {
     let n = arg("--passages", 100_000);

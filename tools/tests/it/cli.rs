@@ -884,21 +884,31 @@ fn train_query_side_attaches_a_query_encoder_and_plots_its_curve() {
     assert!(line.contains("--qa"), "{line}");
 }
 
+/// Spawns a short dual training run that publishes a generation every 2 steps, with JSON
+/// events, and waits for its first event (`started`), so it holds the database on return.
+pub(crate) fn spawn_dual_trainer(
+    f: &Fixture,
+    qa: &Path,
+) -> (Child, BufReader<ChildStdout>, String) {
+    let (child, stdout, first) = spawn_to_first_line(
+        std::process::Command::new(BIN)
+            .arg("train")
+            .arg(f.db())
+            .args(["--mode", "dual", "--qa"])
+            .arg(qa)
+            .args(["--steps", "6", "--batch", "2", "--candidates", "3"])
+            .args(["--refresh-every", "2", "--json"]),
+    );
+    assert!(first.contains("\"started\""), "{first}");
+    (child, stdout, first)
+}
+
 #[test]
 fn dual_training_publishes_generations_that_a_follower_searches() {
     let f = Fixture::new();
     let qa = f.write("qa.jsonl", QA);
     // Once the trainer reports, it holds the database; searches never need its lock.
-    let (mut child, mut stdout, first) = spawn_to_first_line(
-        std::process::Command::new(BIN)
-            .arg("train")
-            .arg(f.db())
-            .args(["--mode", "dual", "--qa"])
-            .arg(&qa)
-            .args(["--steps", "6", "--batch", "2", "--candidates", "3"])
-            .args(["--refresh-every", "2", "--json"]),
-    );
-    assert!(first.contains("\"started\""), "{first}");
+    let (mut child, mut stdout, first) = spawn_dual_trainer(&f, &qa);
     let mut seen = std::collections::BTreeSet::new();
     let mut searches = 0;
     while child.try_wait().expect("polling the trainer").is_none() {

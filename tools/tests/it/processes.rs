@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{ChildStdin, ChildStdout};
 
-use super::cli::{BIN, Fixture, QA, events, named, spawn_shell, spawn_to_first_line};
+use super::cli::{Fixture, QA, events, named, spawn_dual_trainer, spawn_shell};
 
 /// Sends `command` to the shell, then `.k 1` as a fence, and returns the lines the shell
 /// printed before the fence's answer.
@@ -35,16 +35,7 @@ fn a_shell_opened_first_sees_every_generation_a_trainer_publishes() {
     assert!(banner.contains("generation 1"), "{banner}");
     let mut shell_in = shell.stdin.take().expect("piped stdin");
 
-    let (mut trainer, mut trainer_out, first) = spawn_to_first_line(
-        std::process::Command::new(BIN)
-            .arg("train")
-            .arg(f.db())
-            .args(["--mode", "dual", "--qa"])
-            .arg(&qa)
-            .args(["--steps", "6", "--batch", "2", "--candidates", "3"])
-            .args(["--refresh-every", "2", "--json"]),
-    );
-    assert!(first.contains("\"started\""), "{first}");
+    let (mut trainer, mut trainer_out, first) = spawn_dual_trainer(&f, &qa);
     let mut lines = first.clone();
     let mut pinned = Vec::new();
     loop {
