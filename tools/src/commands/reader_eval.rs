@@ -74,15 +74,63 @@ impl ExactMatch {
     }
 }
 
-/// Sums of one score over all questions and over the in-corpus ones.
-#[derive(Default)]
+/// Sums of exact match and F1 over all questions and over the in-corpus ones.
+#[derive(Debug, Default)]
 struct Totals {
+    questions: usize,
     em: f64,
     f1: f64,
     in_corpus: usize,
     in_corpus_em: f64,
     in_corpus_f1: f64,
     any_in_corpus: bool,
+}
+
+/// Exact match and F1 (each 0 or 1, and 0 to 1) of one predicted answer (`None`: no
+/// candidate): SQuAD's against the gold answers, or for a question with answer patterns
+/// 1 for both when a pattern matches the answer.
+fn score(predicted: Option<&str>, example: &QaExample, matcher: &AnswerMatcher) -> (f64, f64) {
+    match predicted {
+        None => (0.0, 0.0),
+        Some(text) if example.answer_patterns.is_empty() => (
+            f64::from(u8::from(exact_match_score(text, &example.answers))),
+            f1_score(text, &example.answers),
+        ),
+        Some(text) => {
+            let hit = f64::from(u8::from(matcher.matches(text)));
+            (hit, hit)
+        }
+    }
+}
+
+impl Totals {
+    /// Records one question's prediction.
+    fn add(&mut self, predicted: Option<&str>, example: &QaExample, matcher: &AnswerMatcher) {
+        let (em, f1) = score(predicted, example, matcher);
+        self.questions += 1;
+        self.em += em;
+        self.f1 += f1;
+        if let Some(ic) = example.in_corpus {
+            self.any_in_corpus = true;
+            if ic {
+                self.in_corpus += 1;
+                self.in_corpus_em += em;
+                self.in_corpus_f1 += f1;
+            }
+        }
+    }
+
+    /// (EM, F1) averaged over all questions and over the in-corpus ones (`None` when no
+    /// question carried `in_corpus`).
+    fn means(&self) -> ((f64, f64), Option<(f64, f64)>) {
+        let n = self.questions.max(1) as f64;
+        let ic = self.in_corpus.max(1) as f64;
+        (
+            (self.em / n, self.f1 / n),
+            self.any_in_corpus
+                .then(|| (self.in_corpus_em / ic, self.in_corpus_f1 / ic)),
+        )
+    }
 }
 
 impl ReaderEval {
@@ -135,33 +183,11 @@ impl ReaderEval {
                 Err(ReaderError::NoCandidate { .. } | ReaderError::NoPassages) => None,
                 Err(e) => return Err(e.into()),
             };
-            let (em, f1) = match predicted {
-                None => (0.0, 0.0),
-                Some(text) if example.answer_patterns.is_empty() => (
-                    f64::from(u8::from(exact_match_score(&text, &example.answers))),
-                    f1_score(&text, &example.answers),
-                ),
-                Some(text) => {
-                    let hit = f64::from(u8::from(matcher.matches(&text)));
-                    (hit, hit)
-                }
-            };
-            totals.em += em;
-            totals.f1 += f1;
-            if let Some(ic) = example.in_corpus {
-                totals.any_in_corpus = true;
-                if ic {
-                    totals.in_corpus += 1;
-                    totals.in_corpus_em += em;
-                    totals.in_corpus_f1 += f1;
-                }
-            }
+            totals.add(predicted.as_deref(), example, matcher);
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let n = examples.len().max(1) as f64;
-        let ic = totals.in_corpus.max(1) as f64;
-        let in_corpus = |v: f64| totals.any_in_corpus.then_some(v / ic);
+        let ((em, f1), in_corpus) = totals.means();
         Ok(ExactMatch {
             system: "reader",
             retrieval: self.mode.name(),
@@ -172,11 +198,63 @@ impl ReaderEval {
             drop_question_words: self.options.drop_question_words,
             questions: examples.len(),
             in_corpus_questions: totals.any_in_corpus.then_some(totals.in_corpus),
-            em: totals.em / n,
-            in_corpus_em: in_corpus(totals.in_corpus_em),
-            f1: totals.f1 / n,
-            in_corpus_f1: in_corpus(totals.in_corpus_f1),
+            em,
+            in_corpus_em: in_corpus.map(|(em, _)| em),
+            f1,
+            in_corpus_f1: in_corpus.map(|(_, f1)| f1),
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(answers: &[&str], patterns: &[&str], in_corpus: Option<bool>) -> QaExample {
+        QaExample {
+            line: 1,
+            question: "q".into(),
+            answers: answers.iter().map(|a| a.to_string()).collect(),
+            answer_patterns: patterns.iter().map(|a| a.to_string()).collect(),
+            in_corpus,
+            id: None,
+        }
+    }
+
+    #[test]
+    fn totals_average_em_and_f1_over_all_and_in_corpus_questions() {
+        let cases = [
+            // EM 1, F1 1.
+            (
+                Some("The Eiffel Tower"),
+                example(&["Eiffel Tower"], &[], Some(true)),
+            ),
+            // EM 0; "eiffel tower in paris" vs "eiffel tower": P 2/4, R 1, F1 2/3.
+            (
+                Some("Eiffel Tower in Paris"),
+                example(&["Eiffel Tower"], &[], Some(true)),
+            ),
+            // No candidate: 0 and 0.
+            (None, example(&["Oslo"], &[], Some(false))),
+            // A pattern matches: 1 and 1.
+            (Some("in 1889"), example(&["x"], &[r"18\d\d"], None)),
+        ];
+        let mut totals = Totals::default();
+        for (predicted, ex) in &cases {
+            let matcher = AnswerMatcher::new(ex).expect("a valid matcher");
+            totals.add(*predicted, ex, &matcher);
+        }
+        let ((em, f1), in_corpus) = totals.means();
+        // EM (1 + 0 + 0 + 1) / 4; F1 (1 + 2/3 + 0 + 1) / 4; in corpus: the first two.
+        assert!((em - 0.5).abs() < 1e-12, "{em}");
+        assert!((f1 - (8.0 / 3.0) / 4.0).abs() < 1e-12, "{f1}");
+        let (ic_em, ic_f1) = in_corpus.expect("in_corpus was given");
+        assert!((ic_em - 0.5).abs() < 1e-12);
+        assert!((ic_f1 - (5.0 / 3.0) / 2.0).abs() < 1e-12, "{ic_f1}");
+        let mut none = Totals::default();
+        let ex = example(&["Oslo"], &[], None);
+        none.add(Some("Oslo"), &ex, &AnswerMatcher::new(&ex).unwrap());
+        assert_eq!(none.means(), ((1.0, 1.0), None));
     }
 }
