@@ -1,22 +1,38 @@
-//! Answering (p(y|x) marginalized over retrieved passages) and REALM's QA fine-tuning loss.
-
-use std::collections::{HashMap, HashSet};
+//! Answering (candidates scored across the retrieved passages, see `candidates`) and REALM's
+//! QA fine-tuning loss.
 
 use realm_retriever::eval::normalize_answer;
 use tch::{Device, Kind, Tensor};
 
+use crate::candidates::{AnswerOptions, PassageSpanProbs, rank};
 use crate::error::{Error, Result};
 use crate::reader::Reader;
+use crate::spans::SpanScores;
 
-/// The answer to a question, marginalized over the retrieved passages.
+/// The answer to a question, scored across the retrieved passages.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     /// The answer text, copied from a passage.
     pub text: String,
-    /// p(y|x) = Σ_z p(z|x) · p(y|z,x).
+    /// The answer's score under [`AnswerOptions::marginalization`]: with
+    /// [`crate::Marginalization::Sum`] (the default) REALM's p(y|x) = Σ_z p(z|x) · p(y|z,x),
+    /// with [`crate::Marginalization::Max`] max_z p(z|x) · p(y|z,x).
     pub prob: f64,
     /// One entry per passage, in the order given.
     pub evidence: Vec<Evidence>,
+    /// The [`AnswerOptions::top_answers`] best distinct answers (distinct normalized
+    /// texts), best first, the first being `text`; each `prob` is its score divided by the
+    /// sum of the scores of every candidate kept, so together they sum to at most 1.
+    pub alternatives: Vec<Alternative>,
+}
+
+/// One of the ranked distinct answers of an [`Answer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alternative {
+    /// The answer text, copied from a passage.
+    pub text: String,
+    /// Its score renormalized over the kept candidates.
+    pub prob: f64,
 }
 
 /// What one passage contributes to an [`Answer`].
@@ -28,7 +44,8 @@ pub struct Evidence {
     pub title: String,
     /// p(z|x) as given.
     pub p_z: f64,
-    /// The passage's most probable span (None when the passage holds no span).
+    /// The passage's most probable span (None when the passage holds no span), whether or
+    /// not it may be an answer.
     pub span: Option<String>,
     /// p(best span|z,x).
     pub span_prob: f64,
@@ -37,95 +54,135 @@ pub struct Evidence {
     pub p_answer_given_z: f64,
 }
 
-impl Reader {
-    /// p(y|x) and the best answer from retrieved passages `(id, title, text, p(z|x))`
-    /// (no gradient, dropout off).
-    ///
-    /// Candidates are the `top_spans_per_passage` best spans of each passage, grouped by
-    /// normalized text; each candidate's p(y|x) sums p(z|x) · p(s|z,x) over every span of
-    /// every passage whose normalized text matches, and the most probable candidate wins
-    /// (ties: the one met first, passages in the order given, spans best first).
-    pub fn answer(&self, question: &str, passages: &[(u64, &str, &str, f32)]) -> Result<Answer> {
-        if passages.is_empty() {
-            return Err(Error::NoPassages);
+/// Refuses an empty passage list and a p(z|x) that is not a finite non-negative number.
+fn check_passages(passages: &[(u64, &str, &str, f32)]) -> Result<()> {
+    if passages.is_empty() {
+        return Err(Error::NoPassages);
+    }
+    for &(id, _, _, p) in passages {
+        if !p.is_finite() || p < 0.0 {
+            return Err(Error::InvalidInput {
+                reason: format!("p(z|x) of passage {id} is {p}, not a finite non-negative number"),
+            });
         }
-        for &(id, _, _, p) in passages {
-            if !p.is_finite() || p < 0.0 {
+    }
+    Ok(())
+}
+
+impl Reader {
+    /// [`Reader::answer_with`] with [`AnswerOptions::default`].
+    pub fn answer(&self, question: &str, passages: &[(u64, &str, &str, f32)]) -> Result<Answer> {
+        self.answer_with(question, passages, &AnswerOptions::default())
+    }
+
+    /// The best answer and its alternatives from retrieved passages
+    /// `(id, title, text, p(z|x))` (no gradient, dropout off): the passages' span
+    /// log-probabilities ([`Reader::span_scores`]) ranked by [`Reader::answer_from_scores`].
+    pub fn answer_with(
+        &self,
+        question: &str,
+        passages: &[(u64, &str, &str, f32)],
+        options: &AnswerOptions,
+    ) -> Result<Answer> {
+        check_passages(passages)?;
+        options.validate()?;
+        let texts: Vec<&str> = passages.iter().map(|p| p.2).collect();
+        let scores = tch::no_grad(|| self.span_scores(question, &texts, false))?;
+        self.answer_from_scores(question, passages, &scores, options)
+    }
+
+    /// The best answer from given span scores, one [`crate::PassageSpans`] per passage of
+    /// `passages` (whose texts the spans' byte offsets refer to).
+    ///
+    /// Each passage offers its `top_spans_per_passage` most probable spans that may be
+    /// answers (see [`AnswerOptions`]: at most `max_answer_words` words, not stop words or
+    /// punctuation alone, not the question's own words unless nothing else is left).
+    /// Candidates are grouped by normalized text; p(y|z,x) sums p(s|z,x) over every span of
+    /// passage z with that text, and a candidate's score combines p(z|x) · p(y|z,x) over
+    /// passages as [`AnswerOptions::marginalization`] says. The best score wins (ties: the
+    /// one met first, passages in the order given, spans best first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoCandidate`] when no span of any passage may be an answer;
+    /// [`Error::InvalidInput`] when `scores` does not hold one entry per passage.
+    pub fn answer_from_scores(
+        &self,
+        question: &str,
+        passages: &[(u64, &str, &str, f32)],
+        scores: &SpanScores,
+        options: &AnswerOptions,
+    ) -> Result<Answer> {
+        check_passages(passages)?;
+        options.validate()?;
+        if scores.passages.len() != passages.len() {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "span scores were given for {} passages, but {} passages were given",
+                    scores.passages.len(),
+                    passages.len()
+                ),
+            });
+        }
+        let mut probs = Vec::with_capacity(passages.len());
+        for (spans, &(_, _, text, p_z)) in scores.passages.iter().zip(passages) {
+            let log_probs = Vec::<f32>::try_from(&spans.log_probs.f_to_device(Device::Cpu)?)?;
+            if log_probs.len() != spans.spans.len() {
                 return Err(Error::InvalidInput {
                     reason: format!(
-                        "p(z|x) of passage {id} is {p}, not a finite non-negative number"
+                        "a passage has {} spans but {} span log-probabilities",
+                        spans.spans.len(),
+                        log_probs.len()
                     ),
                 });
             }
+            probs.push(PassageSpanProbs {
+                p_z: f64::from(p_z),
+                spans: spans
+                    .spans
+                    .iter()
+                    .zip(&log_probs)
+                    .map(|(s, &lp)| (s.text(text), f64::from(lp).exp()))
+                    .collect(),
+            });
         }
-        let texts: Vec<&str> = passages.iter().map(|p| p.2).collect();
-        let scores = tch::no_grad(|| self.span_scores(question, &texts, false))?;
-        // Per passage: normalized text -> Σ p(s|z,x), the spans best first, their probs.
-        let mut by_text: Vec<HashMap<String, f64>> = Vec::with_capacity(passages.len());
-        let mut ranked: Vec<Vec<(usize, f64)>> = Vec::with_capacity(passages.len());
-        for (spans, text) in scores.passages.iter().zip(&texts) {
-            let log_probs = Vec::<f32>::try_from(&spans.log_probs.f_to_device(Device::Cpu)?)?;
-            let mut sums: HashMap<String, f64> = HashMap::new();
-            let mut order: Vec<(usize, f64)> = Vec::with_capacity(log_probs.len());
-            for (i, (span, &lp)) in spans.spans.iter().zip(&log_probs).enumerate() {
-                let p = f64::from(lp).exp();
-                order.push((i, p));
-                let key = normalize_answer(span.text(text));
-                if !key.is_empty() {
-                    *sums.entry(key).or_insert(0.0) += p;
-                }
-            }
-            order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            by_text.push(sums);
-            ranked.push(order);
-        }
-        let marginal = |key: &str| -> f64 {
-            passages
-                .iter()
-                .zip(&by_text)
-                .map(|(p, sums)| f64::from(p.3) * sums.get(key).copied().unwrap_or(0.0).min(1.0))
-                .sum()
-        };
-        let mut best: Option<(String, String, f64)> = None;
-        let mut seen: HashSet<String> = HashSet::new();
-        for (z, order) in ranked.iter().enumerate() {
-            let spans = &scores.passages[z].spans;
-            for &(i, _) in order.iter().take(self.cfg.top_spans_per_passage) {
-                let raw = spans[i].text(texts[z]);
-                let key = normalize_answer(raw);
-                if key.is_empty() || !seen.insert(key.clone()) {
-                    continue;
-                }
-                let prob = marginal(&key);
-                if best.as_ref().is_none_or(|b| prob > b.2) {
-                    best = Some((raw.to_owned(), key, prob));
-                }
-            }
-        }
-        let Some((text, key, prob)) = best else {
+        let ranking = rank(question, &probs, options, self.cfg.top_spans_per_passage);
+        let Some(best) = ranking.candidates.first() else {
             return Err(Error::NoCandidate {
                 passages: passages.len(),
             });
         };
+        let total: f64 = ranking.candidates.iter().map(|c| c.score).sum();
+        let alternatives = ranking
+            .candidates
+            .iter()
+            .take(options.top_answers)
+            .map(|c| Alternative {
+                text: c.text.clone(),
+                prob: if total > 0.0 { c.score / total } else { 0.0 },
+            })
+            .collect();
         let evidence = passages
             .iter()
+            .zip(&probs)
             .enumerate()
-            .map(|(z, &(passage_id, title, body, p_z))| {
-                let top = ranked[z].first();
-                Evidence {
-                    passage_id,
-                    title: title.to_owned(),
-                    p_z: f64::from(p_z),
-                    span: top.map(|&(i, _)| scores.passages[z].spans[i].text(body).to_owned()),
-                    span_prob: top.map_or(0.0, |&(_, p)| p),
-                    p_answer_given_z: by_text[z].get(&key).copied().unwrap_or(0.0).min(1.0),
-                }
+            .map(|(z, (&(passage_id, title, _, p_z), spans))| Evidence {
+                passage_id,
+                title: title.to_owned(),
+                p_z: f64::from(p_z),
+                span: ranking.best_span[z].map(|(i, _)| spans.spans[i].0.to_owned()),
+                span_prob: ranking.best_span[z].map_or(0.0, |(_, p)| p),
+                p_answer_given_z: ranking.p_y_given_z[z]
+                    .get(&best.key)
+                    .copied()
+                    .unwrap_or(0.0),
             })
             .collect();
         Ok(Answer {
-            text,
-            prob,
+            text: best.text.clone(),
+            prob: best.score,
             evidence,
+            alternatives,
         })
     }
 

@@ -19,6 +19,9 @@
 //! Top-k retrieval accuracy ([`TopKAccuracy`]) is the fraction of questions for which at
 //! least one of the `k` first retrieved passages matches. Many callers match the same
 //! passage against many questions; [`PreparedText`] normalizes a passage once for that.
+//!
+//! A reader's predicted answer is scored with SQuAD's exact match and token F1
+//! ([`exact_match_score`], [`f1_score`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -31,6 +34,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, Result};
 use crate::pyregex;
+pub use crate::qa_metrics::{exact_match_score, f1_score};
 
 /// SQuAD v1.1 / DPR answer normalization, the same as the Python reference:
 ///

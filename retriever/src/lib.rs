@@ -32,6 +32,7 @@ mod matrix;
 mod model;
 pub mod model_folder;
 pub mod pyregex;
+mod qa_metrics;
 pub mod random;
 mod retriever;
 mod search;

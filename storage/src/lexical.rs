@@ -35,6 +35,19 @@ const STOPWORDS_EN: [&str; 33] = [
     "they", "this", "to", "was", "will", "with",
 ];
 
+/// Whether `token` (lower-case) is one of the 33 English stop words the BM25 analyzer drops
+/// (`bm25s.stopwords.STOPWORDS_EN`, Lucene's classic English list).
+///
+/// ```
+/// use realm_storage::lexical::is_stop_word;
+///
+/// assert!(is_stop_word("of") && is_stop_word("the"));
+/// assert!(!is_stop_word("paris") && !is_stop_word("The"));
+/// ```
+pub fn is_stop_word(token: &str) -> bool {
+    STOPWORDS_EN.binary_search(&token).is_ok()
+}
+
 /// Python's `re` `\w` is exactly `[\p{L}\p{N}_]` (checked over every code point of Python 3.11's
 /// Unicode 14 tables), while the `regex` crate's `\w` adds combining marks, other connector
 /// punctuation and join controls and leaves out `No` numbers. Since `\b\w\w+\b` with greedy
@@ -59,7 +72,7 @@ pub fn analyze(text: &str) -> Vec<String> {
     TOKEN
         .find_iter(&lower)
         .map(|m| m.as_str())
-        .filter(|token| STOPWORDS_EN.binary_search(token).is_err())
+        .filter(|token| !is_stop_word(token))
         .map(crate::porter2::stem)
         .collect()
 }

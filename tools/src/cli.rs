@@ -352,6 +352,32 @@ pub struct CorpusArgs {
     pub limit: Option<usize>,
 }
 
+/// How the reader picks answers (`ask`, `eval --em`).
+#[derive(Clone, Copy, Debug, Args)]
+pub struct AnswerArgs {
+    /// The longest answer, in words of its normalized text (articles and punctuation
+    /// dropped).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_answer_words: u32,
+    /// Keep candidates made of the question's own words; by default they are dropped
+    /// unless nothing else is left.
+    #[arg(long)]
+    pub keep_question_words: bool,
+    /// How a candidate's probabilities combine over the passages: `sum`, REALM's
+    /// p(y|x) = Σ_z p(z|x) p(y|z,x), or `max`, its best single passage.
+    #[arg(long, value_enum, default_value_t = MarginalizeArg::Sum)]
+    pub marginalize: MarginalizeArg,
+}
+
+/// A marginalization over passages on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MarginalizeArg {
+    /// Σ_z p(z|x) p(y|z,x).
+    Sum,
+    /// max_z p(z|x) p(y|z,x).
+    Max,
+}
+
 /// A retrieval mode on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
@@ -417,12 +443,15 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Also answer every question with the database's reader (over the `--reader-k` best
-    /// dense passages) and report exact match.
+    /// passages of `--mode`) and report exact match and token F1.
     #[arg(long)]
     pub em: bool,
     /// Passages the reader reads per question for `--em`.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub reader_k: u32,
+    /// How the reader picks answers for `--em`.
+    #[command(flatten)]
+    pub answer: AnswerArgs,
     /// Questions encoded and searched per batch.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
@@ -547,7 +576,9 @@ pub struct AskArgs {
     pub generation: Option<u64>,
     #[command(flatten)]
     pub index: IndexSearchArgs,
-    /// Print the answer and its evidence as one JSON object.
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+    /// Print the answer, its alternatives and its evidence as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

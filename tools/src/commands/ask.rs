@@ -1,11 +1,13 @@
 //! `realm-db ask`: retrieve, then read. The answer's probability marginalizes over the
-//! retrieved passages: p(y|x) = Σ_z p(z|x) p(y|z,x).
+//! retrieved passages: p(y|x) = Σ_z p(z|x) p(y|z,x) (or, with `--marginalize max`,
+//! max_z p(z|x) p(y|z,x)); the best three distinct answers are listed with their
+//! probabilities renormalized over the candidates.
 
 use std::io::Write;
 
 use anyhow::Result;
 use realm_db::reader::store::current_reader;
-use realm_db::reader::{Answer, ReaderConfig, ask};
+use realm_db::reader::{Answer, Marginalization, ReaderConfig, ask_with};
 use serde::Serialize;
 
 use super::search::pin;
@@ -23,7 +25,18 @@ struct AnswerJson<'a> {
     prob: f64,
     generation: u64,
     reader: &'a str,
+    /// `sum` or `max`: what `prob` is.
+    marginalization: &'static str,
+    /// The best distinct answers, best first (the first is `answer`).
+    alternatives: Vec<AlternativeJson<'a>>,
     evidence: Vec<EvidenceJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct AlternativeJson<'a> {
+    answer: &'a str,
+    /// The answer's score renormalized over every candidate kept.
+    prob: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,14 +69,21 @@ pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     };
     let snapshot = pin(&retriever, args.generation)?;
     snapshot.set_search_options(args.index.options());
-    let (answer, generation) = ask(&reader, &snapshot, &args.question, args.k as usize)?;
+    let options = args.answer.options();
+    let (answer, generation) = ask_with(
+        &reader,
+        &snapshot,
+        &args.question,
+        args.k as usize,
+        &options,
+    )?;
+    let marginalization = options.marginalization;
     if args.json {
-        return json_line(
-            out,
-            &to_json(&args.question, &answer, generation, &reader_id),
-        );
+        let mut json = to_json(&args.question, &answer, generation, &reader_id);
+        json.marginalization = marginalization.name();
+        return json_line(out, &json);
     }
-    write_answer(&answer, generation, out)
+    write_answer(&answer, generation, marginalization, out)
 }
 
 fn to_json<'a>(
@@ -78,6 +98,15 @@ fn to_json<'a>(
         prob: answer.prob,
         generation,
         reader,
+        marginalization: Marginalization::Sum.name(),
+        alternatives: answer
+            .alternatives
+            .iter()
+            .map(|a| AlternativeJson {
+                answer: &a.text,
+                prob: a.prob,
+            })
+            .collect(),
         evidence: answer
             .evidence
             .iter()
@@ -93,14 +122,37 @@ fn to_json<'a>(
     }
 }
 
-fn write_answer(answer: &Answer, generation: u64, out: &mut dyn Write) -> Result<()> {
+fn write_answer(
+    answer: &Answer,
+    generation: u64,
+    marginalization: Marginalization,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let score = match marginalization {
+        Marginalization::Sum => "p(y|x)",
+        Marginalization::Max => "max_z p(z|x) p(y|z,x)",
+    };
     say(
         out,
         format_args!(
-            "{}  (p(y|x) = {:.3}, generation {generation})",
+            "{}  ({score} = {:.3}, generation {generation})",
             answer.text, answer.prob
         ),
     )?;
+    let mut top = Table::new(&[
+        ("#", Align::Right),
+        ("p", Align::Right),
+        ("answer", Align::Left),
+    ]);
+    for (i, a) in answer.alternatives.iter().enumerate() {
+        top.row(vec![
+            (i + 1).to_string(),
+            format!("{:.3}", a.prob),
+            truncate(&a.text, 60),
+        ]);
+    }
+    top.write(out)?;
+    say(out, "")?;
     let mut table = Table::new(&[
         ("id", Align::Right),
         ("p(z|x)", Align::Right),

@@ -6,8 +6,6 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Result;
-use realm_db::reader::ReaderConfig;
-use realm_db::reader::store::current_reader;
 use realm_db::retriever::eval::{
     AnswerMatcher, QaExample, TopKAccuracy, normalize_answer, read_qa_file,
     read_qa_file_skipping_bad_lines,
@@ -16,6 +14,7 @@ use realm_db::{SearchMode, SearchSnapshot};
 use serde::Serialize;
 
 use super::rankings::{RankedPassage, Ranking, RankingsHeader, write_rankings};
+use super::reader_eval::ReaderEval;
 use super::search::{pin_for, query_encoder_version};
 use super::{Env, say};
 use crate::cli::{EvalArgs, ModeArg};
@@ -141,13 +140,12 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     }
 
     let exact_match = if args.em {
-        Some(exact_match(
-            &retriever,
-            &snapshot,
-            &examples,
-            &matchers,
-            (args.reader_k as usize, args.retrieval.mode()),
-        )?)
+        let setup = ReaderEval {
+            passages: args.reader_k as usize,
+            mode: args.retrieval.mode(),
+            options: args.answer.options(),
+        };
+        Some(setup.run(&retriever, &snapshot, &examples, &matchers)?)
     } else {
         None
     };
@@ -157,18 +155,7 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         if args.json {
             json_line(out, em)?;
         } else {
-            say(
-                out,
-                format_args!(
-                    "Exact match of the reader over the top {} {} passages: {:.1}%{} ({:.1} questions/s).",
-                    em.passages,
-                    em.retrieval,
-                    100.0 * em.em,
-                    em.in_corpus_em
-                        .map_or_else(String::new, |ic| format!(" / {:.1}% in corpus", 100.0 * ic)),
-                    em.questions as f64 / em.seconds.max(1e-9)
-                ),
-            )?;
+            say(out, em.summary())?;
         }
     }
     if args.json {
@@ -471,92 +458,4 @@ fn write_table(
         table.row(row);
     }
     table.write(out)
-}
-
-/// Exact match of the database's reader, as a JSON line.
-#[derive(Debug, Serialize)]
-struct ExactMatch {
-    system: &'static str,
-    retrieval: &'static str,
-    reader: String,
-    passages: usize,
-    questions: usize,
-    em: f64,
-    in_corpus_em: Option<f64>,
-    seconds: f64,
-}
-
-/// Answers every question with the current reader over the top `k` passages of `mode` (their
-/// p(z|x) as that mode defines it) and counts
-/// exact matches: the normalized answer equals a normalized gold answer, or, for questions
-/// with `answer_patterns`, a pattern matches the answer.
-fn exact_match(
-    retriever: &realm_db::Retriever,
-    snapshot: &SearchSnapshot,
-    examples: &[QaExample],
-    matchers: &[AnswerMatcher],
-    (k, mode): (usize, SearchMode),
-) -> Result<ExactMatch> {
-    let config = ReaderConfig {
-        device: retriever.options().encoder.device,
-        ..ReaderConfig::default()
-    };
-    let Some((reader_id, reader)) = current_reader(retriever, config)? else {
-        return Err(user(format!(
-            "--em needs a trained reader, and the database at {} has none; train one with `realm-db train --mode qa`",
-            retriever.db().path().display()
-        )));
-    };
-    let bar = progress::bar(
-        examples.len() as u64,
-        "reader {bar:40} {pos}/{len} questions {per_sec} eta {eta}",
-    );
-    let started = Instant::now();
-    let (mut hits, mut in_corpus, mut in_corpus_hits, mut any_in_corpus) = (0usize, 0, 0, false);
-    for (example, matcher) in examples.iter().zip(matchers) {
-        let retrieved = snapshot.search_with(&example.question, k, mode)?;
-        // Dense scores are inner products: p(z|x) at the temperature the reader was trained
-        // with. BM25 and fused scores keep the search's own normalization.
-        let p_z: Vec<f32> = if mode == SearchMode::Dense {
-            let scores: Vec<f32> = retrieved.iter().map(|h| h.score).collect();
-            reader.passage_probs(&scores)
-        } else {
-            retrieved.iter().map(|h| h.prob).collect()
-        };
-        let passages: Vec<(u64, &str, &str, f32)> = retrieved
-            .iter()
-            .zip(p_z)
-            .map(|(h, p)| (h.passage_id, h.title.as_str(), h.text.as_str(), p))
-            .collect();
-        let answer = reader.answer(&example.question, &passages)?;
-        let predicted = normalize_answer(&answer.text);
-        let correct = if example.answer_patterns.is_empty() {
-            example
-                .answers
-                .iter()
-                .any(|a| !predicted.is_empty() && normalize_answer(a) == predicted)
-        } else {
-            matcher.matches(&answer.text)
-        };
-        hits += usize::from(correct);
-        if let Some(ic) = example.in_corpus {
-            any_in_corpus = true;
-            if ic {
-                in_corpus += 1;
-                in_corpus_hits += usize::from(correct);
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(ExactMatch {
-        system: "reader",
-        retrieval: mode.name(),
-        reader: reader_id,
-        passages: k,
-        questions: examples.len(),
-        em: hits as f64 / examples.len().max(1) as f64,
-        in_corpus_em: any_in_corpus.then(|| in_corpus_hits as f64 / in_corpus.max(1) as f64),
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }

@@ -3,13 +3,14 @@
 use std::io::Write;
 
 use anyhow::Result;
+use realm_db::reader::{AnswerOptions, Marginalization};
 use realm_db::{
     Bm25Params, Codes, HybridOptions, IvfConfig, RetrieverOptions, SearchMode, SearchOptions,
 };
 
 use crate::cli::{
-    Cli, CodesArg, Command, DeviceArg, DtypeArg, IndexBuildArgs, IndexKindArg, IndexSearchArgs,
-    ModeArg, RetrievalArgs,
+    AnswerArgs, Cli, CodesArg, Command, DeviceArg, DtypeArg, IndexBuildArgs, IndexKindArg,
+    IndexSearchArgs, MarginalizeArg, ModeArg, RetrievalArgs,
 };
 use crate::open;
 
@@ -24,6 +25,7 @@ mod ingest;
 mod init;
 mod maintenance;
 mod rankings;
+mod reader_eval;
 mod reindex;
 mod search;
 mod shell;
@@ -64,6 +66,21 @@ impl RetrievalArgs {
     /// The chosen search mode.
     pub fn mode(&self) -> SearchMode {
         self.mode_of(self.mode)
+    }
+}
+
+impl AnswerArgs {
+    /// The reader's answer options these flags ask for (the top 3 answers listed).
+    pub fn options(&self) -> AnswerOptions {
+        AnswerOptions {
+            max_answer_words: self.max_answer_words as usize,
+            drop_question_words: !self.keep_question_words,
+            marginalization: match self.marginalize {
+                MarginalizeArg::Sum => Marginalization::Sum,
+                MarginalizeArg::Max => Marginalization::Max,
+            },
+            ..AnswerOptions::default()
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::{Child, ChildStdout, Stdio};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use realm_db::retriever::eval::normalize_answer;
 use tempfile::TempDir;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_realm-db");
@@ -1074,8 +1075,47 @@ fn qa_training_stores_a_reader_that_ask_and_eval_em_use() {
     let text = answer["answer"].as_str().expect("an answer");
     assert!(!text.is_empty());
     assert!(
-        evidence.iter().any(|e| e["span"] == text),
-        "the answer is the best span of some passage: {answer}"
+        CORPUS.contains(text),
+        "the answer is copied from a passage: {answer}"
+    );
+    assert_eq!(answer["marginalization"], "sum");
+    // The top three distinct answers, best first, the first being the answer.
+    let alternatives = answer["alternatives"].as_array().expect("alternatives");
+    assert!((1..=3).contains(&alternatives.len()), "{answer}");
+    assert_eq!(alternatives[0]["answer"], text);
+    let probs: Vec<f64> = alternatives
+        .iter()
+        .map(|a| a["prob"].as_f64().expect("a probability"))
+        .collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{answer}");
+    assert!(probs.iter().sum::<f64>() <= 1.0 + 1e-6, "{answer}");
+    // The flags reach the reader: one-word answers, combined by their best passage.
+    let short: serde_json::Value = serde_json::from_str(
+        f.run(&[
+            "ask",
+            db,
+            "what is the capital of norway",
+            "-k",
+            "3",
+            "--max-answer-words",
+            "1",
+            "--marginalize",
+            "max",
+            "--keep-question-words",
+            "--json",
+        ])
+        .trim(),
+    )
+    .expect("one JSON object");
+    assert_eq!(short["marginalization"], "max");
+    for a in short["alternatives"].as_array().expect("alternatives") {
+        let normalized = normalize_answer(a["answer"].as_str().expect("an answer"));
+        assert_eq!(normalized.split(' ').count(), 1, "{short}");
+    }
+    let table = f.run(&["ask", db, "what is the capital of norway", "-k", "3"]);
+    assert!(
+        table.contains(&format!("1  {:.3}  {text}", probs[0])),
+        "{table}"
     );
 
     let report = json_lines(&f.run(&[
@@ -1097,6 +1137,10 @@ fn qa_training_stores_a_reader_that_ask_and_eval_em_use() {
     assert_eq!(reader["questions"], 6);
     let em = reader["em"].as_f64().expect("em");
     assert!((0.0..=1.0).contains(&em));
+    // Token F1 credits every exact match fully, and partial answers in part.
+    let f1 = reader["f1"].as_f64().expect("f1");
+    assert!(f1 >= em - 1e-9 && f1 <= 1.0, "{reader}");
+    assert_eq!(reader["drop_question_words"], true);
 }
 
 #[test]
