@@ -5,11 +5,16 @@
 #   dev split   "nq-dev-5": every 5th line of nq-open-dev.jsonl (722 questions)
 #   train       the other 2,888 nq-open-dev questions + webq-train (3,589) + curated-train (430)
 #
-# usage: scripts/train_report.sh [query-side|dual|qa|realm|all]   (default: all)
+# usage: scripts/train_report.sh [query-side|dual|qa|realm|reader|all]   (default: all)
 #   qa     open-QA fine-tuning of the reader and query tower from MiniLM, then exact match of
 #          dense-then-read and BM25-then-read on the dev split
 #   realm  a short REALM MLM pre-training run (2% of the articles held out, utility reported),
 #          then the same QA fine-tuning from its reader and towers, and exact match
+#   reader the reader recipe (issue 16): self-supervised span pre-training of the reader on the
+#          corpus (no labels), then QA fine-tuning from it, each resumable (run the script
+#          again after an interruption and each stage resumes from its last checkpoint);
+#          exact match and F1 of dense-then-read and BM25-then-read on the dev split, and
+#          the same QA fine-tuning without span pre-training, to show what the span stage adds
 # Writes splits, databases, JSON lines and plots under .deps/train-report/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +33,10 @@ source scripts/splits.sh
 write_splits "$data" "$out/dev.jsonl" "$out/train.jsonl"
 echo "dev: $(wc -l < "$out/dev.jsonl") questions; train: $(wc -l < "$out/train.jsonl") questions"
 
-echo "== before training (pretrained MiniLM and BM25) on the dev split"
-"$bin" eval .deps/main-db --qa "$out/dev.jsonl" --compare bm25,hybrid --plot "$out/before.png"
+if [ "$what" != reader ]; then
+  echo "== before training (pretrained MiniLM and BM25) on the dev split"
+  "$bin" eval .deps/main-db --qa "$out/dev.jsonl" --compare bm25,hybrid --plot "$out/before.png"
+fi
 
 if [ "$what" = all ] || [ "$what" = query-side ]; then
   rm -rf "$out/query-side-db"; cp -r .deps/main-db "$out/query-side-db"
@@ -85,4 +92,39 @@ if [ "$what" = all ] || [ "$what" = realm ]; then
       --eval-every "${REALM_EVAL_EVERY:-15}" --checkpoint-every 15 --seed 0
   echo "== open-QA fine-tuning from the REALM-pre-trained reader and towers"
   qa_finetune "$out/realm-db" "$out/realm-qa-db"
+fi
+
+# A training stage of the reader recipe on database $2 (copied from $1 when it is missing):
+# resumable, because a rerun trains the same run name on the same database, and skipped once
+# the marker $2.done exists. The remaining arguments go to `realm-db train`.
+stage() {
+  local from="$1" db="$2"; shift 2
+  if [ -e "$db.done" ]; then echo "(done before: $db)"; return; fi
+  [ -d "$db" ] || cp -r "$from" "$db"
+  /usr/bin/time -f "$(basename "$db") wall time: %e s" "$bin" train "$db" "$@"
+  touch "$db.done"
+}
+
+# Exact match and F1 of the reader of database $1 over the top 5 passages, dense then BM25.
+reader_em() {
+  for mode in dense bm25; do
+    /usr/bin/time -f "eval --em ($mode) wall time: %e s" \
+      "$bin" eval "$1" --qa "$out/dev.jsonl" --mode "$mode" -k 5 --em --reader-k 5
+  done
+}
+
+if [ "$what" = all ] || [ "$what" = reader ]; then
+  reader_qa=(--mode qa --qa "$out/train.jsonl" --steps "${RQA_STEPS:-1000}" --batch 8
+    --lr 2e-5 --reader-lr "${RQA_READER_LR:-1e-4}" --reader-passages 5 --candidates 20
+    --checkpoint-every 25 --seed 0 --run reader-qa)
+  echo "== span pre-training of the reader (self-supervised, from MiniLM)"
+  stage .deps/main-db "$out/spans-db" --mode spans --steps "${SPANS_STEPS:-300}" --batch 8 \
+    --reader-passages 4 --candidates 20 --reader-lr "${SPANS_READER_LR:-1e-4}" \
+    --checkpoint-every 25 --seed 0 --run spans --plot "$out/spans-curve.png"
+  echo "== QA fine-tuning from the span-pre-trained reader"
+  stage "$out/spans-db" "$out/reader-db" "${reader_qa[@]}" --plot "$out/reader-qa-curve.png"
+  reader_em "$out/reader-db"
+  echo "== the same QA fine-tuning without span pre-training (from MiniLM)"
+  stage .deps/main-db "$out/reader-nospans-db" "${reader_qa[@]}"
+  reader_em "$out/reader-nospans-db"
 fi

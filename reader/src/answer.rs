@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 use crate::candidates::{AnswerOptions, PassageSpanProbs, rank};
 use crate::error::{Error, Result};
 use crate::reader::Reader;
-use crate::spans::SpanScores;
+use crate::spans::{SpanNormalization, SpanScores};
 
 /// The answer to a question, scored across the retrieved passages.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +24,10 @@ pub struct Answer {
     /// texts), best first, the first being `text`; each `prob` is its score divided by the
     /// sum of the scores of every candidate kept, so together they sum to at most 1.
     pub alternatives: Vec<Alternative>,
+    /// How span scores were normalized across the passages
+    /// ([`crate::AnswerOptions::span_normalization`], else the reader's own): it says what
+    /// the evidence's probabilities are.
+    pub span_normalization: SpanNormalization,
 }
 
 /// One of the ranked distinct answers of an [`Answer`].
@@ -47,10 +51,11 @@ pub struct Evidence {
     /// The passage's most probable span (None when the passage holds no span), whether or
     /// not it may be an answer.
     pub span: Option<String>,
-    /// p(best span|z,x).
+    /// p(best span|z,x); with [`SpanNormalization::Joint`], p(best span, z|x).
     pub span_prob: f64,
     /// p(y|z,x) for the returned answer y: the sum of p(s|z,x) over the spans of this
-    /// passage whose normalized text equals y's.
+    /// passage whose normalized text equals y's; with [`SpanNormalization::Joint`], the sum
+    /// of p(s,z|x), so that these sum over passages to p(y|x).
     pub p_answer_given_z: f64,
 }
 
@@ -124,28 +129,47 @@ impl Reader {
                 ),
             });
         }
-        let mut probs = Vec::with_capacity(passages.len());
-        for (spans, &(_, _, text, p_z)) in scores.passages.iter().zip(passages) {
-            let log_probs = Vec::<f32>::try_from(&spans.log_probs.f_to_device(Device::Cpu)?)?;
-            if log_probs.len() != spans.spans.len() {
+        let normalization = options
+            .span_normalization
+            .unwrap_or(self.span_normalization);
+        let mut per_passage = Vec::with_capacity(passages.len());
+        for spans in &scores.passages {
+            let tensor = match normalization {
+                SpanNormalization::Passage => &spans.log_probs,
+                SpanNormalization::Joint => &spans.logits,
+            };
+            let values = Vec::<f32>::try_from(&tensor.f_to_device(Device::Cpu)?)?;
+            if values.len() != spans.spans.len() {
                 return Err(Error::InvalidInput {
                     reason: format!(
-                        "a passage has {} spans but {} span log-probabilities",
+                        "a passage has {} spans but {} span scores",
                         spans.spans.len(),
-                        log_probs.len()
+                        values.len()
                     ),
                 });
             }
-            probs.push(PassageSpanProbs {
-                p_z: f64::from(p_z),
-                spans: spans
-                    .spans
-                    .iter()
-                    .zip(&log_probs)
-                    .map(|(s, &lp)| (s.text(text), f64::from(lp).exp()))
-                    .collect(),
-            });
+            per_passage.push(values);
         }
+        let p_z: Vec<f64> = passages.iter().map(|p| f64::from(p.3)).collect();
+        let (weights, span_probs) = span_probabilities(&per_passage, &p_z, normalization);
+        let probs: Vec<PassageSpanProbs<'_>> = scores
+            .passages
+            .iter()
+            .zip(passages)
+            .zip(span_probs)
+            .zip(weights)
+            .map(
+                |(((spans, &(_, _, text, _)), probs), weight)| PassageSpanProbs {
+                    p_z: weight,
+                    spans: spans
+                        .spans
+                        .iter()
+                        .zip(probs)
+                        .map(|(s, p)| (s.text(text), p))
+                        .collect(),
+                },
+            )
+            .collect();
         let ranking = rank(question, &probs, options, self.cfg.top_spans_per_passage);
         let Some(best) = ranking.candidates.first() else {
             return Err(Error::NoCandidate {
@@ -183,6 +207,7 @@ impl Reader {
             prob: best.score,
             evidence,
             alternatives,
+            span_normalization: normalization,
         })
     }
 
@@ -240,19 +265,74 @@ impl Reader {
         let log_p_z = log_p_z
             .f_to_device(self.cfg.device)?
             .f_to_kind(Kind::Float)?;
+        let log_probs = scores.log_probs_with(&log_p_z, self.span_normalization)?;
         let mut terms = Vec::new();
-        for (z, (spans, hits)) in scores.passages.iter().zip(&matching).enumerate() {
+        for (log_probs, hits) in log_probs.iter().zip(&matching) {
             if hits.is_empty() {
                 continue;
             }
             let idx = Tensor::f_from_slice(hits)?.f_to_device(self.cfg.device)?;
-            let log_p_y = spans
-                .log_probs
-                .f_index_select(0, &idx)?
-                .f_logsumexp(&[0i64][..], false)?;
-            terms.push(log_p_y + log_p_z.f_get(z as i64)?);
+            terms.push(
+                log_probs
+                    .f_index_select(0, &idx)?
+                    .f_logsumexp(&[0i64][..], false)?,
+            );
         }
         let total = Tensor::f_stack(&terms, 0)?.f_logsumexp(&[0i64][..], false)?;
         Ok(Some(total.f_neg()?))
+    }
+}
+
+/// Per passage, the weight its span probabilities are multiplied by, and those
+/// probabilities, from each passage's span `scores` (log p(s|z,x) for
+/// [`SpanNormalization::Passage`], raw scores for [`SpanNormalization::Joint`]) and the
+/// passages' p(z|x). Per passage: the weight is p(z|x) and the probabilities are p(s|z,x).
+/// Joint: the weight is 1 and the probabilities are p(s,z|x), one softmax over every span of
+/// every passage of score + log p(z|x).
+fn span_probabilities(
+    scores: &[Vec<f32>],
+    p_z: &[f64],
+    normalization: SpanNormalization,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    match normalization {
+        SpanNormalization::Passage => (
+            p_z.to_vec(),
+            scores
+                .iter()
+                .map(|s| s.iter().map(|&lp| f64::from(lp).exp()).collect())
+                .collect(),
+        ),
+        SpanNormalization::Joint => {
+            let shifted: Vec<Vec<f64>> = scores
+                .iter()
+                .zip(p_z)
+                .map(|(s, &p)| s.iter().map(|&x| f64::from(x) + p.ln()).collect())
+                .collect();
+            let max = shifted
+                .iter()
+                .flatten()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = if max.is_finite() {
+                shifted.iter().flatten().map(|x| (x - max).exp()).sum()
+            } else {
+                0.0
+            };
+            let probs = shifted
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|x| {
+                            if total > 0.0 {
+                                (x - max).exp() / total
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            (vec![1.0; scores.len()], probs)
+        }
     }
 }

@@ -7,6 +7,7 @@ use realm_retriever::eval::{AnswerMatcher, PreparedText, normalize_answer};
 use realm_storage::lexical::is_stop_word;
 
 use crate::error::{Error, Result};
+use crate::spans::SpanNormalization;
 
 /// How a candidate's per-passage probabilities p(z|x) · p(y|z,x) combine into its score.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -44,6 +45,9 @@ pub struct AnswerOptions {
     pub marginalization: Marginalization,
     /// How many distinct answers [`crate::Answer::alternatives`] lists.
     pub top_answers: usize,
+    /// How span scores are normalized across passages; `None` (the default) uses the one
+    /// the reader was trained with ([`crate::Reader::span_normalization`]).
+    pub span_normalization: Option<SpanNormalization>,
 }
 
 impl Default for AnswerOptions {
@@ -53,6 +57,7 @@ impl Default for AnswerOptions {
             drop_question_words: true,
             marginalization: Marginalization::Sum,
             top_answers: 3,
+            span_normalization: None,
         }
     }
 }
@@ -75,9 +80,10 @@ impl AnswerOptions {
 
 /// One passage's spans as the ranking sees them.
 pub(crate) struct PassageSpanProbs<'a> {
-    /// p(z|x).
+    /// The passage's weight: p(z|x) when span probabilities are per passage, 1 when they
+    /// are joint.
     pub(crate) p_z: f64,
-    /// Every span's text and p(s|z,x), in the passage's span order.
+    /// Every span's text and p(s|z,x) (joint: p(s,z|x)), in the passage's span order.
     pub(crate) spans: Vec<(&'a str, f64)>,
 }
 

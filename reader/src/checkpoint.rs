@@ -14,6 +14,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::reader::{Reader, ReaderConfig};
+use crate::spans::SpanNormalization;
 
 /// Reader checkpoints: version 1 (legacy f32 weights) is read, version 2 (safetensors
 /// weights) is read and written.
@@ -31,16 +32,24 @@ struct CheckpointHeader {
     /// Absent from checkpoints written before it existed: 1.
     #[serde(default = "unit_scale")]
     retrieval_scale: f64,
+    /// Absent from checkpoints written before it existed, and written only when it is not
+    /// per passage, so that those checkpoints re-save to their own bytes: per passage.
+    #[serde(default, skip_serializing_if = "is_per_passage")]
+    span_normalization: SpanNormalization,
 }
 
 fn unit_scale() -> f64 {
     1.0
 }
 
+fn is_per_passage(normalization: &SpanNormalization) -> bool {
+    *normalization == SpanNormalization::Passage
+}
+
 impl Reader {
     /// Serializes the reader: `b"REALMRDR"`, a little-endian u32 format version (2), then
     /// three sections, each a little-endian u64 length followed by its bytes: a JSON header
-    /// (BERT config, pad id, retrieval scale), the tokenizer JSON, and the weights as a
+    /// (BERT config, pad id, retrieval scale, span normalization), the tokenizer JSON, and the weights as a
     /// safetensors file. Runtime settings ([`ReaderConfig`]) are not part of it. Equal
     /// weights give equal bytes.
     pub fn to_checkpoint_bytes(&self) -> Result<Vec<u8>> {
@@ -48,6 +57,7 @@ impl Reader {
             bert: self.bert_config.clone(),
             pad_id: self.pad_id,
             retrieval_scale: self.retrieval_scale,
+            span_normalization: self.span_normalization,
         };
         let weights = to_safetensors(&self.vs).map_err(Error::from_format)?;
         write_checkpoint(CheckpointParts {
@@ -82,6 +92,7 @@ impl Reader {
                     header.retrieval_scale
                 ),
             })?;
+        reader.set_span_normalization(header.span_normalization);
         match weights {
             Weights::Legacy(weights) => load_legacy(&reader, &weights),
             Weights::File(file) => load_exact(&reader.vs, &file),

@@ -50,7 +50,7 @@ pub use candidates::{AnswerOptions, Marginalization};
 pub use error::{Error, Result};
 pub use mlm::SentenceTokens;
 pub use reader::{Reader, ReaderConfig};
-pub use spans::{PassageSpans, Span, SpanScores};
+pub use spans::{PassageSpans, Span, SpanNormalization, SpanScores};
 
 /// Retrieves the top `k` passages for `question` from `snapshot` (dense search) and answers
 /// from them with [`AnswerOptions::default`]; see [`ask_with`].

@@ -15,6 +15,7 @@ use tch::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::spans::SpanNormalization;
 
 /// Runtime settings of a [`Reader`]; none of them changes the weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +65,8 @@ pub struct Reader {
     pub(crate) cfg: ReaderConfig,
     /// The inverse temperature of p(z|x) the reader was trained with.
     pub(crate) retrieval_scale: f64,
+    /// How span scores were normalized across passages in training, and so at answer time.
+    pub(crate) span_normalization: SpanNormalization,
 }
 
 impl fmt::Debug for Reader {
@@ -73,6 +76,7 @@ impl fmt::Debug for Reader {
             .field("config", &self.cfg)
             .field("pad_id", &self.pad_id)
             .field("retrieval_scale", &self.retrieval_scale)
+            .field("span_normalization", &self.span_normalization)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +123,18 @@ impl Reader {
         }
         self.retrieval_scale = scale;
         Ok(())
+    }
+
+    /// How span scores are normalized across passages ([`SpanNormalization`]), in the QA loss
+    /// and when answering; saved in checkpoints ([`SpanNormalization::Passage`] for readers
+    /// stored before it existed).
+    pub fn span_normalization(&self) -> SpanNormalization {
+        self.span_normalization
+    }
+
+    /// Sets the span normalization (the trainer records the one it trains with).
+    pub fn set_span_normalization(&mut self, normalization: SpanNormalization) {
+        self.span_normalization = normalization;
     }
 
     /// p(z|x) over retrieved passages from their inner-product `scores`: the softmax of
@@ -255,6 +271,7 @@ impl Reader {
             pad_id: parts.pad_id,
             cfg,
             retrieval_scale: 1.0,
+            span_normalization: SpanNormalization::Passage,
         })
     }
 

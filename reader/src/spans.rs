@@ -29,6 +29,50 @@ impl Span {
     }
 }
 
+/// How span scores become probabilities across the passages of one question.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpanNormalization {
+    /// REALM: a softmax over each passage's spans, p(s|z,x), weighted by the retriever's
+    /// p(z|x). Every passage offers a full unit of probability, whether or not it holds an
+    /// answer.
+    #[default]
+    Passage,
+    /// DPR: one softmax over the spans of all passages together, each span's score plus
+    /// log p(z|x), p(s,z|x) ∝ p(z|x) · exp(score). A passage that holds no answer can give
+    /// all its spans low scores, so the reader learns which passage to read, and hard
+    /// negatives train it.
+    Joint,
+}
+
+impl SpanNormalization {
+    /// The name used on the command line and in checkpoints: `passage` or `joint`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanNormalization::Passage => "passage",
+            SpanNormalization::Joint => "joint",
+        }
+    }
+}
+
+impl std::str::FromStr for SpanNormalization {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<SpanNormalization> {
+        match s {
+            "passage" => Ok(SpanNormalization::Passage),
+            "joint" => Ok(SpanNormalization::Joint),
+            other => Err(Error::InvalidInput {
+                reason: format!(
+                    "the span normalization {other:?} is unknown; it is \"passage\" or \"joint\""
+                ),
+            }),
+        }
+    }
+}
+
 /// The spans of one passage and their log p(s|z,x).
 #[derive(Debug)]
 pub struct PassageSpans {
@@ -38,6 +82,10 @@ pub struct PassageSpans {
     /// log p(s|z,x), a [spans.len()] float tensor (log-softmax over this passage's spans);
     /// it carries gradient when computed with gradients enabled.
     pub log_probs: Tensor,
+    /// The span head's raw scores, a [spans.len()] float tensor: `log_probs` before the
+    /// per-passage softmax, for a normalization across passages
+    /// ([`SpanNormalization::Joint`]).
+    pub logits: Tensor,
     /// The first and one-past-last token positions of the passage in the sequence.
     pub passage_tokens: (usize, usize),
 }
@@ -47,6 +95,58 @@ pub struct PassageSpans {
 pub struct SpanScores {
     /// One entry per passage, in the order given.
     pub passages: Vec<PassageSpans>,
+}
+
+impl SpanScores {
+    /// Per passage, the log-probability of each of its spans under `normalization`, with
+    /// `log_p_z` the [k] log p(z|x) of the k passages: log p(z|x) + log p(s|z,x)
+    /// ([`SpanNormalization::Passage`]), or the log-softmax over every span of every
+    /// passage of score + log p(z|x) ([`SpanNormalization::Joint`]). Either way the
+    /// probabilities of all spans sum to 1 (to Σ p(z|x) for passages with spans). Gradients
+    /// flow into both the span scores and `log_p_z`.
+    pub fn log_probs_with(
+        &self,
+        log_p_z: &Tensor,
+        normalization: SpanNormalization,
+    ) -> Result<Vec<Tensor>> {
+        if log_p_z.size() != [self.passages.len() as i64] {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "log p(z|x) has shape {:?}, but span scores hold {} passages",
+                    log_p_z.size(),
+                    self.passages.len()
+                ),
+            });
+        }
+        let per_passage = |z: usize, t: &Tensor| -> Result<Tensor> {
+            Ok(t.f_add(&log_p_z.f_get(z as i64)?.f_to_kind(Kind::Float)?)?)
+        };
+        match normalization {
+            SpanNormalization::Passage => self
+                .passages
+                .iter()
+                .enumerate()
+                .map(|(z, p)| per_passage(z, &p.log_probs))
+                .collect(),
+            SpanNormalization::Joint => {
+                let shifted: Vec<Tensor> = self
+                    .passages
+                    .iter()
+                    .enumerate()
+                    .map(|(z, p)| per_passage(z, &p.logits))
+                    .collect::<Result<_>>()?;
+                let all = Tensor::f_cat(&shifted, 0)?.f_log_softmax(0, Kind::Float)?;
+                let mut out = Vec::with_capacity(shifted.len());
+                let mut offset = 0i64;
+                for t in &shifted {
+                    let n = t.size()[0];
+                    out.push(all.f_narrow(0, offset, n)?);
+                    offset += n;
+                }
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// The tokenized `[CLS] x [SEP] z [SEP]` pairs of one question.
@@ -112,13 +212,13 @@ impl Reader {
         let mut offset = 0i64;
         for (spans, range) in batch.spans {
             let n = spans.len() as i64;
-            let log_probs = scores
-                .f_narrow(0, offset, n)?
-                .f_log_softmax(0, Kind::Float)?;
+            let logits = scores.f_narrow(0, offset, n)?;
+            let log_probs = logits.f_log_softmax(0, Kind::Float)?;
             offset += n;
             out.push(PassageSpans {
                 spans,
                 log_probs,
+                logits,
                 passage_tokens: range,
             });
         }

@@ -367,6 +367,20 @@ pub struct AnswerArgs {
     /// p(y|x) = Σ_z p(z|x) p(y|z,x), or `max`, its best single passage.
     #[arg(long, value_enum, default_value_t = MarginalizeArg::Sum)]
     pub marginalize: MarginalizeArg,
+    /// How span scores are normalized across passages: `passage` (REALM: per passage, times
+    /// p(z|x)) or `joint` (DPR: one softmax over the spans of all passages). Default: the
+    /// one the reader was trained with.
+    #[arg(long, value_enum)]
+    pub span_normalization: Option<SpanNormalizationArg>,
+}
+
+/// A span normalization on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SpanNormalizationArg {
+    /// A softmax per passage, weighted by p(z|x) (REALM).
+    Passage,
+    /// One softmax over the spans of all passages, scores plus log p(z|x) (DPR).
+    Joint,
 }
 
 /// A marginalization over passages on the command line.
@@ -484,6 +498,9 @@ pub enum TrainModeArg {
     /// Open-QA fine-tuning (REALM §3.4): the reader and the query tower learn from answer
     /// strings found in retrieved passages; the document index stays frozen.
     Qa,
+    /// Self-supervised span pre-training of the reader: masked salient spans of corpus
+    /// sentences are found in other retrieved passages; no labels; only the reader trains.
+    Spans,
     /// REALM's masked-language-model pre-training with retrieval (salient spans masked, a
     /// null document, the source passage excluded, asynchronous index refresh); no labels.
     Realm,
@@ -533,16 +550,22 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
-    /// Qa and realm: the reader's AdamW learning rate.
+    /// Qa, spans and realm: the reader's AdamW learning rate.
     #[arg(long, default_value_t = 3e-5)]
     pub reader_lr: f64,
-    /// Qa and realm: passages the reader reads per question (realm: per masked sentence).
+    /// Qa, spans and realm: passages the reader reads per question (qa: those of the top
+    /// --candidates holding an answer, then hard negatives; spans: one holding the span and
+    /// hard negatives; realm: the top ones).
     #[arg(long, default_value_t = 5)]
     pub reader_passages: usize,
     /// Qa and realm: the model folder the reader starts from when the database has none
     /// (default: the MiniLM set-up installs).
     #[arg(long)]
     pub reader_model: Option<PathBuf>,
+    /// Qa, spans and realm: how the reader normalizes span scores across passages (the
+    /// trained reader answers the same way).
+    #[arg(long, value_enum, default_value_t = SpanNormalizationArg::Joint)]
+    pub span_normalization: SpanNormalizationArg,
     /// Realm: the fraction of articles (by title) whose sentences are held out of training
     /// and scored at each evaluation (held-out retrieval utility).
     #[arg(long, default_value_t = 0.0)]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use realm_reader::SpanNormalization;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -25,6 +26,12 @@ pub enum Mode {
     /// question-answer pairs against the frozen document vectors of the pinned generation;
     /// the query tower is attached to that generation and the reader becomes the current one.
     Qa,
+    /// Self-supervised span pre-training of the reader: a salient span of a corpus sentence
+    /// is masked, the sentence is the question, and the reader learns to find the span in
+    /// the retrieved passages (never the sentence's own) that contain it, against the hard
+    /// negatives of the same retrieval. Needs no labels; only the reader trains, and at the
+    /// end it becomes the current reader.
+    Spans,
     /// REALM MLM pre-training (Guu et al. 2020, §2–3): a salient span of a corpus sentence is
     /// masked, the query tower retrieves `reader_passages` passages (never the sentence's
     /// own) from the generation in use, and the loss −log Σ_z p(z|x) Π_j p(y_j|z,x) over
@@ -35,13 +42,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode's name: `query-side`, `dual`, `ict`, `qa` or `realm`.
+    /// The mode's name: `query-side`, `dual`, `ict`, `qa`, `spans` or `realm`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::QuerySide => "query-side",
             Mode::Dual => "dual",
             Mode::Ict => "ict",
             Mode::Qa => "qa",
+            Mode::Spans => "spans",
             Mode::Realm => "realm",
         }
     }
@@ -56,13 +64,14 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = Error;
 
-    /// `query-side`, `dual`, `ict`, `qa` or `realm` (also accepts `query_side`).
+    /// `query-side`, `dual`, `ict`, `qa`, `spans` or `realm` (also accepts `query_side`).
     fn from_str(s: &str) -> Result<Mode, Error> {
         match s {
             "query-side" | "query_side" => Ok(Mode::QuerySide),
             "dual" => Ok(Mode::Dual),
             "ict" => Ok(Mode::Ict),
             "qa" => Ok(Mode::Qa),
+            "spans" => Ok(Mode::Spans),
             "realm" => Ok(Mode::Realm),
             other => Err(Error::UnknownMode {
                 name: other.to_owned(),
@@ -89,8 +98,8 @@ pub struct TrainConfig {
     pub refresh_every: u64,
     /// The seed every random choice derives from (default 0).
     pub seed: u64,
-    /// Passages retrieved per question for distant supervision and dual re-scoring
-    /// (default 20).
+    /// Passages retrieved per question for distant supervision, dual re-scoring, and the
+    /// positives and negatives of QA and span pre-training (default 20).
     pub candidates: usize,
     /// Query-side: hard negatives per question, the highest-ranked retrieved passages that do
     /// not contain an answer (default 1).
@@ -115,8 +124,11 @@ pub struct TrainConfig {
     /// `lr`.
     #[serde(default = "default_reader_lr")]
     pub reader_lr: f64,
-    /// QA and REALM: passages retrieved and read per question (REALM: per masked sentence),
-    /// k (default 5).
+    /// QA, span pre-training and REALM: passages read per question (default 5). QA trains
+    /// on each question's passages among its top `candidates` that hold an answer (at most
+    /// k − 1 of them when k > 1), filled up to k with the best-ranked ones that do not, and
+    /// answers from the top k; span pre-training reads one passage that holds the span and
+    /// k − 1 hard negatives; REALM reads the top k.
     #[serde(default = "default_reader_passages")]
     pub reader_passages: usize,
     /// QA and REALM: the model folder a fresh reader loads its BERT from when the database has no
@@ -130,6 +142,12 @@ pub struct TrainConfig {
     /// the title and `seed` (default 0: none).
     #[serde(default)]
     pub held_out: f64,
+    /// QA, span pre-training and REALM: how the reader normalizes span scores across the
+    /// passages it reads (default [`SpanNormalization::Joint`], DPR's; runs saved before this
+    /// setting existed trained with [`SpanNormalization::Passage`]). The trained reader
+    /// answers with the same normalization.
+    #[serde(default)]
+    pub span_normalization: SpanNormalization,
 }
 
 fn default_scale() -> f64 {
@@ -164,6 +182,7 @@ impl Default for TrainConfig {
             reader_passages: default_reader_passages(),
             reader_model: None,
             held_out: 0.0,
+            span_normalization: SpanNormalization::Joint,
         }
     }
 }
@@ -197,6 +216,11 @@ impl TrainConfig {
         }
         if self.reader_passages == 0 && self.mode == Mode::Qa {
             return bad("QA training needs at least 1 passage per question");
+        }
+        if self.reader_passages < 2 && self.mode == Mode::Spans {
+            return bad(
+                "span pre-training needs at least 2 passages per sentence: one that holds the span and a hard negative",
+            );
         }
         if self.reader_passages == 0 && self.mode == Mode::Realm {
             return bad("REALM training needs at least 1 retrieved passage per sentence");
@@ -307,6 +331,14 @@ pub enum Event {
     QaBatch {
         step: u64,
         questions: usize,
+        skipped: usize,
+    },
+    /// Span pre-training, after each [`Event::Step`]: of the `sentences` of step `step`,
+    /// `skipped` had no span the reader could match in the passage that holds it (a span cut
+    /// off by the reader's token limit) and did not contribute to the loss.
+    SpanBatch {
+        step: u64,
+        sentences: usize,
         skipped: usize,
     },
     /// REALM, after each [`Event::Step`]: `sentences` masked sentences were trained on (a

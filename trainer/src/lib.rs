@@ -2,7 +2,7 @@
 //!
 //! Retriever and reader training on a live realm-db database. A [`Trainer`] takes a
 //! [`realm_retriever::Retriever`], a [`TrainConfig`] and question-answer pairs, and trains
-//! in one of five [`Mode`]s, each in its own module that owns its state:
+//! in one of six [`Mode`]s, each in its own module that owns its state:
 //!
 //! * **query-side** (DensePhrases, Atlas): the document tower is frozen, so the stored
 //!   vectors of the current generation stay valid; only a copy of the generation's query
@@ -24,6 +24,11 @@
 //!   [`realm_reader::Reader`] trains both the reader and (through log p(z|x)) the query
 //!   tower. At the end the query tower is attached to the generation and the reader is
 //!   stored and made current ([`realm_reader::store`]).
+//! * **spans** (self-supervised span pre-training of the reader): a salient span of each
+//!   corpus sentence is masked, and the reader learns to find it in the retrieved passages
+//!   (never the sentence's own) that contain it, against hard negatives of the same
+//!   retrieval, computed once at the start. No labels; only the reader trains, and it
+//!   becomes the current reader ([`SpanExample`]).
 //! * **realm** (REALM MLM pre-training): one salient span ([`masking`]) of each sampled
 //!   sentence is masked; the query tower retrieves `reader_passages` passages of the stale
 //!   index, never the sentence's own, which the fresh towers re-score; with a null document
@@ -38,7 +43,7 @@
 //!
 //! Where things live: the loop, events, end of run in `trainer.rs`; what every mode shares
 //! (retriever, settings, pinned generation, query tower) in `context.rs`; one module per
-//! mode (`query_side`, `dual`, [`ict`], `qa`, `realm`); distant supervision in
+//! mode (`query_side`, `dual`, [`ict`], `qa`, `span_pretraining`, `realm`); distant supervision in
 //! `supervision.rs`; towers and where they start from in `towers.rs`; the index-builder
 //! thread in `builder.rs`; held-out evaluation in `evaluation.rs`; checkpoints and resume
 //! in `checkpoint.rs` and [`state`]; seeded randomness in `sampling.rs`; AdamW in
@@ -61,6 +66,7 @@ mod query_side;
 mod realm;
 mod sampling;
 pub mod sentences;
+mod span_pretraining;
 pub mod state;
 mod supervision;
 mod towers;
@@ -74,4 +80,5 @@ pub use ict::ICT_NOTE;
 pub use qa::QA_NOTE;
 pub use query_side::QUERY_SIDE_NOTE;
 pub use realm::{REALM_HELD_OUT_SCORED, REALM_NOTE};
+pub use span_pretraining::{SPAN_MASK, SpanExample};
 pub use trainer::Trainer;

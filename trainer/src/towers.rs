@@ -102,6 +102,7 @@ impl ReaderTower {
         };
         // p(z|x) at answer time uses the temperature the reader trains with.
         reader.set_retrieval_scale(config.scale)?;
+        reader.set_span_normalization(config.span_normalization);
         Ok(ReaderTower::new(reader))
     }
 

@@ -1,4 +1,4 @@
-//! The [`Trainer`]: it starts or resumes a run in one of the five modes, drives the training
+//! The [`Trainer`]: it starts or resumes a run in one of the six modes, drives the training
 //! loop (events, evaluation, index refresh, checkpoints) and ends the run (attaching the
 //! query tower, publishing a generation, storing the reader). What a step does lives in the
 //! mode's own module.
@@ -19,9 +19,10 @@ use crate::dual::{DUAL_NOTE, Dual};
 use crate::error::{Error, Result};
 use crate::evaluation::EvalSet;
 use crate::ict::{ICT_NOTE, Ict};
-use crate::qa::{QA_NOTE, Qa};
+use crate::qa::{QA_NOTE, Qa, exact_match};
 use crate::query_side::{QUERY_SIDE_NOTE, QuerySide};
 use crate::realm::{REALM_NOTE, Realm};
+use crate::span_pretraining::{SpanExample, SpanPretraining};
 use crate::state::TrainerState;
 use crate::towers::{ReaderTower, Tower};
 
@@ -32,6 +33,7 @@ enum ModeState {
     Dual(Box<Dual>),
     Ict(Box<Ict>),
     Qa(Box<Qa>),
+    Spans(Box<SpanPretraining>),
     Realm(Box<Realm>),
 }
 
@@ -43,6 +45,7 @@ impl ModeState {
             ModeState::Dual(m) => m.supervision.examples.len(),
             ModeState::Ict(m) => m.passages.len(),
             ModeState::Qa(m) => m.pairs.len(),
+            ModeState::Spans(m) => m.examples.len(),
             ModeState::Realm(m) => m.examples(),
         }
     }
@@ -53,6 +56,7 @@ impl ModeState {
             ModeState::QuerySide(m) => m.supervision.dropped,
             ModeState::Dual(m) => m.supervision.dropped,
             ModeState::Qa(m) => m.dropped,
+            ModeState::Spans(m) => m.dropped,
             ModeState::Ict(_) | ModeState::Realm(_) => 0,
         }
     }
@@ -63,7 +67,7 @@ impl ModeState {
             ModeState::Dual(m) => Some(&m.document),
             ModeState::Ict(m) => Some(&m.document),
             ModeState::Realm(m) => Some(&m.document),
-            ModeState::QuerySide(_) | ModeState::Qa(_) => None,
+            ModeState::QuerySide(_) | ModeState::Qa(_) | ModeState::Spans(_) => None,
         }
     }
 
@@ -71,6 +75,7 @@ impl ModeState {
     fn reader(&self) -> Option<&ReaderTower> {
         match self {
             ModeState::Qa(m) => Some(&m.reader),
+            ModeState::Spans(m) => Some(&m.reader),
             ModeState::Realm(m) => Some(&m.reader),
             ModeState::QuerySide(_) | ModeState::Dual(_) | ModeState::Ict(_) => None,
         }
@@ -83,6 +88,7 @@ impl ModeState {
             ModeState::Dual(m) => vec![("document", &mut m.document.opt)],
             ModeState::Ict(m) => vec![("document", &mut m.document.opt)],
             ModeState::Qa(m) => vec![("reader", &mut m.reader.opt)],
+            ModeState::Spans(m) => vec![("reader", &mut m.reader.opt)],
             ModeState::Realm(m) => vec![
                 ("document", &mut m.document.opt),
                 ("reader", &mut m.reader.opt),
@@ -97,7 +103,7 @@ impl ModeState {
             ModeState::Dual(_) => Some(DUAL_NOTE),
             ModeState::Ict(_) => Some(ICT_NOTE),
             ModeState::Realm(_) => Some(REALM_NOTE),
-            ModeState::QuerySide(_) | ModeState::Qa(_) => None,
+            ModeState::QuerySide(_) | ModeState::Qa(_) | ModeState::Spans(_) => None,
         }
     }
 
@@ -111,7 +117,9 @@ impl ModeState {
         match self {
             ModeState::QuerySide(_) => Some(QUERY_SIDE_NOTE),
             ModeState::Qa(_) => Some(QA_NOTE),
-            ModeState::Dual(_) | ModeState::Ict(_) | ModeState::Realm(_) => None,
+            ModeState::Dual(_) | ModeState::Ict(_) | ModeState::Spans(_) | ModeState::Realm(_) => {
+                None
+            }
         }
     }
 }
@@ -193,7 +201,9 @@ impl Trainer {
         let db = retriever.db().clone();
         let resume = Resume::find(&db, &config)?;
         let search = match (&resume, config.mode) {
-            (Some(r), Mode::QuerySide | Mode::Qa) => retriever.snapshot_at(r.state.generation)?,
+            (Some(r), Mode::QuerySide | Mode::Qa | Mode::Spans) => {
+                retriever.snapshot_at(r.state.generation)?
+            }
             _ => retriever.snapshot()?,
         };
         let manifest = search
@@ -223,6 +233,9 @@ impl Trainer {
             Mode::Dual => ModeState::Dual(Box::new(Dual::new(&ctx, document()?, &train)?)),
             Mode::Ict => ModeState::Ict(Box::new(Ict::new(&ctx, document()?)?)),
             Mode::Qa => ModeState::Qa(Box::new(Qa::new(start_reader(reader)?, train)?)),
+            Mode::Spans => {
+                ModeState::Spans(Box::new(SpanPretraining::new(&ctx, start_reader(reader)?)?))
+            }
             Mode::Realm => {
                 let reader = start_reader(reader)?;
                 ModeState::Realm(Box::new(Realm::new(&ctx, document()?, reader)?))
@@ -391,6 +404,15 @@ impl Trainer {
                 });
                 done.loss
             }
+            ModeState::Spans(m) => {
+                let done = m.step(ctx, step)?;
+                after = Some(Event::SpanBatch {
+                    step,
+                    sentences: done.sentences,
+                    skipped: done.skipped,
+                });
+                done.loss
+            }
             ModeState::Realm(m) => {
                 let done = m.step(ctx, step)?;
                 after = Some(Event::RealmBatch {
@@ -518,8 +540,13 @@ impl Trainer {
             top5: accuracy.top5,
             top20: accuracy.top20,
         });
-        if let ModeState::Qa(m) = &self.mode
-            && let Some(exact) = m.exact_match(&self.ctx, &self.eval)?
+        let reader = match &self.mode {
+            ModeState::Qa(m) => Some(&m.reader.reader),
+            ModeState::Spans(m) => Some(&m.reader.reader),
+            _ => None,
+        };
+        if let Some(reader) = reader
+            && let Some(exact) = exact_match(&self.ctx, reader, &self.eval)?
         {
             em.emit(Event::ExactMatch {
                 step: self.step,
@@ -546,6 +573,14 @@ impl Trainer {
         };
         Ok(m.log_likelihood(&self.ctx, sentences, seed)?
             .map(|s| (s.with_retrieval, s.null_only, s.sentences)))
+    }
+
+    /// Span pre-training: the masked sentences it trains on; empty in the other modes.
+    pub fn span_examples(&self) -> &[SpanExample] {
+        match &self.mode {
+            ModeState::Spans(m) => &m.examples,
+            _ => &[],
+        }
     }
 
     /// REALM: the held-out sentences (at most [`crate::REALM_HELD_OUT_SCORED`] of them), each

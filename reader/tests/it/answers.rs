@@ -1,7 +1,9 @@
 //! The answer rules of `Reader::answer_from_scores` and `Reader::answer_with`: span scores
 //! are built by hand, so each rule decides a known winner.
 
-use realm_reader::{AnswerOptions, Error, Marginalization, PassageSpans, Span, SpanScores};
+use realm_reader::{
+    AnswerOptions, Error, Marginalization, PassageSpans, Span, SpanNormalization, SpanScores,
+};
 use realm_retriever::eval::normalize_answer;
 use realm_testing_torch::tiny_reader;
 use tch::Tensor;
@@ -23,13 +25,20 @@ fn passage(text: &'static str, p_z: f32, spans: &[(&'static str, f64)]) -> Passa
 }
 
 /// Answers `question` from hand-built span scores with `options` (a tiny reader with the
-/// default `top_spans_per_passage`, 5).
+/// default `top_spans_per_passage`, 5): each span's given value q is taken as p(s|z,x) as it
+/// stands, and ln q as its raw score.
 fn answer(
     question: &str,
     passages: &[Passage],
     options: &AnswerOptions,
 ) -> realm_reader::Result<realm_reader::Answer> {
-    let scores = SpanScores {
+    answer_from(question, &span_scores(passages, false), passages, options)
+}
+
+/// Hand-built span scores: raw scores ln q; log p(s|z,x) = ln q as it stands, or the
+/// per-passage log-softmax of the raw scores when `normalize`.
+fn span_scores(passages: &[Passage], normalize: bool) -> SpanScores {
+    SpanScores {
         passages: passages
             .iter()
             .map(|p| {
@@ -46,22 +55,37 @@ fn answer(
                         }
                     })
                     .collect();
-                let log_probs: Vec<f32> = p.spans.iter().map(|(_, q)| q.ln() as f32).collect();
+                let logits: Vec<f32> = p.spans.iter().map(|(_, q)| q.ln() as f32).collect();
+                let logits = Tensor::from_slice(&logits);
+                let log_probs = if normalize {
+                    logits.log_softmax(0, tch::Kind::Float)
+                } else {
+                    logits.shallow_clone()
+                };
                 PassageSpans {
                     spans,
-                    log_probs: Tensor::from_slice(&log_probs),
+                    log_probs,
+                    logits,
                     passage_tokens: (0, 0),
                 }
             })
             .collect(),
-    };
+    }
+}
+
+fn answer_from(
+    question: &str,
+    scores: &SpanScores,
+    passages: &[Passage],
+    options: &AnswerOptions,
+) -> realm_reader::Result<realm_reader::Answer> {
     let given: Vec<(u64, &str, &str, f32)> = passages
         .iter()
         .enumerate()
         .map(|(i, p)| (i as u64, "", p.text, p.p_z))
         .collect();
     let reader = tiny_reader(1, realm_reader::ReaderConfig::default());
-    reader.answer_from_scores(question, &given, &scores, options)
+    reader.answer_from_scores(question, &given, scores, options)
 }
 
 fn text_of(question: &str, passages: &[Passage], options: &AnswerOptions) -> String {
@@ -290,4 +314,96 @@ fn a_reader_answers_with_distinct_alternatives_outside_the_question() {
         assert!(!question_words.contains(&format!(" {key} ")), "{key:?}");
     }
     assert!(a.alternatives.windows(2).all(|w| w[0].prob >= w[1].prob));
+}
+
+/// "Australia" is the only span of four weak passages (p(z|x) 0.15, raw span score ln 0.5);
+/// "Canberra" scores ln 20 in a passage of p(z|x) 0.4.
+fn weak_australia() -> Vec<Passage> {
+    let mut passages = vec![passage(
+        "Canberra is the seat of government.",
+        0.4,
+        &[("Canberra", 20.0), ("government", 1.0)],
+    )];
+    for text in [
+        "Australia is a country.",
+        "Sydney is in Australia.",
+        "Australia has six states.",
+        "Melbourne, Australia.",
+    ] {
+        passages.push(passage(text, 0.15, &[("Australia", 0.5)]));
+    }
+    passages
+}
+
+#[test]
+fn joint_normalization_lets_passages_without_a_good_span_give_little() {
+    let passages = weak_australia();
+    let scores = span_scores(&passages, true);
+    let question = "Which city is the capital?";
+    let with = |normalization| AnswerOptions {
+        span_normalization: Some(normalization),
+        ..AnswerOptions::default()
+    };
+    // Per passage, each weak passage's lone span gets p(s|z,x) = 1:
+    // Australia 4 · 0.15 = 0.6, Canberra 0.4 · 20/21 = 0.381.
+    let per_passage = answer_from(
+        question,
+        &scores,
+        &passages,
+        &with(SpanNormalization::Passage),
+    )
+    .expect("an answer");
+    assert_eq!(per_passage.text, "Australia");
+    assert!((per_passage.prob - 0.6).abs() < 1e-5, "{per_passage:?}");
+    // Joint: p(s,z|x) ∝ p(z|x) · exp(score): Canberra 8, government 0.4, Australia
+    // 4 · 0.075 = 0.3, out of 8.7.
+    let joint = answer_from(
+        question,
+        &scores,
+        &passages,
+        &with(SpanNormalization::Joint),
+    )
+    .expect("an answer");
+    assert_eq!(joint.text, "Canberra");
+    assert!((joint.prob - 8.0 / 8.7).abs() < 1e-5, "{joint:?}");
+    let australia = joint
+        .alternatives
+        .iter()
+        .find(|a| a.text == "Australia")
+        .expect("Australia is an alternative");
+    assert!((australia.prob - 0.3 / 8.7).abs() < 1e-5, "{joint:?}");
+    // The evidence's p(y, z|x) sums over passages to the answer's probability.
+    let total: f64 = joint.evidence.iter().map(|e| e.p_answer_given_z).sum();
+    assert!((total - joint.prob).abs() < 1e-6);
+    // The reader's own normalization is the default (a tiny reader: per passage).
+    let default =
+        answer_from(question, &scores, &passages, &AnswerOptions::default()).expect("an answer");
+    assert_eq!(default.text, "Australia");
+}
+
+#[test]
+fn joint_log_probabilities_sum_to_one_over_every_span() {
+    let passages = weak_australia();
+    let scores = span_scores(&passages, true);
+    let p_z: Vec<f32> = passages.iter().map(|p| p.p_z.ln()).collect();
+    let log_p_z = Tensor::from_slice(&p_z);
+    let total = |normalization| -> f64 {
+        scores
+            .log_probs_with(&log_p_z, normalization)
+            .expect("log-probabilities")
+            .iter()
+            .map(|t| t.exp().sum(tch::Kind::Double).double_value(&[]))
+            .sum()
+    };
+    assert!((total(SpanNormalization::Joint) - 1.0).abs() < 1e-5);
+    assert!((total(SpanNormalization::Passage) - 1.0).abs() < 1e-5);
+    let joint = scores
+        .log_probs_with(&log_p_z, SpanNormalization::Joint)
+        .expect("log-probabilities");
+    // Canberra: 8 / 8.7.
+    assert!((joint[0].double_value(&[0]).exp() - 8.0 / 8.7).abs() < 1e-5);
+    assert!(matches!(
+        scores.log_probs_with(&Tensor::from_slice(&[0.0f32]), SpanNormalization::Joint),
+        Err(Error::InvalidInput { .. })
+    ));
 }

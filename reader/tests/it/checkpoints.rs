@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use realm_reader::{Reader, ReaderConfig};
+use realm_reader::{Reader, ReaderConfig, SpanNormalization};
 use realm_retriever::encoder::checkpoint_fingerprint;
 use realm_testing_torch::{fixture_bert, fixture_tokenizer};
 use serde::{Deserialize, Serialize};
@@ -193,6 +193,22 @@ fn v2_reader_checkpoint_loads_with_the_v1_outputs() {
         read_expected("reader-v2.json"),
     );
     assert_matches("v2 against v1", &v2, &v1);
+}
+
+/// A reader trained with the joint span normalization saves it and loads with it; one with
+/// the per-passage normalization writes no such field (its bytes are those of readers saved
+/// before the setting existed, as the fixtures show).
+#[test]
+fn the_span_normalization_survives_a_checkpoint() {
+    let bytes = std::fs::read(fixtures().join("reader-v2.ckpt")).expect("the fixture reads");
+    let mut reader = load(&bytes);
+    assert_eq!(reader.span_normalization(), SpanNormalization::Passage);
+    reader.set_span_normalization(SpanNormalization::Joint);
+    let joint = reader.to_checkpoint_bytes().expect("the reader saves");
+    assert_ne!(joint, bytes);
+    assert_eq!(load(&joint).span_normalization(), SpanNormalization::Joint);
+    reader.set_span_normalization(SpanNormalization::Passage);
+    assert!(reader.to_checkpoint_bytes().unwrap() == bytes);
 }
 
 /// Rewrites the format-2 reader fixture and its expected outputs (the format-1 fixture

@@ -169,6 +169,48 @@ pub fn towns_retriever(dir: &Path, seed: i64) -> (Retriever, Vec<QaExample>) {
     (indexed_retriever(dir, &passages, seed), questions)
 }
 
+/// The toy world of 16 made-up painters and the made-up towns they lived in, two passages
+/// per painter: "The painter <P> lived for many years in the town of <T>, ..." (external id
+/// `a<i>`) and "The town of <T> is known as the home of the painter <P>, ..." (`b<i>`). Each
+/// passage is one sentence whose salient spans are the two names, so masking either one
+/// leaves a sentence whose answer is in the painter's other passage. The questions ask
+/// "in which town did the painter <p> live" (answer <T>).
+pub fn painters() -> (Vec<NewPassage>, Vec<QaExample>) {
+    let mut passages = Vec::new();
+    let mut questions = Vec::new();
+    for i in 0..16 {
+        let (painter, town) = (TOWNS[16 + i], TOWNS[i]);
+        passages.push(
+            NewPassage::new(
+                painter,
+                format!(
+                    "The painter {painter} lived for many years in the town of {town}, where the market opens at dawn."
+                ),
+            )
+            .with_external_id(format!("a{i}")),
+        );
+        passages.push(
+            NewPassage::new(
+                town,
+                format!(
+                    "The town of {town} is known as the home of the painter {painter}, and its roads are long and quiet."
+                ),
+            )
+            .with_external_id(format!("b{i}")),
+        );
+        questions.push(qa(
+            i + 1,
+            &format!(
+                "in which town did the painter {} live",
+                painter.to_lowercase()
+            ),
+            &[town],
+            &[],
+        ));
+    }
+    (passages, questions)
+}
+
 /// The vocabulary of the checkpoint fixtures' tokenizer, ids in order.
 pub const FIXTURE_VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of in is was by who what \
     where wrote ham ##let shakespeare william play tragedy denmark london globe theatre river \

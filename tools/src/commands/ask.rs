@@ -1,7 +1,9 @@
 //! `realm-db ask`: retrieve, then read. The answer's probability marginalizes over the
 //! retrieved passages: p(y|x) = Σ_z p(z|x) p(y|z,x) (or, with `--marginalize max`,
 //! max_z p(z|x) p(y|z,x)); the best three distinct answers are listed with their
-//! probabilities renormalized over the candidates.
+//! probabilities renormalized over the candidates. A reader trained with the joint span
+//! normalization (DPR's) scores spans with one softmax over all passages, so each passage's
+//! share is p(y,z|x) and they sum to p(y|x).
 
 use std::io::Write;
 
@@ -27,6 +29,9 @@ struct AnswerJson<'a> {
     reader: &'a str,
     /// `sum` or `max`: what `prob` is.
     marginalization: &'static str,
+    /// `passage` (evidence: p(z|x) and p(y|z,x)) or `joint` (evidence: p(z|x) as retrieved
+    /// and p(y,z|x)).
+    span_normalization: &'static str,
     /// The best distinct answers, best first (the first is `answer`).
     alternatives: Vec<AlternativeJson<'a>>,
     evidence: Vec<EvidenceJson<'a>>,
@@ -99,6 +104,7 @@ fn to_json<'a>(
         generation,
         reader,
         marginalization: Marginalization::Sum.name(),
+        span_normalization: answer.span_normalization.name(),
         alternatives: answer
             .alternatives
             .iter()

@@ -3,14 +3,14 @@
 use std::io::Write;
 
 use anyhow::Result;
-use realm_db::reader::{AnswerOptions, Marginalization};
+use realm_db::reader::{AnswerOptions, Marginalization, SpanNormalization};
 use realm_db::{
     Bm25Params, Codes, HybridOptions, IvfConfig, RetrieverOptions, SearchMode, SearchOptions,
 };
 
 use crate::cli::{
     AnswerArgs, Cli, CodesArg, Command, DeviceArg, DtypeArg, IndexBuildArgs, IndexKindArg,
-    IndexSearchArgs, MarginalizeArg, ModeArg, RetrievalArgs,
+    IndexSearchArgs, MarginalizeArg, ModeArg, RetrievalArgs, SpanNormalizationArg,
 };
 use crate::open;
 
@@ -79,7 +79,17 @@ impl AnswerArgs {
                 MarginalizeArg::Sum => Marginalization::Sum,
                 MarginalizeArg::Max => Marginalization::Max,
             },
+            span_normalization: self.span_normalization.map(SpanNormalization::from),
             ..AnswerOptions::default()
+        }
+    }
+}
+
+impl From<SpanNormalizationArg> for SpanNormalization {
+    fn from(arg: SpanNormalizationArg) -> Self {
+        match arg {
+            SpanNormalizationArg::Passage => SpanNormalization::Passage,
+            SpanNormalizationArg::Joint => SpanNormalization::Joint,
         }
     }
 }

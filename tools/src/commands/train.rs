@@ -25,6 +25,7 @@ impl From<TrainModeArg> for Mode {
             TrainModeArg::Dual => Mode::Dual,
             TrainModeArg::Ict => Mode::Ict,
             TrainModeArg::Qa => Mode::Qa,
+            TrainModeArg::Spans => Mode::Spans,
             TrainModeArg::Realm => Mode::Realm,
         }
     }
@@ -34,7 +35,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let mode = Mode::from(args.mode);
     let train = match (&args.qa, args.mode) {
         (Some(path), _) => read_qa_file(path)?,
-        (None, TrainModeArg::Ict | TrainModeArg::Realm) => Vec::new(),
+        (None, TrainModeArg::Ict | TrainModeArg::Spans | TrainModeArg::Realm) => Vec::new(),
         (None, _) => {
             return Err(user(format!(
                 "--mode {} learns from question-answer pairs; pass them with --qa FILE",
@@ -65,6 +66,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         reader_passages: args.reader_passages,
         reader_model: args.reader_model.clone(),
         held_out: args.held_out,
+        span_normalization: args.span_normalization.into(),
     };
     let mut trainer = Trainer::new(retriever, config, train, eval)?;
 
@@ -109,12 +111,16 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     }
     let report = report?;
     if let Some(path) = &args.plot {
+        let rates = match mode {
+            Mode::Spans => format!("reader lr {}", args.reader_lr),
+            Mode::Qa | Mode::Realm => format!("lr {}, reader lr {}", args.lr, args.reader_lr),
+            _ => format!("lr {}", args.lr),
+        };
         let title = format!(
-            "realm-db train --mode {} ({} steps, batch {}, lr {})",
+            "realm-db train --mode {} ({} steps, batch {}, {rates})",
             mode.name(),
             report.final_step,
             args.batch,
-            args.lr
         );
         plot_training(path, &title, &curves)?;
         if !args.json {
@@ -251,6 +257,16 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
         } => format!(
             "step {step}: held-out masked sentences ({sentences}): log p(y|x) {with_retrieval:.3} with retrieval, {null_only:.3} with the null document only, utility {utility:+.3} nats"
         ),
+        Event::SpanBatch {
+            step,
+            sentences,
+            skipped,
+        } if *skipped > 0 => {
+            bar.set_message(format!(
+                "step {step}: {skipped} of {sentences} masked sentences had no readable span"
+            ));
+            return Ok(());
+        }
         Event::Checkpoint { step } => format!("Checkpoint at step {step}."),
         Event::ExactMatch {
             step,

@@ -1066,10 +1066,12 @@ fn qa_training_stores_a_reader_that_ask_and_eval_em_use() {
     assert_eq!(answer["generation"], 1);
     let prob = answer["prob"].as_f64().expect("p(y|x)");
     assert!((0.0..=1.0 + 1e-6).contains(&prob), "{answer}");
-    // p(y|x) is the marginal over the evidence.
+    // p(y|x) is the marginal over the evidence. Training normalizes span scores jointly
+    // over the passages by default, so each passage holds p(y,z|x).
+    assert_eq!(answer["span_normalization"], "joint");
     let marginal: f64 = evidence
         .iter()
-        .map(|e| e["p_z"].as_f64().expect("p_z") * e["p_answer_given_z"].as_f64().expect("p"))
+        .map(|e| e["p_answer_given_z"].as_f64().expect("p"))
         .sum();
     assert!((marginal - prob).abs() < 1e-4, "{answer}");
     let text = answer["answer"].as_str().expect("an answer");
@@ -1102,12 +1104,26 @@ fn qa_training_stores_a_reader_that_ask_and_eval_em_use() {
             "--marginalize",
             "max",
             "--keep-question-words",
+            "--span-normalization",
+            "passage",
             "--json",
         ])
         .trim(),
     )
     .expect("one JSON object");
     assert_eq!(short["marginalization"], "max");
+    // Per passage, the answer's score is its best passage's p(z|x) p(y|z,x).
+    assert_eq!(short["span_normalization"], "passage");
+    let best = short["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .map(|e| e["p_z"].as_f64().expect("p_z") * e["p_answer_given_z"].as_f64().expect("p"))
+        .fold(0.0, f64::max);
+    assert!(
+        (best - short["prob"].as_f64().expect("a score")).abs() < 1e-4,
+        "{short}"
+    );
     for a in short["alternatives"].as_array().expect("alternatives") {
         let normalized = normalize_answer(a["answer"].as_str().expect("an answer"));
         assert_eq!(normalized.split(' ').count(), 1, "{short}");

@@ -15,3 +15,4 @@ mod qa;
 mod query_side;
 mod realm;
 mod resume;
+mod spans;
