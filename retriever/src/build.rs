@@ -134,7 +134,9 @@ impl Retriever {
     /// Inserts passages and embeds them with the current generation's document encoder in
     /// the same atomic write, so they are searchable at once (no rebuild). Passages whose
     /// external id is already stored are not embedded. Before any generation exists,
-    /// passages are stored pending and the first build embeds them.
+    /// passages are stored pending and the first build embeds them. When the database has a
+    /// phrase generation, the new passages then get their phrase rows in it (a second
+    /// write; until it lands they are pending there).
     pub fn ingest(&self, batch: &[NewPassage]) -> Result<Vec<InsertOutcome>> {
         self.ingest_as(batch, false)
     }
@@ -149,6 +151,22 @@ impl Retriever {
     }
 
     fn ingest_as(&self, batch: &[NewPassage], upsert: bool) -> Result<Vec<InsertOutcome>> {
+        let outcomes = self.ingest_with_vectors(batch, upsert)?;
+        let stored: Vec<u64> = outcomes
+            .iter()
+            .filter(|o| !matches!(o, InsertOutcome::Duplicate(_)))
+            .map(|o| o.id())
+            .collect();
+        self.encode_phrases_of(&stored)?;
+        Ok(outcomes)
+    }
+
+    /// Stores a batch with its rows in the current generation (see [`Retriever::ingest`]).
+    fn ingest_with_vectors(
+        &self,
+        batch: &[NewPassage],
+        upsert: bool,
+    ) -> Result<Vec<InsertOutcome>> {
         for _ in 0..3 {
             let snapshot = self.db().snapshot()?;
             let Some(manifest) = snapshot.generation().cloned() else {

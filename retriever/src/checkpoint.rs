@@ -1,11 +1,12 @@
 //! The checkpoint framing shared by the encoder and the reader, and checkpoint ids.
 //!
-//! A checkpoint is 8 magic bytes naming its kind (`b"REALMENC"`, `b"REALMRDR"`), a
+//! A checkpoint is 8 magic bytes naming its kind (`b"REALMENC"`, `b"REALMRDR"`,
+//! `b"REALMPHR"` for the phrase encoder), a
 //! little-endian u32 format version, then three sections, each a little-endian u64 length
 //! followed by that many bytes: a JSON header (the kind's own fields), the tokenizer JSON,
 //! and the weights (a safetensors file, see [`crate::weights`]). Nothing may follow the
 //! last section. A checkpoint's id is the hex SHA-256 of its bytes
-//! ([`checkpoint_fingerprint`]). `docs/checkpoints.md` lists each kind's header fields.
+//! ([`checkpoint_fingerprint`]). Each kind documents its header fields where it writes them.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -12,7 +12,8 @@
 //! * the in-database query path, re-exported here: a [`Retriever`] keeps each pinned
 //!   generation's matrix resident on the device (CUDA when available, else CPU; module
 //!   `matrix`), builds generations from an encoder and embeds passages on ingest (`build`);
-//!   a [`SearchSnapshot`] answers exact inner-product top-k with p(z|x) (`search`, `topk`).
+//!   a [`SearchSnapshot`] answers exact inner-product top-k with p(z|x) (`search`, `topk`);
+//! * [`phrase`]: DensePhrases' phrase encoder, phrase rows and two-sided phrase search.
 
 pub mod backbone;
 pub mod batch;
@@ -31,6 +32,7 @@ mod kmeans;
 mod matrix;
 mod model;
 pub mod model_folder;
+pub mod phrase;
 pub mod pyregex;
 mod qa_metrics;
 pub mod random;

@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     /// Recently used approximate indexes, newest last.
     pub(crate) indexes: Mutex<Vec<Arc<crate::ivf_search::LoadedIndex>>>,
     encoders: Mutex<HashMap<String, Arc<Encoder>>>,
+    /// Phrase encoders loaded from the store, by checkpoint id and filter threshold.
+    pub(crate) phrase_encoders: Mutex<HashMap<String, Arc<crate::phrase::PhraseEncoder>>>,
 }
 
 /// The database plus its retriever: encoders stored with it and device-resident matrices.
@@ -108,6 +110,7 @@ impl Retriever {
                 indexes: Mutex::new(Vec::new()),
                 exact_plans: Mutex::new(Default::default()),
                 encoders: Mutex::new(HashMap::new()),
+                phrase_encoders: Mutex::new(HashMap::new()),
             }),
         }
     }

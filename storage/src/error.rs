@@ -80,6 +80,11 @@ pub enum Error {
     #[error("the generation spec is invalid: {reason}")]
     InvalidSpec { reason: String },
 
+    /// Phrase rows are malformed (lengths, order, non-finite values) or do not fit their
+    /// passage's text.
+    #[error("the phrase rows are invalid: {reason}")]
+    InvalidPhraseRows { reason: String },
+
     /// Vectors did not have the generation's dimension.
     #[error(
         "generation {generation} stores {expected}-dimensional vectors, but {values} values were given for {ids} passages"
@@ -113,6 +118,15 @@ pub enum Error {
         passage: PassageId,
     },
 
+    /// The passage already has phrase rows in this phrase generation.
+    #[error(
+        "passage {passage} already has phrase rows in phrase generation {generation}; phrase rows are immutable once written"
+    )]
+    DuplicatePhraseRows {
+        generation: GenerationId,
+        passage: PassageId,
+    },
+
     /// Commit found passages without a vector in the new generation.
     #[error(
         "generation {generation} cannot be committed: {missing} visible passages have no vector in it (first few: {first:?}); write them and commit again"
@@ -142,6 +156,10 @@ pub enum Error {
     /// The operation needs a current generation, and none has been published.
     #[error("the database has no current generation yet; build and commit one first")]
     NoCurrentGeneration,
+
+    /// The operation needs a current phrase generation, and none has been published.
+    #[error("the database has no current phrase generation yet; build and commit one first")]
+    NoPhraseGeneration,
 
     /// A write was attempted through a read-only follower.
     #[error(
@@ -203,6 +221,7 @@ impl Error {
             // Concurrent writers moved the current generation: retrying is the fix.
             | Error::GenerationChanged { .. }
             | Error::NoCurrentGeneration
+            | Error::NoPhraseGeneration
             | Error::ReadOnly { .. }
             // A follower of a database whose lexical index no writer has built yet.
             | Error::LexicalIndexUnavailable { .. }
@@ -216,10 +235,12 @@ impl Error {
             | Error::Corrupt { .. }
             // The layers above build specs, vectors and coverage; a bad one is their bug.
             | Error::InvalidSpec { .. }
+            | Error::InvalidPhraseRows { .. }
             | Error::DimensionMismatch { .. }
             | Error::NonFinite { .. }
             | Error::NotWritable { .. }
             | Error::DuplicateVector { .. }
+            | Error::DuplicatePhraseRows { .. }
             | Error::CoverageGap { .. }
             // A blob the database's own records name (a stored encoder) is missing.
             | Error::UnknownBlob { .. } => false,
@@ -250,14 +271,17 @@ mod tests {
             Error::UnknownPassage(_) => true,
             Error::UnknownGeneration(_) => true,
             Error::InvalidSpec { .. } => false,
+            Error::InvalidPhraseRows { .. } => false,
             Error::DimensionMismatch { .. } => false,
             Error::NonFinite { .. } => false,
             Error::NotWritable { .. } => false,
             Error::DuplicateVector { .. } => false,
+            Error::DuplicatePhraseRows { .. } => false,
             Error::CoverageGap { .. } => false,
             Error::NotPinnable { .. } => true,
             Error::GenerationChanged { .. } => true,
             Error::NoCurrentGeneration => true,
+            Error::NoPhraseGeneration => true,
             Error::ReadOnly { .. } => true,
             Error::UnknownBlob { .. } => false,
             Error::InvalidBlobName { .. } => true,
@@ -269,7 +293,7 @@ mod tests {
     }
 
     /// The number of arms of `expected_user_error`: one sample of each variant is needed.
-    const VARIANTS: usize = 27;
+    const VARIANTS: usize = 30;
 
     fn one_of_each() -> Vec<Error> {
         let path = PathBuf::from("/data/db");
@@ -304,6 +328,9 @@ mod tests {
             Error::InvalidSpec {
                 reason: "the dimension is 0".into(),
             },
+            Error::InvalidPhraseRows {
+                reason: "stored token 0 covers no bytes (3..3)".into(),
+            },
             Error::DimensionMismatch {
                 generation: 1,
                 expected: 4,
@@ -322,6 +349,10 @@ mod tests {
                 generation: 1,
                 passage: 2,
             },
+            Error::DuplicatePhraseRows {
+                generation: 3,
+                passage: 2,
+            },
             Error::CoverageGap {
                 generation: 2,
                 missing: 1,
@@ -336,6 +367,7 @@ mod tests {
                 found: Some(2),
             },
             Error::NoCurrentGeneration,
+            Error::NoPhraseGeneration,
             Error::ReadOnly { path: path.clone() },
             Error::UnknownBlob {
                 name: "encoder".into(),

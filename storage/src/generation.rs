@@ -186,9 +186,19 @@ impl Drop for GenerationWriter {
 
 /// Passage ids without a vector (live or dead) in `generation`, by a merge of two sorted scans.
 pub(crate) fn missing_in(r: &dyn Reader, generation: GenerationId) -> Result<Vec<PassageId>> {
-    let what = || format!("the vector index of generation {generation}");
+    uncovered(r, Cf::VectorIndex, generation)
+}
+
+/// Stored passage ids without a `(generation, passage)` key in `cf` (the vector index, or a
+/// phrase generation's rows), by a merge of two sorted scans.
+pub(crate) fn uncovered(
+    r: &dyn Reader,
+    cf: Cf,
+    generation: GenerationId,
+) -> Result<Vec<PassageId>> {
+    let what = || format!("a key of generation {generation} in {}", cf.name());
     let mut covered = r
-        .scan(Cf::VectorIndex, &u64_key(generation), &[])
+        .scan(cf, &u64_key(generation), &[])
         .map(|e| e.and_then(|(k, _)| codec::pair_second(&k, &what)))
         .peekable();
     let mut missing = Vec::new();

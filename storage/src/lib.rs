@@ -25,6 +25,11 @@
 //! * A **lexical (BM25) index** ([`lexical`]) is updated in the same write batch as every
 //!   passage insert and delete, so [`Snapshot::bm25_search`] scores exactly the passages the
 //!   snapshot sees.
+//! * A **phrase generation** stores every passage's [`phrase_rows::PhraseRows`] (the
+//!   start/end vectors of a phrase encoder, DensePhrases-style) with the same lifecycle:
+//!   [`Db::begin_phrase_generation`] returns a [`PhraseGenerationWriter`] whose commit makes
+//!   it the current phrase generation, [`Db::phrase_snapshot`] pins it, [`Db::gc`] collects
+//!   retired ones.
 //!
 //! ```
 //! use realm_storage::{Db, Dtype, GenerationSpec, NewPassage};
@@ -57,6 +62,9 @@ mod error;
 mod generation;
 pub mod ivf;
 pub mod lexical;
+mod phrase_generation;
+pub mod phrase_rows;
+mod phrase_snapshot;
 mod porter2;
 mod rocks;
 mod snapshot;
@@ -73,6 +81,10 @@ pub use db::{
 pub use error::{Error, Result};
 pub use generation::GenerationWriter;
 pub use lexical::Bm25Params;
+pub use phrase_generation::{
+    PhraseGenerationInfo, PhraseGenerationSpec, PhraseGenerationWriter, PhraseManifest,
+};
+pub use phrase_snapshot::PhraseSnapshot;
 pub use snapshot::{PassageIter, Snapshot, VectorMatrix};
 pub use snapshot_index::IvfList;
 pub use validation::{
@@ -82,11 +94,12 @@ pub use validation::{
 pub use verify::IntegrityReport;
 
 /// The on-disk format version this build reads and writes. See `docs/format.md`.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// A passage's stable id, assigned by the database on insert and never reused.
 pub type PassageId = u64;
-/// A generation's id, assigned in increasing order by [`Db::begin_generation`].
+/// A generation's id, assigned in increasing order by [`Db::begin_generation`] and
+/// [`Db::begin_phrase_generation`] (one counter: an id names one generation of either kind).
 pub type GenerationId = u64;
 
 /// A passage to insert.

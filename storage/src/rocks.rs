@@ -41,10 +41,14 @@ pub(crate) enum Cf {
     IvfIndexes,
     /// Generation id ++ index version ++ list (u32 BE) ++ passage id → the row's SQ8 code.
     IvfLists,
+    /// Phrase generation id (u64 BE) → phrase manifest.
+    PhraseGenerations,
+    /// Phrase generation id ++ passage id → the passage's phrase-row record.
+    PhraseRows,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 11] = [
+    pub(crate) const ALL: [Cf; 13] = [
         Cf::Meta,
         Cf::Passages,
         Cf::ExternalIds,
@@ -56,6 +60,8 @@ impl Cf {
         Cf::LexicalPostings,
         Cf::IvfIndexes,
         Cf::IvfLists,
+        Cf::PhraseGenerations,
+        Cf::PhraseRows,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -71,6 +77,8 @@ impl Cf {
             Cf::LexicalPostings => "lexical_postings",
             Cf::IvfIndexes => "ivf_indexes",
             Cf::IvfLists => "ivf_lists",
+            Cf::PhraseGenerations => "phrase_generations",
+            Cf::PhraseRows => "phrase_rows",
         }
     }
 
@@ -78,8 +86,9 @@ impl Cf {
         let mut opts = Options::default();
         let mut table = BlockBasedOptions::default();
         match self {
-            // Float vectors and checkpoints do not compress; large blocks make scans sequential.
-            Cf::Vectors | Cf::Blobs | Cf::IvfIndexes => {
+            // Float vectors (phrase rows are mostly vectors) and checkpoints do not compress;
+            // large blocks make scans sequential.
+            Cf::Vectors | Cf::Blobs | Cf::IvfIndexes | Cf::PhraseRows => {
                 opts.set_compression_type(DBCompressionType::None);
                 table.set_block_size(64 * 1024);
                 opts.set_enable_blob_files(false);
@@ -340,18 +349,21 @@ impl Rocks {
     }
 }
 
-/// Drops a column family from a closed database, as if it had been written by a format that
-/// predates it. Only for tests of format upgrades.
+/// Drops column families from a closed database, as if it had been written by a format that
+/// predates them. Only for tests of format upgrades.
 #[cfg(feature = "testing")]
-pub(crate) fn drop_column_family(path: &Path, cf: Cf) -> Result<()> {
+pub(crate) fn drop_column_families(path: &Path, cfs: &[Cf]) -> Result<()> {
     let mut opts = Options::default();
     opts.create_missing_column_families(true);
     let mut db = rocksdb::DB::open_cf_descriptors(&opts, path, descriptors())
         .map_err(|source| classify_open_error(path, source))?;
-    db.drop_cf(cf.name()).map_err(|source| Error::Rocks {
-        path: path.to_path_buf(),
-        source,
-    })
+    for cf in cfs {
+        db.drop_cf(cf.name()).map_err(|source| Error::Rocks {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {

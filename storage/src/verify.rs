@@ -1,14 +1,18 @@
 //! A full integrity check of the store, for `realm-db check` and for crash tests.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::codec::{self, decode_u64, pair_key, pair_second};
-use crate::db::{Db, META_PASSAGE_COUNT, read_current, read_manifests, read_meta_u64};
+use crate::db::{
+    Db, META_NEXT_GENERATION, META_PASSAGE_COUNT, read_current, read_manifests, read_meta_u64,
+    read_passage, read_phrase_current,
+};
 use crate::error::Result;
 use crate::ivf::{self, IndexState};
 use crate::lexical::{self, DocTerms};
+use crate::phrase_rows::PhraseRows;
 use crate::rocks::{Cf, Reader};
-use crate::{GenerationManifest, GenerationState};
+use crate::{GenerationManifest, GenerationState, PhraseManifest};
 
 /// What [`Db::verify`] found. The store is sound when `problems` is empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +25,10 @@ pub struct IntegrityReport {
     pub postings: u64,
     /// Entries of approximate (IVF) indexes, every version.
     pub index_entries: u64,
+    /// Phrase generations, every state.
+    pub phrase_generations: usize,
+    /// Phrase-row records (one per passage and phrase generation).
+    pub phrase_records: u64,
     /// Every violated invariant, as a sentence.
     pub problems: Vec<String>,
 }
@@ -29,8 +37,9 @@ impl Db {
     /// Reads every record and checks the invariants in `docs/format.md`: checksums, the
     /// passage count, one committed current generation, no leftover building generation
     /// (on a writer), no vector data of unknown generations, blocks `0..blocks` present, and
-    /// manifests' row counts equal to their index and tombstones, and the lexical index
-    /// holding exactly each passage's postings with totals that match.
+    /// manifests' row counts equal to their index and tombstones, the lexical index
+    /// holding exactly each passage's postings with totals that match, and phrase
+    /// generations' manifests and row records (invariants 17 to 20).
     pub fn verify(&self) -> Result<IntegrityReport> {
         let rocks = self.rocks();
         let r: &dyn Reader = &*rocks;
@@ -148,6 +157,8 @@ impl Db {
         }
         check_names(r, &passages, external_ids, &mut problem)?;
         report.index_entries = check_indexes(r, &manifests, !self.is_follower(), &mut problem)?;
+        (report.phrase_generations, report.phrase_records) =
+            check_phrases(r, &passages, &manifests, !self.is_follower(), &mut problem)?;
         match lexical_unavailable {
             None => report.postings = lexical.finish(r, &passages, &mut problem)?,
             // A follower of a database that no writer has upgraded yet has no index to check.
@@ -299,6 +310,159 @@ fn check_indexes(
         }
     }
     Ok(total)
+}
+
+/// Checks invariants 17 to 20 of phrase generations: manifests decode and sit under their
+/// ids, which no passage generation shares and which the id counter has passed; one committed
+/// phrase generation, the current one; none building on a writer; every row record belongs
+/// to a phrase generation and a stored passage, decodes, fits the spec and its passage's
+/// text, and no generation holds more records or tokens than it counted. Pending passages
+/// are legal. Returns the numbers of phrase generations and records.
+fn check_phrases(
+    r: &dyn Reader,
+    passages: &HashSet<u64>,
+    generations: &BTreeMap<u64, GenerationManifest>,
+    writer: bool,
+    problem: &mut dyn FnMut(String),
+) -> Result<(usize, u64)> {
+    let mut manifests: BTreeMap<u64, PhraseManifest> = BTreeMap::new();
+    for entry in r.scan(Cf::PhraseGenerations, &[], &[]) {
+        let (key, value) = entry?;
+        let id = match decode_u64(&key, &|| "a phrase generation key".into()) {
+            Ok(id) => id,
+            Err(e) => {
+                problem(e.to_string());
+                continue;
+            }
+        };
+        match codec::decode::<PhraseManifest>(&value, &|| {
+            format!("the manifest of phrase generation {id}")
+        }) {
+            Ok(m) if m.id == id => {
+                manifests.insert(id, m);
+            }
+            Ok(m) => problem(format!(
+                "the phrase manifest stored under id {id} names phrase generation {}",
+                m.id
+            )),
+            Err(e) => problem(e.to_string()),
+        }
+    }
+    let next = read_meta_u64(r, META_NEXT_GENERATION)?.unwrap_or(1);
+    for (&id, m) in &manifests {
+        if generations.contains_key(&id) {
+            problem(format!(
+                "id {id} names both a generation and a phrase generation"
+            ));
+        }
+        if id >= next {
+            problem(format!(
+                "phrase generation {id} is not below the next generation id {next}"
+            ));
+        }
+        if writer && m.state == GenerationState::Building {
+            problem(format!(
+                "phrase generation {id} is still building after open"
+            ));
+        }
+    }
+    let committed: Vec<u64> = manifests
+        .values()
+        .filter(|m| m.state == GenerationState::Committed)
+        .map(|m| m.id)
+        .collect();
+    match read_phrase_current(r)? {
+        Some(c) if !manifests.contains_key(&c) => problem(format!(
+            "the current phrase generation is {c}, which has no manifest"
+        )),
+        Some(c) if committed != [c] => problem(format!(
+            "the current phrase generation is {c}, but the committed phrase generations are {committed:?}"
+        )),
+        None if !committed.is_empty() => problem(format!(
+            "no phrase generation is current, but phrase generations {committed:?} are committed"
+        )),
+        _ => {}
+    }
+    let mut records = 0u64;
+    // Per generation: live records and their tokens.
+    let mut live: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut unknown_generations = BTreeSet::new();
+    let mut unknown_passages = Vec::new();
+    for entry in r.scan(Cf::PhraseRows, &[], &[]) {
+        let (key, value) = entry?;
+        records += 1;
+        let (g, p) = match (
+            decode_u64(&key[..8.min(key.len())], &|| "a phrase-row key".into()),
+            pair_second(&key, &|| "a phrase-row key".into()),
+        ) {
+            (Ok(g), Ok(p)) => (g, p),
+            (Err(e), _) | (_, Err(e)) => {
+                problem(e.to_string());
+                continue;
+            }
+        };
+        let Some(m) = manifests.get(&g) else {
+            unknown_generations.insert(g);
+            continue;
+        };
+        if !passages.contains(&p) {
+            unknown_passages.push((g, p));
+            continue;
+        }
+        let counts = live.entry(g).or_default();
+        counts.0 += 1;
+        let name = format!("the phrase rows of passage {p} in phrase generation {g}");
+        let rows = match PhraseRows::decode_record(&value, &|| name.clone()) {
+            Ok((dtype, rows)) if dtype == m.spec.dtype => rows,
+            Ok((dtype, _)) => {
+                problem(format!(
+                    "{name} are stored as {dtype}, but the generation stores {}",
+                    m.spec.dtype
+                ));
+                continue;
+            }
+            Err(e) => {
+                problem(e.to_string());
+                continue;
+            }
+        };
+        counts.1 += rows.len() as u64;
+        if !rows.is_empty() && rows.dim() != m.spec.dim as usize {
+            problem(format!(
+                "{name} are {}-dimensional, but the generation stores {}-dimensional vectors",
+                rows.dim(),
+                m.spec.dim
+            ));
+        }
+        // An undecodable passage record is reported with the passages.
+        if let Ok(Some(passage)) = read_passage(r, p)
+            && let Err(e) = rows.check_text(&passage.text)
+        {
+            problem(format!("{name} do not fit the passage's text: {e}"));
+        }
+    }
+    for g in unknown_generations {
+        problem(format!(
+            "phrase rows of unknown phrase generation {g} are left"
+        ));
+    }
+    if !unknown_passages.is_empty() {
+        problem(format!(
+            "{} phrase-row records name passages that are not stored (first few, as (phrase generation, passage): {:?})",
+            unknown_passages.len(),
+            &unknown_passages[..unknown_passages.len().min(5)]
+        ));
+    }
+    for (g, (stored, tokens)) in live {
+        let m = &manifests[&g];
+        if stored > m.passages_written || tokens > m.tokens_written {
+            problem(format!(
+                "phrase generation {g} counts {} records of {} tokens written, but {stored} live records of {tokens} tokens are stored",
+                m.passages_written, m.tokens_written
+            ));
+        }
+    }
+    Ok((manifests.len(), records))
 }
 
 /// What the lexical part of [`Db::verify`] has seen so far.

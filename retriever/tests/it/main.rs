@@ -6,6 +6,8 @@ mod eval;
 mod hybrid;
 mod ivf;
 mod parity;
+mod phrase_generations;
+mod phrases;
 mod pyregex;
 mod query;
 mod vectors;

@@ -62,7 +62,7 @@ impl Db {
             wb.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION_1)));
             rocks.write(wb, true)?;
         }
-        crate::rocks::drop_column_family(path, Cf::LexicalPostings)
+        crate::rocks::drop_column_families(path, &[Cf::LexicalPostings])
     }
 
     /// Test hook, not part of the API: records `version` as the analyzer that built the

@@ -7,6 +7,7 @@ mod generations;
 mod ivf_index;
 mod lexical_index;
 mod passages;
+mod phrase_generations;
 mod pin_files;
 mod pins;
 
@@ -31,6 +32,9 @@ pub(crate) use generations::{read_current, read_manifest, read_manifests};
 pub use ivf_index::{IndexWriter, RowBlocks};
 pub use passages::InsertOutcome;
 pub(crate) use passages::{decode_passage, read_passage};
+pub(crate) use phrase_generations::{
+    read_phrase_current, read_phrase_ids, read_phrase_manifest, read_phrase_manifests,
+};
 pub use pin_files::PinHolders;
 pub use pins::GcReport;
 
@@ -39,12 +43,16 @@ pub(crate) const META_NEXT_PASSAGE: &[u8] = b"next_passage_id";
 pub(crate) const META_NEXT_GENERATION: &[u8] = b"next_generation_id";
 pub(crate) const META_CURRENT: &[u8] = b"current_generation";
 pub(crate) const META_PASSAGE_COUNT: &[u8] = b"passage_count";
+pub(crate) const META_CURRENT_PHRASE: &[u8] = b"current_phrase_generation";
 
 /// The format before the lexical index: a writer upgrades it on open.
 const FORMAT_VERSION_1: u32 = 1;
 /// The format before approximate indexes: the same records without the IVF column families,
 /// which a writer's open creates.
 const FORMAT_VERSION_2: u32 = 2;
+/// The format before phrase generations: the same records without the phrase column families,
+/// which a writer's open creates.
+const FORMAT_VERSION_3: u32 = 3;
 
 /// Tunables of an open database.
 #[derive(Clone, Debug)]
@@ -136,6 +144,10 @@ pub struct DbStats {
     pub passages: u64,
     pub current_generation: Option<GenerationId>,
     pub generations: usize,
+    /// The current phrase generation, if one was committed.
+    pub current_phrase_generation: Option<GenerationId>,
+    /// Phrase generations not yet collected, every state.
+    pub phrase_generations: usize,
     /// Live SST bytes per column family (after a flush, for a writer; as of the writer's
     /// last flush, for a follower).
     pub disk_bytes: BTreeMap<&'static str, u64>,
@@ -254,7 +266,14 @@ impl Db {
                 let found = u32::try_from(found).unwrap_or(u32::MAX);
                 // Version 1 lacks only the lexical index: a writer builds it below, and a
                 // follower reads everything else and reports lexical search as unavailable.
-                if ![FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_1].contains(&found) {
+                // Versions 2 and 3 lack only column families, which a follower reads as empty.
+                let known = [
+                    FORMAT_VERSION,
+                    FORMAT_VERSION_3,
+                    FORMAT_VERSION_2,
+                    FORMAT_VERSION_1,
+                ];
+                if !known.contains(&found) {
                     return Err(Error::UnsupportedFormat {
                         path: path.to_path_buf(),
                         found,
@@ -264,8 +283,9 @@ impl Db {
             }
         }
         if !db.is_follower() {
-            db.upgrade_from_version_2()?;
+            db.upgrade_column_families()?;
             db.discard_unfinished_generations()?;
+            db.discard_unfinished_phrase_generations()?;
             db.discard_unfinished_indexes()?;
             db.ensure_lexical_index()?;
         }
@@ -302,10 +322,13 @@ impl Db {
         rocks.write(batch, true)
     }
 
-    /// Version 2 lacks only the IVF column families, which opening as the writer created.
-    fn upgrade_from_version_2(&self) -> Result<()> {
+    /// Versions 2 and 3 lack only column families (the IVF ones, the phrase ones), which
+    /// opening as the writer created: recording the current version completes the upgrade.
+    fn upgrade_column_families(&self) -> Result<()> {
         let rocks = self.rocks();
-        if read_meta_u64(&*rocks, META_FORMAT)? == Some(u64::from(FORMAT_VERSION_2)) {
+        let found = read_meta_u64(&*rocks, META_FORMAT)?;
+        let upgradable = [FORMAT_VERSION_2, FORMAT_VERSION_3].map(u64::from);
+        if found.is_some_and(|v| upgradable.contains(&v)) {
             let mut batch = rocks.batch();
             batch.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION)));
             rocks.write(batch, true)?;
@@ -372,6 +395,8 @@ impl Db {
             passages: read_meta_u64(&*rocks, META_PASSAGE_COUNT)?.unwrap_or(0),
             current_generation: read_current(&*rocks)?,
             generations: read_manifests(&*rocks)?.len(),
+            current_phrase_generation: read_phrase_current(&*rocks)?,
+            phrase_generations: read_phrase_manifests(&*rocks)?.len(),
             disk_bytes,
             folder_bytes: folder_bytes(rocks.path())?,
         })

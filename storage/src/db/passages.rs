@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Db, META_NEXT_PASSAGE, META_PASSAGE_COUNT, read_current, read_manifest, read_manifests,
-    read_meta_u64,
+    read_meta_u64, read_phrase_ids,
 };
 use crate::codec::{self, decode, encode, pair_key, u64_key};
 use crate::error::{Error, Result};
@@ -176,9 +176,9 @@ impl Db {
         let mut next = read_meta_u64(&*rocks, META_NEXT_PASSAGE)?.unwrap_or(0);
         let mut counters = Counters::read(&*rocks)?;
         // Only an update removes rows, and then from every generation that has one.
-        let mut manifests: Vec<GenerationManifest> = match mode {
-            Mode::Insert => Vec::new(),
-            Mode::Upsert => read_manifests(&*rocks)?,
+        let (mut manifests, phrase_ids): (Vec<GenerationManifest>, Vec<GenerationId>) = match mode {
+            Mode::Insert => (Vec::new(), Vec::new()),
+            Mode::Upsert => (read_manifests(&*rocks)?, read_phrase_ids(&*rocks)?),
         };
         let mut removed_any = false;
         let mut wb = rocks.batch();
@@ -211,7 +211,14 @@ impl Db {
                         continue;
                     }
                     Stored::Other(stored) => {
-                        stage_removal(&rocks, &mut wb, &mut manifests, &stored, &mut counters)?;
+                        stage_removal(
+                            &rocks,
+                            &mut wb,
+                            &mut manifests,
+                            &phrase_ids,
+                            &stored,
+                            &mut counters,
+                        )?;
                         removed_any = true;
                         replaces = Some(stored.id);
                     }
@@ -291,6 +298,7 @@ impl Db {
         let _guard = self.inner.write_lock.lock();
         let rocks = self.rocks();
         let mut manifests: Vec<GenerationManifest> = read_manifests(&*rocks)?;
+        let phrase_ids = read_phrase_ids(&*rocks)?;
         let mut counters = Counters::read(&*rocks)?;
         let mut wb = rocks.batch();
         let mut unique = ids.to_vec();
@@ -298,7 +306,14 @@ impl Db {
         unique.dedup();
         for &id in &unique {
             let passage = read_passage(&*rocks, id)?.ok_or(Error::UnknownPassage(id))?;
-            stage_removal(&rocks, &mut wb, &mut manifests, &passage, &mut counters)?;
+            stage_removal(
+                &rocks,
+                &mut wb,
+                &mut manifests,
+                &phrase_ids,
+                &passage,
+                &mut counters,
+            )?;
             if let Some(ext) = &passage.external_id {
                 wb.delete(Cf::ExternalIds, ext.as_bytes());
             }
@@ -312,13 +327,16 @@ impl Db {
     }
 }
 
-/// Stages the removal of a stored passage: its record, its lexical postings and, in every
-/// generation of `manifests` holding a row of it, its index entry (replaced by a tombstone,
-/// counted in the manifest, which the caller writes). The external id is the caller's.
+/// Stages the removal of a stored passage: its record, its lexical postings, in every
+/// generation of `manifests` holding a row of it its index entry (replaced by a tombstone,
+/// counted in the manifest, which the caller writes), and its phrase rows in every phrase
+/// generation of `phrase_ids` (no tombstone: snapshots keep them through their RocksDB
+/// snapshot). The external id is the caller's.
 fn stage_removal(
     rocks: &Rocks,
     wb: &mut Batch<'_>,
     manifests: &mut [GenerationManifest],
+    phrase_ids: &[GenerationId],
     passage: &Passage,
     counters: &mut Counters,
 ) -> Result<()> {
@@ -338,6 +356,9 @@ fn stage_removal(
             wb.put(Cf::Tombstones, &key, &[]);
             manifest.dead_vectors += 1;
         }
+    }
+    for &generation in phrase_ids {
+        wb.delete(Cf::PhraseRows, &pair_key(generation, id));
     }
     Ok(())
 }

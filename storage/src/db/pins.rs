@@ -11,7 +11,7 @@ use crate::rocks::Cf;
 use crate::snapshot::Snapshot;
 use crate::{GenerationId, GenerationManifest, GenerationState};
 
-/// What [`Db::gc`] did.
+/// What [`Db::gc`] did. Each list is newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     /// Generations deleted.
@@ -20,6 +20,12 @@ pub struct GcReport {
     pub pinned: Vec<GenerationId>,
     /// Retired generations kept by the `keep` policy.
     pub retained: Vec<GenerationId>,
+    /// Phrase generations deleted.
+    pub phrase_collected: Vec<GenerationId>,
+    /// Retired phrase generations kept because a live phrase snapshot pins them.
+    pub phrase_pinned: Vec<GenerationId>,
+    /// Retired phrase generations kept by the `keep` policy.
+    pub phrase_retained: Vec<GenerationId>,
 }
 
 impl Db {
@@ -67,7 +73,8 @@ impl Db {
     /// Collects retired generations that no live snapshot pins (in this process or any
     /// other), keeping the `keep` most recently created retired ones for time travel, and
     /// reclaims their space. The current generation is never collected. A snapshot that a
-    /// killed process held no longer pins anything.
+    /// killed process held no longer pins anything. Phrase generations are collected by the
+    /// same rules, with `keep` counted among retired phrase generations alone.
     pub fn gc(&self, keep: usize) -> Result<GcReport> {
         self.check_writable()?;
         let _guard = self.inner.write_lock.lock();
@@ -90,7 +97,8 @@ impl Db {
                     report.collected.push(manifest.id);
                 }
             }
-            if !report.collected.is_empty() {
+            super::phrase_generations::stage_phrase_gc(&*rocks, &mut wb, pins, keep, &mut report)?;
+            if !report.collected.is_empty() || !report.phrase_collected.is_empty() {
                 rocks.write(wb, true)?;
             }
             Ok(report)
@@ -101,6 +109,9 @@ impl Db {
             for cf in [Cf::Vectors, Cf::VectorIndex, Cf::Tombstones] {
                 rocks.compact(cf, &from, &to);
             }
+        }
+        for &id in &report.phrase_collected {
+            rocks.compact(Cf::PhraseRows, &u64_key(id), &u64_key(id + 1));
         }
         Ok(report)
     }

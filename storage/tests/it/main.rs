@@ -10,4 +10,8 @@ mod followers;
 mod ivf;
 mod lexical;
 mod model;
+mod phrase_corruption;
+mod phrase_followers;
+mod phrase_model;
+mod phrases;
 mod upsert;

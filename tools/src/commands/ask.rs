@@ -58,6 +58,9 @@ pub fn run(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     if args.question.trim().is_empty() {
         return Err(user("the question is empty; give a question to answer"));
     }
+    if args.phrases {
+        return super::phrases::ask(args, env, out);
+    }
     let options = env.retriever_options()?;
     let device = options.encoder.device;
     let retriever = open::open_reader(&args.dir, options)?;

@@ -13,6 +13,7 @@ use realm_db::retriever::eval::{
 use realm_db::{SearchMode, SearchSnapshot};
 use serde::Serialize;
 
+use super::phrase_eval::PhraseEval;
 use super::rankings::{RankedPassage, Ranking, RankingsHeader, write_rankings};
 use super::reader_eval::ReaderEval;
 use super::search::{pin_for, query_encoder_version};
@@ -150,12 +151,31 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         None
     };
 
+    let phrases = if args.phrases {
+        let searcher = args.phrase.searcher(&retriever)?;
+        let setup = PhraseEval {
+            options: args.phrase.options(),
+            ks: ks.clone(),
+            batch: args.batch as usize,
+        };
+        Some(setup.run(&searcher, &examples, &matchers)?)
+    } else {
+        None
+    };
+
     let qa = args.qa.display().to_string();
     if let Some(em) = &exact_match {
         if args.json {
             json_line(out, em)?;
         } else {
             say(out, em.summary())?;
+        }
+    }
+    if let Some(figures) = &phrases {
+        if args.json {
+            json_line(out, figures)?;
+        } else {
+            say(out, figures.summary())?;
         }
     }
     if args.json {

@@ -49,6 +49,9 @@ pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "collected": report.collected,
                 "retained": report.retained,
                 "pinned": report.pinned,
+                "phrase_collected": report.phrase_collected,
+                "phrase_retained": report.phrase_retained,
+                "phrase_pinned": report.phrase_pinned,
                 "keep": args.keep,
                 "keep_runs": args.keep_runs,
                 "blobs_collected": blobs.collected.iter().map(|b| &b.name).collect::<Vec<_>>(),
@@ -79,6 +82,22 @@ pub fn gc(args: &GcArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             id_list(&report.pinned)
         ),
     )?;
+    let phrases = [
+        &report.phrase_collected,
+        &report.phrase_retained,
+        &report.phrase_pinned,
+    ];
+    if phrases.iter().any(|list| !list.is_empty()) {
+        say(
+            out,
+            format_args!(
+                "Phrase generations: collected {}; kept by --keep {}; pinned by a live reader {}.",
+                id_list(&report.phrase_collected),
+                id_list(&report.phrase_retained),
+                id_list(&report.phrase_pinned)
+            ),
+        )?;
+    }
     say_blobs(&blobs, out)
 }
 
@@ -141,6 +160,8 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "passages": stats.passages,
                 "current_generation": stats.current_generation,
                 "generations": stats.generations,
+                "current_phrase_generation": stats.current_phrase_generation,
+                "phrase_generations": stats.phrase_generations,
                 "pending": pending,
                 "blobs": blobs.len(),
                 "blob_bytes": blob_bytes,
@@ -175,6 +196,16 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         stats.generations.to_string(),
         String::new(),
     );
+    if stats.phrase_generations > 0 {
+        row(
+            &mut table,
+            "phrase generations",
+            stats.phrase_generations.to_string(),
+            stats
+                .current_phrase_generation
+                .map_or_else(|| "none current".into(), |g| format!("current: {g}")),
+        );
+    }
     row(
         &mut table,
         "pending",
@@ -295,6 +326,8 @@ pub fn check(args: &CheckArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                 "generations": report.generations,
                 "blocks": report.blocks,
                 "rows": report.rows,
+                "phrase_generations": report.phrase_generations,
+                "phrase_records": report.phrase_records,
                 "problems": report.problems,
             }),
         )?;
@@ -302,12 +335,21 @@ pub fn check(args: &CheckArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         say(
             out,
             format_args!(
-                "The database at {} is sound: {}, {}, {} holding {}.",
+                "The database at {} is sound: {}, {}, {} holding {}{}.",
                 args.dir.display(),
                 plural(report.passages, "passage"),
                 plural(report.generations as u64, "generation"),
                 plural(report.blocks, "vector block"),
-                plural(report.rows, "row")
+                plural(report.rows, "row"),
+                if report.phrase_generations > 0 {
+                    format!(
+                        ", {} with {}",
+                        plural(report.phrase_generations as u64, "phrase generation"),
+                        plural(report.phrase_records, "row record")
+                    )
+                } else {
+                    String::new()
+                }
             ),
         )?;
     } else {

@@ -24,6 +24,8 @@ mod index;
 mod ingest;
 mod init;
 mod maintenance;
+mod phrase_eval;
+mod phrases;
 mod rankings;
 mod reader_eval;
 mod reindex;
@@ -160,6 +162,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args, &env, &mut out),
         Command::Train(args) => train::run(args, &env, &mut out),
         Command::Ask(args) => ask::run(args, &env, &mut out),
+        Command::Phrases(args) => phrases::run(args, &env, &mut out),
         Command::Shell(_) => Ok(()),
     };
     // Print what was produced before any error message.

@@ -76,7 +76,7 @@ impl ExactMatch {
 
 /// Sums of exact match and F1 over all questions and over the in-corpus ones.
 #[derive(Debug, Default)]
-struct Totals {
+pub(crate) struct Totals {
     questions: usize,
     em: f64,
     f1: f64,
@@ -105,7 +105,12 @@ fn score(predicted: Option<&str>, example: &QaExample, matcher: &AnswerMatcher) 
 
 impl Totals {
     /// Records one question's prediction.
-    fn add(&mut self, predicted: Option<&str>, example: &QaExample, matcher: &AnswerMatcher) {
+    pub(crate) fn add(
+        &mut self,
+        predicted: Option<&str>,
+        example: &QaExample,
+        matcher: &AnswerMatcher,
+    ) {
         let (em, f1) = score(predicted, example, matcher);
         self.questions += 1;
         self.em += em;
@@ -122,7 +127,7 @@ impl Totals {
 
     /// (EM, F1) averaged over all questions and over the in-corpus ones (`None` when no
     /// question carried `in_corpus`).
-    fn means(&self) -> ((f64, f64), Option<(f64, f64)>) {
+    pub(crate) fn means(&self) -> ((f64, f64), Option<(f64, f64)>) {
         let n = self.questions.max(1) as f64;
         let ic = self.in_corpus.max(1) as f64;
         (

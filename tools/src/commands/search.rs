@@ -20,6 +20,9 @@ pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         return Err(user("the query is empty; give the text to search for"));
     }
     let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
+    if args.phrases {
+        return super::phrases::search(&retriever, args, out);
+    }
     let mode = args.retrieval.mode();
     let snapshot = pin_for(&retriever, args.generation, mode)?;
     snapshot.set_search_options(args.retrieval.index.options());

@@ -6,6 +6,7 @@ mod corpus;
 mod delete;
 mod gc;
 mod index;
+mod phrases;
 mod processes;
 mod robustness;
 mod upsert;

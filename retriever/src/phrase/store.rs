@@ -1,0 +1,371 @@
+//! Phrase generations through the retriever: building one from a phrase encoder, filling
+//! the rows of passages ingested since, and searching a pinned one.
+
+use std::sync::Arc;
+
+use realm_storage::{
+    Dtype, GenerationId, Passage, PassageId, PhraseGenerationSpec, PhraseGenerationWriter,
+    PhraseSnapshot,
+};
+
+use super::PhraseRows;
+use super::encoder::{PhraseEncoder, PhraseEncoderConfig};
+use super::search::{PhraseAnswer, PhraseHit, PhraseIndex, PhraseSearchOptions, phrase_answers};
+use crate::build::Progress;
+use crate::error::{Error, Result};
+use crate::retriever::Retriever;
+
+/// Phrase encoder checkpoints are stored as blobs named `phrase-encoder/<sha256>`.
+pub const PHRASE_ENCODER_BLOB_PREFIX: &str = "phrase-encoder/";
+
+/// Options of [`Retriever::build_phrase_generation`].
+pub struct PhraseBuildOptions<'a> {
+    /// How the start and end vectors are stored.
+    pub dtype: Dtype,
+    /// A note kept in the generation's spec.
+    pub note: String,
+    /// Passages encoded per write.
+    pub batch: usize,
+    /// Called after every batch.
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+}
+
+impl Default for PhraseBuildOptions<'_> {
+    fn default() -> Self {
+        PhraseBuildOptions {
+            dtype: Dtype::F16,
+            note: String::new(),
+            batch: 256,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PhraseBuildOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhraseBuildOptions")
+            .field("dtype", &self.dtype)
+            .field("note", &self.note)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pinned phrase generation held for search: its rows loaded into a [`PhraseIndex`] on
+/// the retriever's device, and the phrase encoder that built it (for the questions).
+#[derive(Debug)]
+pub struct PhraseSearcher {
+    snapshot: PhraseSnapshot,
+    index: PhraseIndex,
+    encoder: Arc<PhraseEncoder>,
+}
+
+impl PhraseSearcher {
+    /// The pinned phrase generation.
+    pub fn generation(&self) -> GenerationId {
+        self.snapshot.generation()
+    }
+
+    /// The pinned snapshot (the generation's manifest, its rows, the passages as of it).
+    pub fn snapshot(&self) -> &PhraseSnapshot {
+        &self.snapshot
+    }
+
+    /// The loaded rows.
+    pub fn index(&self) -> &PhraseIndex {
+        &self.index
+    }
+
+    /// The phrase encoder of the generation.
+    pub fn encoder(&self) -> &PhraseEncoder {
+        &self.encoder
+    }
+
+    /// The best phrases for a question (two-sided search, see [`PhraseIndex::search`]).
+    pub fn search(&self, question: &str, opts: &PhraseSearchOptions) -> Result<Vec<PhraseHit>> {
+        let query = self.encoder.encode_queries(&[question])?.remove(0);
+        self.index.search(&query, opts)
+    }
+
+    /// The best phrases for each of many questions (encoded in batches, searched with
+    /// [`PhraseIndex::search_batch`]), in order.
+    pub fn search_batch(
+        &self,
+        questions: &[&str],
+        opts: &PhraseSearchOptions,
+    ) -> Result<Vec<Vec<PhraseHit>>> {
+        let queries = self.encoder.encode_queries(questions)?;
+        self.index.search_batch(&queries, opts)
+    }
+
+    /// Answers to a question from its `opts.k` best phrases, pooled by normalized text
+    /// (see [`phrase_answers`]), best first.
+    pub fn answers(&self, question: &str, opts: &PhraseSearchOptions) -> Result<Vec<PhraseAnswer>> {
+        let hits = self.search(question, opts)?;
+        let mut passages = std::collections::HashMap::new();
+        for hit in &hits {
+            if let std::collections::hash_map::Entry::Vacant(slot) = passages.entry(hit.passage)
+                && let Some(passage) = self.snapshot.passage(hit.passage)?
+            {
+                slot.insert(passage);
+            }
+        }
+        Ok(phrase_answers(&hits, |id| {
+            passages.get(&id).map(|p: &Passage| p.text.as_str())
+        }))
+    }
+}
+
+impl Retriever {
+    /// Stores a phrase encoder checkpoint with the database (idempotent) and returns its id,
+    /// the checkpoint's SHA-256.
+    pub fn store_phrase_encoder(&self, encoder: &PhraseEncoder) -> Result<String> {
+        let bytes = encoder.to_checkpoint_bytes()?;
+        let id = crate::checkpoint::checkpoint_fingerprint(&bytes);
+        let name = format!("{PHRASE_ENCODER_BLOB_PREFIX}{id}");
+        if !self.db().has_blob(&name)? {
+            self.db().put_blob(&name, &bytes)?;
+        }
+        Ok(id)
+    }
+
+    /// Loads a stored phrase encoder checkpoint on the retriever's device, keeping tokens
+    /// whose filter probability reaches `threshold` (cached).
+    pub fn phrase_encoder(
+        &self,
+        checkpoint_id: &str,
+        threshold: f64,
+    ) -> Result<Arc<PhraseEncoder>> {
+        let key = format!("{checkpoint_id}@{threshold}");
+        if let Some(encoder) = self.inner.phrase_encoders.lock().get(&key) {
+            return Ok(encoder.clone());
+        }
+        let bytes = self
+            .db()
+            .get_blob(&format!("{PHRASE_ENCODER_BLOB_PREFIX}{checkpoint_id}"))?;
+        let encoder = Arc::new(PhraseEncoder::from_checkpoint_bytes(
+            &bytes,
+            PhraseEncoderConfig {
+                max_len: 0,
+                filter_threshold: threshold,
+                device: self.inner.options.encoder.device,
+                ..PhraseEncoderConfig::default()
+            },
+        )?);
+        self.inner
+            .phrase_encoders
+            .lock()
+            .insert(key, encoder.clone());
+        Ok(encoder)
+    }
+
+    /// Encodes every passage with `encoder` into a new phrase generation and publishes it,
+    /// retiring the previous current one. Streams passages from a snapshot in batches, then
+    /// catches up on passages ingested meanwhile until the coverage check lets it commit.
+    /// The encoder checkpoint is stored with the database.
+    pub fn build_phrase_generation(
+        &self,
+        encoder: &PhraseEncoder,
+        mut options: PhraseBuildOptions<'_>,
+    ) -> Result<GenerationId> {
+        let checkpoint = self.store_phrase_encoder(encoder)?;
+        let mut spec = PhraseGenerationSpec::new(checkpoint, encoder.dim() as u32, options.dtype);
+        spec.filter_threshold = encoder.config().filter_threshold;
+        spec.max_len = encoder.config().max_len as u32;
+        spec.note.clone_from(&options.note);
+        let mut writer = self.db().begin_phrase_generation(spec)?;
+        let snapshot = self.db().snapshot()?;
+        let total = snapshot.passage_count()?;
+        let batch = options.batch.max(1);
+        let mut done = 0u64;
+        let mut chunk = Vec::with_capacity(batch);
+        let mut passages = snapshot.passages();
+        loop {
+            let next = passages.next().transpose()?;
+            let end = next.is_none();
+            chunk.extend(next);
+            if chunk.len() == batch || (end && !chunk.is_empty()) {
+                write_phrases(&mut writer, encoder, &chunk)?;
+                done += chunk.len() as u64;
+                chunk.clear();
+                if let Some(progress) = options.progress.as_mut() {
+                    progress(Progress {
+                        done,
+                        total: total.max(done),
+                    });
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        drop(passages);
+        drop(snapshot);
+        loop {
+            let missing = writer.missing()?;
+            if !missing.is_empty() {
+                let snapshot = self.db().snapshot()?;
+                let mut visible = Vec::with_capacity(missing.len());
+                for id in missing {
+                    visible.extend(snapshot.get(id)?);
+                }
+                for part in visible.chunks(batch) {
+                    write_phrases(&mut writer, encoder, part)?;
+                }
+                continue;
+            }
+            match writer.commit() {
+                Ok(generation) => return Ok(generation),
+                Err(realm_storage::Error::CoverageGap { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Writes the phrase rows of passages that are pending in the current phrase generation
+    /// (ingested after it was built) with its own phrase encoder, retrying if a publish
+    /// intervenes. Returns how many passages got rows; 0 when there is no phrase generation.
+    pub fn embed_pending_phrases(&self) -> Result<usize> {
+        for _ in 0..3 {
+            match self.embed_pending_phrases_once() {
+                Err(Error::Storage(
+                    realm_storage::Error::NotWritable { .. }
+                    | realm_storage::Error::UnknownGeneration(_)
+                    | realm_storage::Error::DuplicatePhraseRows { .. },
+                )) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Busy {
+            reason: "the current phrase generation changed three times while pending passages were encoded"
+                .into(),
+        })
+    }
+
+    fn embed_pending_phrases_once(&self) -> Result<usize> {
+        let Some(generation) = self.db().current_phrase_generation()? else {
+            return Ok(0);
+        };
+        let snapshot = self.db().phrase_snapshot_at(generation)?;
+        let pending = snapshot.pending()?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let spec = &snapshot.manifest().spec;
+        let encoder = self.phrase_encoder(&spec.encoder_checkpoint_id, spec.filter_threshold)?;
+        let mut written = 0;
+        for part in pending.chunks(self.inner.options.build_batch.max(1)) {
+            let mut passages = Vec::with_capacity(part.len());
+            for &id in part {
+                passages.extend(snapshot.passage(id)?);
+            }
+            let rows = encode_rows(&encoder, &passages)?;
+            match self.db().put_phrase_rows(generation, &rows) {
+                // Deleted since the snapshot: skip this part, the rest still gets rows.
+                Err(realm_storage::Error::UnknownPassage(_)) => {}
+                other => {
+                    other?;
+                    written += rows.len();
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes the phrase rows of just-stored passages `ids` into the current phrase
+    /// generation, if there is one (ingestion's second write; until it lands they are
+    /// pending there). When a publish intervenes, every pending passage is encoded instead.
+    pub(crate) fn encode_phrases_of(&self, ids: &[PassageId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let Some(generation) = self.db().current_phrase_generation()? else {
+            return Ok(());
+        };
+        let snapshot = self.db().phrase_snapshot_at(generation)?;
+        let mut passages = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if snapshot.rows(id)?.is_none() {
+                passages.extend(snapshot.passage(id)?);
+            }
+        }
+        let spec = &snapshot.manifest().spec;
+        let encoder = self.phrase_encoder(&spec.encoder_checkpoint_id, spec.filter_threshold)?;
+        for part in passages.chunks(self.inner.options.build_batch.max(1)) {
+            match self
+                .db()
+                .put_phrase_rows(generation, &encode_rows(&encoder, part)?)
+            {
+                Ok(()) => {}
+                // Deleted or given rows meanwhile, or the generation retired: encode whatever
+                // is pending now, in whatever phrase generation is current.
+                Err(
+                    realm_storage::Error::UnknownPassage(_)
+                    | realm_storage::Error::DuplicatePhraseRows { .. }
+                    | realm_storage::Error::NotWritable { .. }
+                    | realm_storage::Error::UnknownGeneration(_),
+                ) => {
+                    self.embed_pending_phrases()?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins the current phrase generation and loads it for search.
+    pub fn phrase_searcher(&self) -> Result<PhraseSearcher> {
+        self.searcher_of(self.db().phrase_snapshot()?)
+    }
+
+    /// Pins phrase generation `generation` (current or retired: time travel) and loads it.
+    pub fn phrase_searcher_at(&self, generation: GenerationId) -> Result<PhraseSearcher> {
+        self.searcher_of(self.db().phrase_snapshot_at(generation)?)
+    }
+
+    fn searcher_of(&self, snapshot: PhraseSnapshot) -> Result<PhraseSearcher> {
+        let spec = &snapshot.manifest().spec;
+        let encoder = self.phrase_encoder(&spec.encoder_checkpoint_id, spec.filter_threshold)?;
+        let index = PhraseIndex::build(
+            spec.dim as usize,
+            snapshot.all_rows()?,
+            self.inner.options.encoder.device,
+        )?;
+        Ok(PhraseSearcher {
+            snapshot,
+            index,
+            encoder,
+        })
+    }
+}
+
+/// Encodes and writes the phrase rows of passages into a building phrase generation. A
+/// passage deleted meanwhile makes the store reject the part atomically; the part is then
+/// skipped, and the catch-up loop writes whatever of it still exists.
+fn write_phrases(
+    writer: &mut PhraseGenerationWriter,
+    encoder: &PhraseEncoder,
+    passages: &[Passage],
+) -> Result<()> {
+    if passages.is_empty() {
+        return Ok(());
+    }
+    match writer.write(&encode_rows(encoder, passages)?) {
+        Ok(()) | Err(realm_storage::Error::UnknownPassage(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The phrase rows of passages, paired with their ids.
+fn encode_rows(
+    encoder: &PhraseEncoder,
+    passages: &[Passage],
+) -> Result<Vec<(PassageId, PhraseRows)>> {
+    let docs: Vec<(&str, &str)> = passages
+        .iter()
+        .map(|p| (p.title.as_str(), p.text.as_str()))
+        .collect();
+    let rows = encoder.encode_passages(&docs)?;
+    Ok(passages.iter().map(|p| p.id).zip(rows).collect())
+}

@@ -1,0 +1,161 @@
+//! `realm-db eval --phrases`: every question answered from a phrase generation without a
+//! reader (exact match and F1, on all questions and the in-corpus subset, questions/s), and
+//! passages ranked by their best retrieved phrase (top-k accuracy).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use realm_db::retriever::eval::{AnswerMatcher, QaExample, TopKAccuracy, first_hit};
+use realm_db::retriever::phrase::{PhraseSearchOptions, PhraseSearcher, phrase_answers};
+use serde::Serialize;
+
+use super::reader_eval::Totals;
+use crate::progress;
+
+/// How phrase retrieval is evaluated.
+pub(crate) struct PhraseEval {
+    /// The search; answers pool its `k` best phrases.
+    pub(crate) options: PhraseSearchOptions,
+    /// The k values of passage accuracy, ascending.
+    pub(crate) ks: Vec<usize>,
+    /// Questions encoded and searched at once.
+    pub(crate) batch: usize,
+}
+
+/// The figures of phrase retrieval, as a JSON line.
+#[derive(Debug, Serialize)]
+pub(crate) struct PhraseFigures {
+    system: &'static str,
+    phrase_generation: u64,
+    phrases: usize,
+    max_words: usize,
+    side_k: usize,
+    questions: usize,
+    in_corpus_questions: Option<usize>,
+    em: f64,
+    in_corpus_em: Option<f64>,
+    f1: f64,
+    in_corpus_f1: Option<f64>,
+    /// (k, top-k accuracy of passages ranked by their best phrase).
+    passage_accuracy: Vec<(usize, f64)>,
+    in_corpus_passage_accuracy: Option<Vec<(usize, f64)>>,
+    seconds: f64,
+    questions_per_second: f64,
+}
+
+impl PhraseFigures {
+    /// The figures as one sentence.
+    pub(crate) fn summary(&self) -> String {
+        let pct = |v: f64| format!("{:.1}", 100.0 * v);
+        let in_corpus =
+            |v: Option<f64>| v.map_or_else(String::new, |ic| format!(" / {}% in corpus", pct(ic)));
+        let accuracy = |list: &[(usize, f64)]| {
+            list.iter()
+                .map(|(k, a)| format!("top-{k} {}%", pct(*a)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "Phrases of generation {} (top {}, at most {} words, no reader): exact match {}%{}, F1 {}%{} \
+             on {} questions ({:.1} questions/s); passages by best phrase: {}{}.",
+            self.phrase_generation,
+            self.phrases,
+            self.max_words,
+            pct(self.em),
+            in_corpus(self.in_corpus_em),
+            pct(self.f1),
+            in_corpus(self.in_corpus_f1),
+            self.questions,
+            self.questions_per_second,
+            accuracy(&self.passage_accuracy),
+            self.in_corpus_passage_accuracy
+                .as_deref()
+                .map_or_else(String::new, |ic| format!(" (in corpus: {})", accuracy(ic)))
+        )
+    }
+}
+
+impl PhraseEval {
+    /// Answers every question from `searcher` and scores the answers as `eval --em` scores
+    /// the reader's; ranks passages by the first (best) phrase of each among enough phrases
+    /// to reach the largest k.
+    pub(crate) fn run(
+        &self,
+        searcher: &PhraseSearcher,
+        examples: &[QaExample],
+        matchers: &[AnswerMatcher],
+    ) -> Result<PhraseFigures> {
+        let max_k = self.ks.last().copied().unwrap_or(1);
+        let search = PhraseSearchOptions {
+            k: self.options.k.max(10 * max_k),
+            ..self.options
+        };
+        let bar = progress::bar(
+            examples.len() as u64,
+            "phrases {bar:40} {pos}/{len} questions {per_sec} eta {eta}",
+        );
+        let started = Instant::now();
+        let mut totals = Totals::default();
+        let mut accuracy = TopKAccuracy::new();
+        for (part, part_matchers) in examples
+            .chunks(self.batch.max(1))
+            .zip(matchers.chunks(self.batch.max(1)))
+        {
+            let questions: Vec<&str> = part.iter().map(|e| e.question.as_str()).collect();
+            let results = searcher.search_batch(&questions, &search)?;
+            for ((example, matcher), hits) in part.iter().zip(part_matchers).zip(results) {
+                // Texts of the answer phrases' passages and of the first `max_k` distinct
+                // passages in phrase order (passages ranked by their best phrase).
+                let top = &hits[..hits.len().min(self.options.k)];
+                let mut texts: HashMap<u64, String> = HashMap::new();
+                let mut ranked: Vec<u64> = Vec::new();
+                for (rank, hit) in hits.iter().enumerate() {
+                    if rank >= top.len() && ranked.len() >= max_k {
+                        break;
+                    }
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        texts.entry(hit.passage)
+                    {
+                        let text = searcher.snapshot().passage(hit.passage)?.map(|p| p.text);
+                        slot.insert(text.unwrap_or_default());
+                        ranked.push(hit.passage);
+                    }
+                }
+                let answers = phrase_answers(top, |id| texts.get(&id).map(String::as_str));
+                totals.add(answers.first().map(|a| a.text.as_str()), example, matcher);
+                let first = first_hit(
+                    matcher,
+                    ranked.iter().take(max_k).map(|id| texts[id].as_str()),
+                );
+                accuracy.add(first, example.in_corpus);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let ((em, f1), in_corpus) = totals.means();
+        Ok(PhraseFigures {
+            system: "phrases",
+            phrase_generation: searcher.generation(),
+            phrases: self.options.k,
+            max_words: self.options.max_words,
+            side_k: self.options.side_k,
+            questions: examples.len(),
+            in_corpus_questions: accuracy.in_corpus_questions(),
+            em,
+            in_corpus_em: in_corpus.map(|(em, _)| em),
+            f1,
+            in_corpus_f1: in_corpus.map(|(_, f1)| f1),
+            passage_accuracy: self.ks.iter().map(|&k| (k, accuracy.accuracy(k))).collect(),
+            in_corpus_passage_accuracy: accuracy.in_corpus_questions().map(|_| {
+                self.ks
+                    .iter()
+                    .map(|&k| (k, accuracy.in_corpus_accuracy(k).unwrap_or(0.0)))
+                    .collect()
+            }),
+            seconds,
+            questions_per_second: examples.len() as f64 / seconds.max(1e-9),
+        })
+    }
+}

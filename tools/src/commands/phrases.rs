@@ -1,0 +1,385 @@
+//! `realm-db phrases`: build and publish a phrase generation (DensePhrases), or list the
+//! phrase generations; and `ask --phrases`, which answers from one without a reader.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Result;
+use realm_db::Retriever;
+use realm_db::retriever::phrase::{
+    PhraseAnswer, PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions,
+    PhraseSearcher,
+};
+use serde::Serialize;
+
+use super::{Env, say};
+use crate::cli::{AskArgs, PhraseSearchArgs, PhrasesArgs, SearchArgs};
+use crate::error::user;
+use crate::open;
+use crate::output::{Align, Table, human_bytes, json_line, rfc3339, short_hash, truncate};
+use crate::progress;
+
+impl PhraseSearchArgs {
+    /// The search options of this command line, `k` phrases.
+    pub fn options(&self) -> PhraseSearchOptions {
+        PhraseSearchOptions {
+            k: self.phrase_k as usize,
+            max_words: self.max_phrase_words as usize,
+            side_k: self.side_k as usize,
+        }
+    }
+
+    /// Pins the phrase generation asked for (the current one by default) and loads it.
+    pub fn searcher(&self, retriever: &Retriever) -> Result<PhraseSearcher> {
+        if self.phrase_generation.is_none() && retriever.db().current_phrase_generation()?.is_none()
+        {
+            let dir = retriever.db().path().display().to_string();
+            return Err(user(format!(
+                "the database at {dir} has no phrase generation yet; build one with `realm-db phrases {dir} --build`"
+            )));
+        }
+        Ok(match self.phrase_generation {
+            Some(generation) => retriever.phrase_searcher_at(generation)?,
+            None => retriever.phrase_searcher()?,
+        })
+    }
+}
+
+/// A built phrase generation's figures.
+#[derive(Debug, Serialize)]
+struct BuildJson {
+    generation: u64,
+    passages: u64,
+    stored_tokens: u64,
+    starts: usize,
+    ends: usize,
+    dim: u32,
+    dtype: &'static str,
+    filter_threshold: f64,
+    bytes_per_passage: f64,
+    seconds: f64,
+}
+
+/// One phrase generation in a listing.
+#[derive(Debug, Serialize)]
+struct GenerationJson<'a> {
+    generation: u64,
+    state: String,
+    current: bool,
+    pins: usize,
+    encoder: &'a str,
+    dim: u32,
+    passages_written: u64,
+    tokens_written: u64,
+    filter_threshold: f64,
+    created_ms: u64,
+}
+
+pub fn run(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    if args.build {
+        build(args, env, out)
+    } else {
+        list(args, env, out)
+    }
+}
+
+fn build(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    if !(args.filter_threshold.is_finite() && args.filter_threshold >= 0.0) {
+        return Err(user(format!(
+            "--filter-threshold must be a probability of at least 0, not {}",
+            args.filter_threshold
+        )));
+    }
+    let options = env.retriever_options()?;
+    let device = options.encoder.device;
+    let retriever = open::open_writer(&args.dir, options)?;
+    let model = match &args.model {
+        Some(path) => path.clone(),
+        None => open::default_model()?,
+    };
+    let config = PhraseEncoderConfig {
+        filter_threshold: args.filter_threshold,
+        batch_size: args.batch as usize,
+        device,
+        ..PhraseEncoderConfig::default()
+    };
+    let encoder = PhraseEncoder::load(&model, args.dim.map(i64::from), config)?;
+    let total = retriever.db().snapshot()?.passage_count()?;
+    let bar = progress::bar(
+        total,
+        "phrases {bar:40} {pos}/{len} passages {per_sec} eta {eta}",
+    );
+    let started = Instant::now();
+    let mut report = |p: realm_db::Progress| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    };
+    let generation = retriever.build_phrase_generation(
+        &encoder,
+        PhraseBuildOptions {
+            dtype: realm_db::Dtype::from(args.dtype),
+            batch: args.batch as usize,
+            note: format!("built from {}", model.display()),
+            progress: Some(&mut report),
+        },
+    )?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let manifest = retriever.db().phrase_generation(generation)?;
+    let searcher = retriever.phrase_searcher_at(generation)?;
+    let index = searcher.index();
+    let value_bytes = realm_db::Dtype::from(args.dtype).bytes() as f64;
+    // Two vectors per stored token plus its 18 bytes of position, word, offsets and flags.
+    let bytes =
+        manifest.tokens_written as f64 * (2.0 * f64::from(manifest.spec.dim) * value_bytes + 18.0);
+    let json = BuildJson {
+        generation,
+        passages: manifest.passages_written,
+        stored_tokens: manifest.tokens_written,
+        starts: index.start_count(),
+        ends: index.end_count(),
+        dim: manifest.spec.dim,
+        dtype: match args.dtype {
+            crate::cli::DtypeArg::F32 => "f32",
+            crate::cli::DtypeArg::F16 => "f16",
+        },
+        filter_threshold: manifest.spec.filter_threshold,
+        bytes_per_passage: bytes / manifest.passages_written.max(1) as f64,
+        seconds,
+    };
+    if args.json {
+        return json_line(out, &json);
+    }
+    say(
+        out,
+        format_args!(
+            "Published phrase generation {generation}: {} passages, {} stored tokens ({} starts, {} ends), \
+             {}-dimensional {} vectors, about {} per passage, in {:.1} s.",
+            json.passages,
+            json.stored_tokens,
+            json.starts,
+            json.ends,
+            json.dim,
+            json.dtype,
+            human_bytes(json.bytes_per_passage as u64),
+            seconds
+        ),
+    )
+}
+
+fn list(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
+    let generations = retriever.db().phrase_generations()?;
+    if args.json {
+        for info in &generations {
+            let m = &info.manifest;
+            json_line(
+                out,
+                &GenerationJson {
+                    generation: m.id,
+                    state: m.state.to_string(),
+                    current: info.current,
+                    pins: info.pins,
+                    encoder: &m.spec.encoder_checkpoint_id,
+                    dim: m.spec.dim,
+                    passages_written: m.passages_written,
+                    tokens_written: m.tokens_written,
+                    filter_threshold: m.spec.filter_threshold,
+                    created_ms: m.created_ms,
+                },
+            )?;
+        }
+        return Ok(());
+    }
+    if generations.is_empty() {
+        let dir = args.dir.display();
+        return say(
+            out,
+            format_args!("No phrase generations; build one with `realm-db phrases {dir} --build`."),
+        );
+    }
+    let mut table = Table::new(&[
+        ("generation", Align::Right),
+        ("state", Align::Left),
+        ("passages", Align::Right),
+        ("tokens", Align::Right),
+        ("dim", Align::Right),
+        ("encoder", Align::Left),
+        ("created", Align::Left),
+    ]);
+    for info in &generations {
+        let m = &info.manifest;
+        let state = if info.current {
+            format!("{} (current)", m.state)
+        } else {
+            m.state.to_string()
+        };
+        table.row(vec![
+            m.id.to_string(),
+            state,
+            m.passages_written.to_string(),
+            m.tokens_written.to_string(),
+            m.spec.dim.to_string(),
+            short_hash(&m.spec.encoder_checkpoint_id),
+            rfc3339(m.created_ms),
+        ]);
+    }
+    table.write(out)
+}
+
+/// One answer of `ask --phrases --json`.
+#[derive(Debug, Serialize)]
+struct PhraseAnswerJson<'a> {
+    answer: &'a str,
+    prob: f64,
+    score: f32,
+    passage: u64,
+    title: String,
+}
+
+/// `ask --phrases --json`.
+#[derive(Debug, Serialize)]
+struct AskJson<'a> {
+    question: &'a str,
+    answer: Option<&'a str>,
+    prob: f64,
+    phrase_generation: u64,
+    answers: Vec<PhraseAnswerJson<'a>>,
+}
+
+/// `realm-db ask --phrases`: the best answers among the retrieved phrases.
+pub fn ask(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
+    let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
+    let searcher = args.phrase.searcher(&retriever)?;
+    let answers = searcher.answers(&args.question, &args.phrase.options())?;
+    let title = |a: &PhraseAnswer| -> Result<String> {
+        Ok(searcher
+            .snapshot()
+            .passage(a.best.passage)?
+            .map(|p| p.title)
+            .unwrap_or_default())
+    };
+    if args.json {
+        let mut list = Vec::new();
+        for a in answers.iter().take(3) {
+            list.push(PhraseAnswerJson {
+                answer: &a.text,
+                prob: a.probability,
+                score: a.best.score,
+                passage: a.best.passage,
+                title: title(a)?,
+            });
+        }
+        return json_line(
+            out,
+            &AskJson {
+                question: &args.question,
+                answer: answers.first().map(|a| a.text.as_str()),
+                prob: answers.first().map_or(0.0, |a| a.probability),
+                phrase_generation: searcher.generation(),
+                answers: list,
+            },
+        );
+    }
+    let Some(best) = answers.first() else {
+        return say(
+            out,
+            format_args!(
+                "No answer: none of the {} retrieved phrases has any text once normalized.",
+                args.phrase.phrase_k
+            ),
+        );
+    };
+    say(
+        out,
+        format_args!(
+            "{}  (p = {:.3} over the top {} phrases, phrase generation {})",
+            best.text,
+            best.probability,
+            args.phrase.phrase_k,
+            searcher.generation()
+        ),
+    )?;
+    let mut table = Table::new(&[
+        ("#", Align::Right),
+        ("p", Align::Right),
+        ("answer", Align::Left),
+        ("passage", Align::Right),
+        ("title", Align::Left),
+    ]);
+    for (i, a) in answers.iter().take(3).enumerate() {
+        table.row(vec![
+            (i + 1).to_string(),
+            format!("{:.3}", a.probability),
+            truncate(&a.text, 40),
+            a.best.passage.to_string(),
+            truncate(&title(a)?, 40),
+        ]);
+    }
+    table.write(out)
+}
+
+/// One phrase of `search --phrases --json`.
+#[derive(Debug, Serialize)]
+struct PhraseHitJson<'a> {
+    rank: usize,
+    phrase: &'a str,
+    score: f32,
+    passage: u64,
+    title: &'a str,
+    start_byte: u32,
+    end_byte: u32,
+    phrase_generation: u64,
+}
+
+/// `realm-db search --phrases`: the k best phrases of the current phrase generation.
+pub fn search(retriever: &Retriever, args: &SearchArgs, out: &mut dyn Write) -> Result<()> {
+    let lookup = PhraseSearchArgs {
+        phrase_k: args.k,
+        max_phrase_words: 10,
+        side_k: 256,
+        phrase_generation: None,
+    };
+    let searcher = lookup.searcher(retriever)?;
+    let hits = searcher.search(&args.query, &lookup.options())?;
+    let mut table = Table::new(&[
+        ("#", Align::Right),
+        ("score", Align::Right),
+        ("phrase", Align::Left),
+        ("passage", Align::Right),
+        ("title", Align::Left),
+    ]);
+    for (rank, hit) in hits.iter().enumerate() {
+        let Some(passage) = searcher.snapshot().passage(hit.passage)? else {
+            continue;
+        };
+        let phrase = hit.text(&passage.text);
+        if args.json {
+            json_line(
+                out,
+                &PhraseHitJson {
+                    rank: rank + 1,
+                    phrase,
+                    score: hit.score,
+                    passage: hit.passage,
+                    title: &passage.title,
+                    start_byte: hit.start_byte,
+                    end_byte: hit.end_byte,
+                    phrase_generation: searcher.generation(),
+                },
+            )?;
+        } else {
+            table.row(vec![
+                (rank + 1).to_string(),
+                format!("{:.3}", hit.score),
+                truncate(phrase, 50),
+                hit.passage.to_string(),
+                truncate(&passage.title, 40),
+            ]);
+        }
+    }
+    if args.json {
+        return Ok(());
+    }
+    table.write(out)
+}

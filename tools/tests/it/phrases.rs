@@ -1,0 +1,158 @@
+//! `realm-db phrases`, `ask --phrases`, `search --phrases` and `eval --phrases` on the
+//! six-passage corpus with the default MiniLM encoder (heads not trained: the tests check
+//! what is built, published, listed and scored, not that the answers are right).
+
+use crate::cli::{CORPUS, Fixture, json_lines};
+
+/// The corpus texts, by title.
+fn texts() -> Vec<(String, String)> {
+    json_lines(CORPUS)
+        .iter()
+        .map(|p| {
+            (
+                p["title"].as_str().unwrap().to_owned(),
+                p["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_phrase_generation_is_built_listed_searched_and_asked() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+
+    // Nothing to answer from yet: a user error that names the command to run.
+    let err = f.user_error(&["ask", db, "what is the capital of norway", "--phrases"]);
+    assert!(err.contains("phrases") && err.contains("--build"), "{err}");
+    assert!(f.run(&["phrases", db]).contains("No phrase generations"));
+
+    let built = json_lines(&f.run(&["phrases", db, "--build", "--json", "--batch", "4"]));
+    let built = &built[0];
+    // Generation ids are shared with passage generations: the corpus's is 1.
+    assert_eq!(built["generation"], 2);
+    assert_eq!(built["passages"], 6);
+    assert_eq!(built["dim"], 192, "half of MiniLM's 384 hidden units");
+    assert_eq!(built["dtype"], "f16");
+    let stored = built["stored_tokens"].as_u64().unwrap();
+    assert!(stored > 60, "{built}");
+    assert!(built["starts"].as_u64().unwrap() <= stored);
+
+    let listed = json_lines(&f.run(&["phrases", db, "--json"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["generation"], 2);
+    assert_eq!(listed[0]["current"], true);
+    assert_eq!(listed[0]["tokens_written"], stored);
+
+    let texts = texts();
+    let asked = json_lines(&f.run(&[
+        "ask",
+        db,
+        "what is the capital of norway",
+        "--phrases",
+        "--phrase-k",
+        "20",
+        "--json",
+    ]));
+    let asked = &asked[0];
+    assert_eq!(asked["phrase_generation"], 2);
+    let answers = asked["answers"].as_array().unwrap();
+    assert!(!answers.is_empty() && answers.len() <= 3);
+    assert_eq!(asked["answer"], answers[0]["answer"]);
+    let mut total = 0.0;
+    for a in answers {
+        let answer = a["answer"].as_str().unwrap();
+        let title = a["title"].as_str().unwrap();
+        let (_, text) = texts
+            .iter()
+            .find(|(t, _)| t == title)
+            .expect("a corpus title");
+        assert!(text.contains(answer), "{answer:?} is not in {title:?}");
+        assert!(answer.split_whitespace().count() <= 10);
+        total += a["prob"].as_f64().unwrap();
+    }
+    assert!(total > 0.0 && total <= 1.0 + 1e-9, "{total}");
+
+    let hits = json_lines(&f.run(&[
+        "search",
+        db,
+        "the largest ocean",
+        "--phrases",
+        "-k",
+        "7",
+        "--json",
+    ]));
+    assert_eq!(hits.len(), 7);
+    for (rank, hit) in hits.iter().enumerate() {
+        assert_eq!(hit["rank"], rank + 1);
+        let (_, text) = texts
+            .iter()
+            .find(|(t, _)| t == hit["title"].as_str().unwrap())
+            .unwrap();
+        let (a, b) = (
+            hit["start_byte"].as_u64().unwrap() as usize,
+            hit["end_byte"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(&text[a..b], hit["phrase"].as_str().unwrap());
+    }
+    let table = f.run(&["search", db, "the largest ocean", "--phrases", "-k", "3"]);
+    assert!(table.lines().next().unwrap().contains("phrase"), "{table}");
+
+    f.write(
+        "questions.jsonl",
+        "{\"question\": \"what is the capital of norway\", \"answers\": [\"Oslo\"], \"in_corpus\": true}\n\
+         {\"question\": \"which ocean is the largest\", \"answers\": [\"Pacific\", \"the Pacific Ocean\"], \"in_corpus\": true}\n\
+         {\"question\": \"who painted the mona lisa\", \"answers\": [\"Leonardo da Vinci\"], \"in_corpus\": false}\n",
+    );
+    let qa = f.path("questions.jsonl");
+    let lines = json_lines(&f.run(&[
+        "eval",
+        db,
+        "--qa",
+        qa.to_str().unwrap(),
+        "-k",
+        "1,5",
+        "--phrases",
+        "--json",
+    ]));
+    let figures = lines
+        .iter()
+        .find(|l| l["system"] == "phrases")
+        .expect("a phrases line");
+    assert_eq!(figures["questions"], 3);
+    assert_eq!(figures["in_corpus_questions"], 2);
+    let accuracy = figures["passage_accuracy"].as_array().unwrap();
+    assert_eq!(accuracy.len(), 2);
+    let (top1, top5) = (
+        accuracy[0][1].as_f64().unwrap(),
+        accuracy[1][1].as_f64().unwrap(),
+    );
+    // The Mona Lisa is in no passage, so at most 2 of the 3 questions can have a hit.
+    assert!(
+        0.0 <= top1 && top1 <= top5 && top5 <= 2.0 / 3.0 + 1e-9,
+        "{figures}"
+    );
+    for key in ["em", "f1"] {
+        let v = figures[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{figures}");
+    }
+    assert!(figures["questions_per_second"].as_f64().unwrap() > 0.0);
+
+    // Ingestion encodes new passages into the phrase generation too.
+    f.write(
+        "more.jsonl",
+        "{\"id\": \"nile\", \"title\": \"Nile\", \"text\": \"The Nile is a major river of north-eastern Africa.\"}\n",
+    );
+    f.run(&["ingest", db, f.path("more.jsonl").to_str().unwrap()]);
+    let listed = json_lines(&f.run(&["phrases", db, "--json"]));
+    assert_eq!(listed[0]["passages_written"], 7);
+    let check = f.run(&["check", db]);
+    assert!(
+        check.contains("1 phrase generation with 7 row records"),
+        "{check}"
+    );
+    let stats = json_lines(&f.run(&["stats", db, "--json"]));
+    assert_eq!(stats[0]["current_phrase_generation"], 2);
+    assert_eq!(stats[0]["phrase_generations"], 1);
+}
