@@ -253,3 +253,23 @@ pub fn checkpoint_fingerprint(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Checks a BERT checkpoint before anything is allocated: its configuration validates, and
+/// its weights section holds at least two bytes for each of `parameters` (BERT's and the
+/// heads').
+pub fn check_bert_weights(
+    bert: &crate::bert::BertConfig,
+    parameters: u128,
+    weights: &[u8],
+) -> Result<(), FormatError> {
+    bert.validate()
+        .map_err(|reason| FormatError::Config { reason })?;
+    let needed = parameters.saturating_mul(2);
+    if needed > weights.len() as u128 {
+        return Err(FormatError::TooSmall {
+            needed,
+            available: weights.len(),
+        });
+    }
+    Ok(())
+}

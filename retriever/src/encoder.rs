@@ -26,7 +26,7 @@ pub use crate::batch::TokenBatch;
 use crate::bert::{BertConfig, BertModel};
 pub use crate::checkpoint::checkpoint_fingerprint;
 use crate::checkpoint::{
-    Checkpoint, CheckpointKind, CheckpointParts, FormatError, write_checkpoint,
+    Checkpoint, CheckpointKind, CheckpointParts, FormatError, check_bert_weights, write_checkpoint,
 };
 use crate::error::{Error, Result};
 use crate::model_folder::ModelFolder;
@@ -229,18 +229,12 @@ impl Encoder {
             None => checkpoint.tokenizer().map_err(checkpoint_error)?,
         };
         let file = TensorFile::parse(checkpoint.weights).map_err(checkpoint_error)?;
-        header
-            .bert
-            .validate()
-            .map_err(|reason| checkpoint_error(FormatError::Config { reason }))?;
-        // Refuse before allocating: every parameter takes at least two bytes.
-        let needed = parameter_count(&header.bert, &header.head).saturating_mul(2);
-        if needed > checkpoint.weights.len() as u128 {
-            return Err(checkpoint_error(FormatError::TooSmall {
-                needed,
-                available: checkpoint.weights.len(),
-            }));
-        }
+        check_bert_weights(
+            &header.bert,
+            parameter_count(&header.bert, &header.head),
+            checkpoint.weights,
+        )
+        .map_err(checkpoint_error)?;
         let encoder = Self::build(
             header.bert,
             tokenizer,
@@ -583,7 +577,7 @@ fn parameter_count(bert: &BertConfig, head: &EncoderHead) -> u128 {
 
 /// A checkpoint or weights error as the retriever's error: libtorch failures stay
 /// [`Error::Torch`], the rest is [`Error::Checkpoint`].
-fn checkpoint_error(e: FormatError) -> Error {
+pub(crate) fn checkpoint_error(e: FormatError) -> Error {
     e.into_torch()
         .map_or_else(|reason| Error::Checkpoint { reason }, Error::Torch)
 }

@@ -17,9 +17,10 @@ use crate::backbone::{BertParts, BertSetup};
 use crate::batch::TokenBatch;
 use crate::bert::{BertConfig, BertModel};
 use crate::checkpoint::{
-    Checkpoint, CheckpointKind, CheckpointParts, FormatError, checkpoint_fingerprint,
-    write_checkpoint,
+    Checkpoint, CheckpointKind, CheckpointParts, FormatError, check_bert_weights,
+    checkpoint_fingerprint, write_checkpoint,
 };
+use crate::encoder::checkpoint_error;
 use crate::error::{Error, Result};
 use crate::model_folder::ModelFolder;
 use crate::tokenizer::tokenizer_error;
@@ -128,11 +129,6 @@ impl fmt::Debug for PhraseEncoder {
     }
 }
 
-fn checkpoint_error(e: FormatError) -> Error {
-    e.into_torch()
-        .map_or_else(|reason| Error::Checkpoint { reason }, Error::Torch)
-}
-
 impl PhraseEncoder {
     /// Loads the BERT weights and tokenizer of a Hugging Face / sentence-transformers folder
     /// and adds new heads of `dim` outputs per side (`None`: half the hidden size, so the
@@ -181,17 +177,12 @@ impl PhraseEncoder {
         let header: CheckpointHeader = checkpoint.header().map_err(checkpoint_error)?;
         let tokenizer = checkpoint.tokenizer().map_err(checkpoint_error)?;
         let file = TensorFile::parse(checkpoint.weights).map_err(checkpoint_error)?;
-        header
-            .bert
-            .validate()
-            .map_err(|reason| checkpoint_error(FormatError::Config { reason }))?;
-        let needed = header.bert.parameter_count().saturating_mul(2);
-        if needed > checkpoint.weights.len() as u128 {
-            return Err(checkpoint_error(FormatError::TooSmall {
-                needed,
-                available: checkpoint.weights.len(),
-            }));
-        }
+        check_bert_weights(
+            &header.bert,
+            header.bert.parameter_count(),
+            checkpoint.weights,
+        )
+        .map_err(checkpoint_error)?;
         let cfg = PhraseEncoderConfig {
             max_len: if cfg.max_len == 0 {
                 header.max_len
