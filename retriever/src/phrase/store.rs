@@ -179,27 +179,28 @@ impl Retriever {
         let batch = options.batch.max(1);
         let mut done = 0u64;
         let mut chunk = Vec::with_capacity(batch);
-        let mut passages = snapshot.passages();
-        loop {
-            let next = passages.next().transpose()?;
-            let end = next.is_none();
-            chunk.extend(next);
-            if chunk.len() == batch || (end && !chunk.is_empty()) {
+        let mut report = |done: u64| {
+            if let Some(progress) = options.progress.as_mut() {
+                progress(Progress {
+                    done,
+                    total: total.max(done),
+                });
+            }
+        };
+        for passage in snapshot.passages() {
+            chunk.push(passage?);
+            if chunk.len() == batch {
                 write_phrases(&mut writer, encoder, &chunk)?;
                 done += chunk.len() as u64;
                 chunk.clear();
-                if let Some(progress) = options.progress.as_mut() {
-                    progress(Progress {
-                        done,
-                        total: total.max(done),
-                    });
-                }
-            }
-            if end {
-                break;
+                report(done);
             }
         }
-        drop(passages);
+        if !chunk.is_empty() {
+            write_phrases(&mut writer, encoder, &chunk)?;
+            done += chunk.len() as u64;
+            report(done);
+        }
         drop(snapshot);
         loop {
             let missing = writer.missing()?;
@@ -243,33 +244,11 @@ impl Retriever {
     }
 
     fn embed_pending_phrases_once(&self) -> Result<usize> {
-        let Some(generation) = self.db().current_phrase_generation()? else {
+        let Some(snapshot) = self.current_phrase_snapshot()? else {
             return Ok(0);
         };
-        let snapshot = self.db().phrase_snapshot_at(generation)?;
         let pending = snapshot.pending()?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let spec = &snapshot.manifest().spec;
-        let encoder = self.phrase_encoder(&spec.encoder_checkpoint_id, spec.filter_threshold)?;
-        let mut written = 0;
-        for part in pending.chunks(self.inner.options.build_batch.max(1)) {
-            let mut passages = Vec::with_capacity(part.len());
-            for &id in part {
-                passages.extend(snapshot.passage(id)?);
-            }
-            let rows = encode_rows(&encoder, &passages)?;
-            match self.db().put_phrase_rows(generation, &rows) {
-                // Deleted since the snapshot: skip this part, the rest still gets rows.
-                Err(realm_storage::Error::UnknownPassage(_)) => {}
-                other => {
-                    other?;
-                    written += rows.len();
-                }
-            }
-        }
-        Ok(written)
+        Ok(self.write_rows_of(&snapshot, &pending)?.0)
     }
 
     /// Writes the phrase rows of just-stored passages `ids` into the current phrase
@@ -279,39 +258,62 @@ impl Retriever {
         if ids.is_empty() {
             return Ok(());
         }
-        let Some(generation) = self.db().current_phrase_generation()? else {
+        let Some(snapshot) = self.current_phrase_snapshot()? else {
             return Ok(());
         };
-        let snapshot = self.db().phrase_snapshot_at(generation)?;
+        match self.write_rows_of(&snapshot, ids) {
+            Ok((_, false)) => Ok(()),
+            // A part skipped (a passage deleted meanwhile), rows given meanwhile, or the
+            // generation retired: encode whatever is pending now, in whatever phrase
+            // generation is current.
+            Ok((_, true))
+            | Err(Error::Storage(
+                realm_storage::Error::DuplicatePhraseRows { .. }
+                | realm_storage::Error::NotWritable { .. }
+                | realm_storage::Error::UnknownGeneration(_),
+            )) => self.embed_pending_phrases().map(drop),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current phrase generation, pinned; `None` when none was published.
+    fn current_phrase_snapshot(&self) -> Result<Option<PhraseSnapshot>> {
+        match self.db().phrase_snapshot() {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(realm_storage::Error::NoPhraseGeneration) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Encodes the passages among `ids` that `snapshot` sees without rows, with its
+    /// generation's phrase encoder, and writes their rows into that generation part by part.
+    /// A part with a passage deleted since the snapshot is rejected whole by the store and
+    /// skipped (its other passages stay pending). Returns how many passages got rows and
+    /// whether a part was skipped.
+    fn write_rows_of(&self, snapshot: &PhraseSnapshot, ids: &[PassageId]) -> Result<(usize, bool)> {
         let mut passages = Vec::with_capacity(ids.len());
         for &id in ids {
             if snapshot.rows(id)?.is_none() {
                 passages.extend(snapshot.passage(id)?);
             }
         }
+        if passages.is_empty() {
+            return Ok((0, false));
+        }
         let spec = &snapshot.manifest().spec;
         let encoder = self.phrase_encoder(&spec.encoder_checkpoint_id, spec.filter_threshold)?;
+        let (mut written, mut skipped) = (0, false);
         for part in passages.chunks(self.inner.options.build_batch.max(1)) {
-            match self
-                .db()
-                .put_phrase_rows(generation, &encode_rows(&encoder, part)?)
-            {
-                Ok(()) => {}
-                // Deleted or given rows meanwhile, or the generation retired: encode whatever
-                // is pending now, in whatever phrase generation is current.
-                Err(
-                    realm_storage::Error::UnknownPassage(_)
-                    | realm_storage::Error::DuplicatePhraseRows { .. }
-                    | realm_storage::Error::NotWritable { .. }
-                    | realm_storage::Error::UnknownGeneration(_),
-                ) => {
-                    self.embed_pending_phrases()?;
-                    return Ok(());
+            let rows = encode_rows(&encoder, part)?;
+            match self.db().put_phrase_rows(snapshot.generation(), &rows) {
+                Err(realm_storage::Error::UnknownPassage(_)) => skipped = true,
+                other => {
+                    other?;
+                    written += rows.len();
                 }
-                Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok((written, skipped))
     }
 
     /// Pins the current phrase generation and loads it for search.

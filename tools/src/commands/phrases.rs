@@ -31,18 +31,26 @@ impl PhraseSearchArgs {
 
     /// Pins the phrase generation asked for (the current one by default) and loads it.
     pub fn searcher(&self, retriever: &Retriever) -> Result<PhraseSearcher> {
-        if self.phrase_generation.is_none() && retriever.db().current_phrase_generation()?.is_none()
-        {
-            let dir = retriever.db().path().display().to_string();
-            return Err(user(format!(
-                "the database at {dir} has no phrase generation yet; build one with `realm-db phrases {dir} --build`"
-            )));
-        }
-        Ok(match self.phrase_generation {
-            Some(generation) => retriever.phrase_searcher_at(generation)?,
-            None => retriever.phrase_searcher()?,
-        })
+        open_searcher(retriever, self.phrase_generation)
     }
+}
+
+/// Pins `generation` (the current phrase generation by default) and loads it; a database
+/// without one is a user error that names the command that builds it.
+fn open_searcher(retriever: &Retriever, generation: Option<u64>) -> Result<PhraseSearcher> {
+    let searcher = match generation {
+        Some(generation) => retriever.phrase_searcher_at(generation),
+        None => retriever.phrase_searcher(),
+    };
+    searcher.map_err(|e| match e {
+        realm_db::Error::Storage(realm_db::StorageError::NoPhraseGeneration) => {
+            let dir = retriever.db().path().display().to_string();
+            user(format!(
+                "the database at {dir} has no phrase generation yet; build one with `realm-db phrases {dir} --build`"
+            ))
+        }
+        other => other.into(),
+    })
 }
 
 /// A built phrase generation's figures.
@@ -334,14 +342,12 @@ struct PhraseHitJson<'a> {
 
 /// `realm-db search --phrases`: the k best phrases of the current phrase generation.
 pub fn search(retriever: &Retriever, args: &SearchArgs, out: &mut dyn Write) -> Result<()> {
-    let lookup = PhraseSearchArgs {
-        phrase_k: args.k,
-        max_phrase_words: 10,
-        side_k: 256,
-        phrase_generation: None,
+    let searcher = open_searcher(retriever, None)?;
+    let options = PhraseSearchOptions {
+        k: args.k as usize,
+        ..PhraseSearchOptions::default()
     };
-    let searcher = lookup.searcher(retriever)?;
-    let hits = searcher.search(&args.query, &lookup.options())?;
+    let hits = searcher.search(&args.query, &options)?;
     let mut table = Table::new(&[
         ("#", Align::Right),
         ("score", Align::Right),
