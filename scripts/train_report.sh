@@ -5,7 +5,7 @@
 #   dev split   "nq-dev-5": every 5th line of nq-open-dev.jsonl (722 questions)
 #   train       the other 2,888 nq-open-dev questions + webq-train (3,589) + curated-train (430)
 #
-# usage: scripts/train_report.sh [query-side|dual|qa|realm|reader|all]   (default: all)
+# usage: scripts/train_report.sh [query-side|dual|qa|realm|reader|phrase|all]   (default: all)
 #   qa     open-QA fine-tuning of the reader and query tower from MiniLM, then exact match of
 #          dense-then-read and BM25-then-read on the dev split
 #   realm  a short REALM MLM pre-training run (2% of the articles held out, utility reported),
@@ -15,6 +15,11 @@
 #          again after an interruption and each stage resumes from its last checkpoint);
 #          exact match and F1 of dense-then-read and BM25-then-read on the dev split, and
 #          the same QA fine-tuning without span pre-training, to show what the span stage adds
+#   phrase the phrase recipe (issue 17): phrase-encoder training from MiniLM on the training
+#          questions (resumable like the reader's), which publishes a phrase generation; phrase
+#          EM, F1 and passage top-1/5/20 on the dev split; then the same generation rebuilt
+#          keeping only the tokens the trained filter passes (PHRASE_FILTER, default 0.2), and
+#          the same figures again
 # Writes splits, databases, JSON lines and plots under .deps/train-report/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +38,7 @@ source scripts/splits.sh
 write_splits "$data" "$out/dev.jsonl" "$out/train.jsonl"
 echo "dev: $(wc -l < "$out/dev.jsonl") questions; train: $(wc -l < "$out/train.jsonl") questions"
 
-if [ "$what" != reader ]; then
+if [ "$what" != reader ] && [ "$what" != phrase ]; then
   echo "== before training (pretrained MiniLM and BM25) on the dev split"
   "$bin" eval .deps/main-db --qa "$out/dev.jsonl" --compare bm25,hybrid --plot "$out/before.png"
 fi
@@ -127,4 +132,23 @@ if [ "$what" = all ] || [ "$what" = reader ]; then
   echo "== the same QA fine-tuning without span pre-training (from MiniLM)"
   stage .deps/main-db "$out/reader-nospans-db" "${reader_qa[@]}"
   reader_em "$out/reader-nospans-db"
+fi
+
+if [ "$what" = all ] || [ "$what" = phrase ]; then
+  echo "== phrase-encoder training (DensePhrases, from MiniLM); publishes a phrase generation"
+  stage .deps/main-db "$out/phrase-db" --mode phrase --qa "$out/train.jsonl" \
+    --steps "${PHRASE_STEPS:-600}" --batch 8 --lr "${PHRASE_LR:-5e-5}" --candidates 20 \
+    --hard-negatives 1 --prebatch 1 --checkpoint-every 100 --seed 0 --run phrase \
+    --plot "$out/phrase-curve.png"
+  "$bin" phrases "$out/phrase-db"
+  /usr/bin/time -f "eval --phrases wall time: %e s" \
+    "$bin" eval "$out/phrase-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
+  echo "== the same phrase generation rebuilt keeping only what the trained filter passes"
+  if [ ! -e "$out/phrase-db.filtered" ]; then
+    "$bin" phrases "$out/phrase-db" --build --from-current \
+      --filter-threshold "${PHRASE_FILTER:-0.2}"
+    touch "$out/phrase-db.filtered"
+  fi
+  /usr/bin/time -f "eval --phrases (filtered) wall time: %e s" \
+    "$bin" eval "$out/phrase-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
 fi

@@ -519,6 +519,10 @@ pub enum TrainModeArg {
     /// REALM's masked-language-model pre-training with retrieval (salient spans masked, a
     /// null document, the source passage excluded, asynchronous index refresh); no labels.
     Realm,
+    /// DensePhrases' phrase-encoder training: answer phrases found in retrieved passages
+    /// train the start, end and filter heads (in-batch and pre-batch negatives); publishes a
+    /// phrase generation built with the trained encoder.
+    Phrase,
 }
 
 #[derive(Debug, Args)]
@@ -553,10 +557,10 @@ pub struct TrainArgs {
     /// Passages retrieved per question for distant supervision and re-scoring.
     #[arg(long, default_value_t = 20)]
     pub candidates: usize,
-    /// Query-side: hard negatives per question.
+    /// Query-side and phrase: hard negatives per question.
     #[arg(long, default_value_t = 1)]
     pub hard_negatives: usize,
-    /// Query-side: batches whose positives serve as pre-batch negatives.
+    /// Query-side and phrase: batches whose positives serve as pre-batch negatives.
     #[arg(long, default_value_t = 2)]
     pub prebatch: usize,
     /// Evaluate every N steps (0: at the start and the end only).
@@ -573,8 +577,9 @@ pub struct TrainArgs {
     /// hard negatives; realm: the top ones).
     #[arg(long, default_value_t = 5)]
     pub reader_passages: usize,
-    /// Qa and realm: the model folder the reader starts from when the database has none
-    /// (default: the MiniLM set-up installs).
+    /// Qa and realm: the model folder the reader starts from when the database has none;
+    /// phrase: the folder the phrase encoder starts from when the database has no phrase
+    /// generation (default: the MiniLM set-up installs).
     #[arg(long)]
     pub reader_model: Option<PathBuf>,
     /// Qa, spans and realm: how the reader normalizes span scores across passages (the
@@ -656,6 +661,10 @@ pub struct PhrasesArgs {
     /// scripts/setup.sh installs, or $REALM_DB_MODEL).
     #[arg(long, requires = "build")]
     pub model: Option<PathBuf>,
+    /// Rebuild with the phrase encoder of the current phrase generation (a trained one,
+    /// say, with another --filter-threshold or --dtype) instead of a model folder.
+    #[arg(long, requires = "build", conflicts_with_all = ["model", "dim"])]
+    pub from_current: bool,
     /// The size of each start and end vector (default: half the model's hidden size, the
     /// halves of its hidden state).
     #[arg(long, requires = "build", value_parser = clap::value_parser!(u32).range(1..=65_536))]

@@ -86,6 +86,8 @@ impl Resume {
 pub(crate) struct TowerCheckpoints {
     pub document: Option<String>,
     pub reader: Option<String>,
+    /// The phrase encoder's checkpoint id and filter threshold.
+    pub phrase: Option<(String, f64)>,
 }
 
 /// Unix milliseconds now (0 on a clock before 1970).
@@ -122,6 +124,8 @@ pub(crate) fn write(
         document_checkpoint: towers.document,
         optimizer_blob: optimizer,
         reader_checkpoint: towers.reader,
+        phrase_threshold: towers.phrase.as_ref().map(|p| p.1),
+        phrase_checkpoint: towers.phrase.map(|p| p.0),
         saved_ms: None,
     };
     put_state(ctx, &mut state)?;

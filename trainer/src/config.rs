@@ -39,10 +39,16 @@ pub enum Mode {
     /// the candidates) and the reader's MLM head and encoder. Every `refresh_every` steps the
     /// index builder publishes a generation built with the towers, as in dual training.
     Realm,
+    /// Phrase-encoder training (DensePhrases §4) from question-answer pairs by distant
+    /// supervision: answer phrases in retrieved passages are the targets of the start and
+    /// end heads, against the other word boundaries of the passage, in-batch passages and
+    /// pre-batch phrases; the filter head learns which tokens start and end answers. At the
+    /// end the trained phrase encoder builds and publishes a new phrase generation.
+    Phrase,
 }
 
 impl Mode {
-    /// The mode's name: `query-side`, `dual`, `ict`, `qa`, `spans` or `realm`.
+    /// The mode's name: `query-side`, `dual`, `ict`, `qa`, `spans`, `realm` or `phrase`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::QuerySide => "query-side",
@@ -51,6 +57,7 @@ impl Mode {
             Mode::Qa => "qa",
             Mode::Spans => "spans",
             Mode::Realm => "realm",
+            Mode::Phrase => "phrase",
         }
     }
 }
@@ -64,7 +71,8 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = Error;
 
-    /// `query-side`, `dual`, `ict`, `qa`, `spans` or `realm` (also accepts `query_side`).
+    /// `query-side`, `dual`, `ict`, `qa`, `spans`, `realm` or `phrase` (also accepts
+    /// `query_side`).
     fn from_str(s: &str) -> Result<Mode, Error> {
         match s {
             "query-side" | "query_side" => Ok(Mode::QuerySide),
@@ -73,6 +81,7 @@ impl FromStr for Mode {
             "qa" => Ok(Mode::Qa),
             "spans" => Ok(Mode::Spans),
             "realm" => Ok(Mode::Realm),
+            "phrase" => Ok(Mode::Phrase),
             other => Err(Error::UnknownMode {
                 name: other.to_owned(),
             }),
@@ -101,11 +110,12 @@ pub struct TrainConfig {
     /// Passages retrieved per question for distant supervision, dual re-scoring, and the
     /// positives and negatives of QA and span pre-training (default 20).
     pub candidates: usize,
-    /// Query-side: hard negatives per question, the highest-ranked retrieved passages that do
-    /// not contain an answer (default 1).
+    /// Query-side and phrase: hard negatives per question, the highest-ranked retrieved
+    /// passages that do not contain an answer (default 1).
     pub hard_negatives: usize,
-    /// Query-side: the positives of the last this many batches join the candidates as extra
-    /// negatives (default 2).
+    /// Query-side and phrase: the positives (phrase: the gold phrases) of the last this many
+    /// batches join the candidates as extra negatives (default 2). Phrase training re-encodes
+    /// their passages, without gradient, at every step.
     pub prebatch: usize,
     /// Evaluate every this many steps; 0 evaluates only at the start and the end (default 0).
     pub eval_every: u64,
@@ -132,7 +142,8 @@ pub struct TrainConfig {
     #[serde(default = "default_reader_passages")]
     pub reader_passages: usize,
     /// QA and REALM: the model folder a fresh reader loads its BERT from when the database has no
-    /// current reader; `None` uses the default model folder
+    /// current reader; phrase: the folder a fresh phrase encoder loads from when the
+    /// database has no current phrase generation; `None` uses the default model folder
     /// ([`realm_retriever::default_model_dir`]).
     #[serde(default)]
     pub reader_model: Option<PathBuf>,
@@ -361,6 +372,20 @@ pub enum Event {
         null_only: f64,
         utility: f64,
     },
+    /// Phrase, after each [`Event::Step`]: of the `questions` of step `step`, `skipped` had
+    /// no gold phrase in the positive passage read (an answer cut off by the token limit or
+    /// longer than the phrase limit) and did not contribute to the loss.
+    PhraseBatch {
+        step: u64,
+        questions: usize,
+        skipped: usize,
+    },
+    /// Phrase, at the end: `done` of `total` passages are encoded into the new phrase
+    /// generation.
+    PhraseBuild { done: u64, total: u64 },
+    /// Phrase, at the end: the phrase generation built by the trained encoder became current;
+    /// building it took `seconds`.
+    PhrasesPublished { generation: u64, seconds: f64 },
     /// The towers, optimizer and trainer state of `step` were stored.
     Checkpoint { step: u64 },
 }
@@ -387,6 +412,9 @@ pub struct TrainReport {
     pub last_eval: Option<(f64, f64, f64)>,
     /// Generations published by this call, in order.
     pub generations_published: Vec<u64>,
+    /// Phrase, after a complete run: the phrase generation the trained encoder built (now
+    /// current).
+    pub phrase_generation: Option<u64>,
     /// Wall-clock seconds of this call.
     pub seconds: f64,
 }

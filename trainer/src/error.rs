@@ -26,7 +26,9 @@ pub enum Error {
     Config { reason: String },
 
     /// A training mode name is not one of `query-side`, `dual`, `ict`, `qa` or `realm`.
-    #[error("there is no training mode {name:?}; use query-side, dual, ict, qa or realm")]
+    #[error(
+        "there is no training mode {name:?}; use query-side, dual, ict, qa, spans, realm or phrase"
+    )]
     UnknownMode { name: String },
 
     /// The database has no current generation, so there are no encoders to start from.

@@ -2,7 +2,7 @@
 //!
 //! Retriever and reader training on a live realm-db database. A [`Trainer`] takes a
 //! [`realm_retriever::Retriever`], a [`TrainConfig`] and question-answer pairs, and trains
-//! in one of six [`Mode`]s, each in its own module that owns its state:
+//! in one of seven [`Mode`]s, each in its own module that owns its state:
 //!
 //! * **query-side** (DensePhrases, Atlas): the document tower is frozen, so the stored
 //!   vectors of the current generation stay valid; only a copy of the generation's query
@@ -35,6 +35,12 @@
 //!   (fixed score 0) the loss −log Σ_z p(z|x) Π_j p(y_j|z,x) trains the query tower, the
 //!   document tower and the reader. Refresh, final generation and reader storage as in dual
 //!   and qa; [`Event::RealmBatch`] reports the retrieval utility.
+//! * **phrase** (DensePhrases §4): the phrase encoder ([`realm_retriever::phrase`]) trains
+//!   from question-answer pairs by distant supervision: the answer phrases of retrieved
+//!   passages are the targets of its start and end heads against every other word boundary
+//!   of the batch's passages and the previous batches' answer phrases, and its filter head
+//!   learns which tokens start and end answers. At the end it builds and publishes a phrase
+//!   generation.
 //!
 //! Runs checkpoint their towers, AdamW state and a JSON state blob into the database
 //! (`trainer/<run>/...`, readers under `reader/<id>`) and resume from it; every random
@@ -43,7 +49,8 @@
 //!
 //! Where things live: the loop, events, end of run in `trainer.rs`; what every mode shares
 //! (retriever, settings, pinned generation, query tower) in `context.rs`; one module per
-//! mode (`query_side`, `dual`, [`ict`], `qa`, `span_pretraining`, `realm`); distant supervision in
+//! mode (`query_side`, `dual`, [`ict`], `qa`, `span_pretraining`, `realm`,
+//! `phrase_training`); distant supervision in
 //! `supervision.rs`; towers and where they start from in `towers.rs`; the index-builder
 //! thread in `builder.rs`; held-out evaluation in `evaluation.rs`; checkpoints and resume
 //! in `checkpoint.rs` and [`state`]; seeded randomness in `sampling.rs`; AdamW in
@@ -61,6 +68,7 @@ mod error;
 mod evaluation;
 pub mod ict;
 pub mod masking;
+mod phrase_training;
 mod qa;
 mod query_side;
 mod realm;
@@ -77,6 +85,7 @@ pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
 pub use dual::DUAL_NOTE;
 pub use error::{Error, Result};
 pub use ict::ICT_NOTE;
+pub use phrase_training::PHRASE_NOTE;
 pub use qa::QA_NOTE;
 pub use query_side::QUERY_SIDE_NOTE;
 pub use realm::{REALM_HELD_OUT_SCORED, REALM_NOTE};

@@ -1,6 +1,6 @@
 //! Every random choice of a run derives from `(seed, salt, x)`: the batches of a step, the
 //! dropout masks, ICT's pseudo-queries, REALM's masks and held-out articles, the spans and positives of span
-//! pre-training. A run stopped
+//! pre-training, the positives of phrase training. A run stopped
 //! and resumed therefore draws exactly what an uninterrupted one draws. The mixing functions
 //! (SplitMix64, FNV-1a) are [`realm_retriever::random`]'s.
 
@@ -16,6 +16,7 @@ pub(crate) const SALT_ICT: u64 = 0x6963_7400_0000_0003;
 pub(crate) const SALT_REALM: u64 = 0x7265_616c_6d00_0004;
 pub(crate) const SALT_HELD_OUT: u64 = 0x6865_6c64_0000_0005;
 pub(crate) const SALT_SPANS: u64 = 0x7370_616e_0000_0006;
+pub(crate) const SALT_PHRASES: u64 = 0x7068_7261_7365_0007;
 
 /// A generator for the stream `salt` of step `x`.
 pub(crate) fn rng(seed: u64, salt: u64, x: u64) -> StdRng {

@@ -46,6 +46,13 @@ pub struct TrainerState {
     /// QA: the reader's checkpoint id (blob `reader/<id>`); absent from other modes' states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_checkpoint: Option<String>,
+    /// Phrase training: the phrase encoder's checkpoint id (blob `phrase-encoder/<id>`) and
+    /// the filter threshold it builds phrase generations with; absent from other modes'
+    /// states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phrase_checkpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phrase_threshold: Option<f64>,
     /// When the state was last written (Unix milliseconds); absent from states written before
     /// it was recorded. Blob GC's `keep_runs` keeps the most recently saved finished runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +232,8 @@ mod tests {
             document_checkpoint: None,
             optimizer_blob: "trainer/r/optimizer-a".to_owned(),
             reader_checkpoint: None,
+            phrase_checkpoint: None,
+            phrase_threshold: None,
             saved_ms: None,
         };
         let mut json: serde_json::Value = serde_json::from_slice(&state.to_bytes()).unwrap();

@@ -1,4 +1,4 @@
-//! Distant supervision (query-side and dual training): the generation's own query encoder
+//! Distant supervision (query-side, dual and phrase training): the generation's own query encoder
 //! retrieves each training question's top candidates; those an answer matches are its
 //! positives, the others its hard negatives.
 
@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 /// A question with its distant supervision.
 pub(crate) struct Supervised {
     pub question: String,
+    /// The answer strings (phrase training's targets).
+    pub answers: Vec<String>,
     pub matcher: AnswerMatcher,
     /// Retrieved passages that contain an answer, best first.
     pub positives: Vec<u64>,
@@ -65,6 +67,7 @@ impl Supervision {
                 } else {
                     examples.push(Supervised {
                         question: example.question.clone(),
+                        answers: example.answers.clone(),
                         matcher,
                         positives,
                         negatives,

@@ -1,8 +1,9 @@
 //! What trains: an encoder tower or the reader, each with its own AdamW, and where a run's
 //! towers come from (the generation's encoders, the database's current reader, a model
-//! folder, or a checkpoint being resumed).
+//! folder, or a checkpoint being resumed), and the phrase encoder of phrase training.
 
 use realm_reader::{Reader, ReaderConfig};
+use realm_retriever::phrase::{PHRASE_ENCODER_BLOB_PREFIX, PhraseEncoder, PhraseEncoderConfig};
 use realm_retriever::{ENCODER_BLOB_PREFIX, Encoder, Retriever};
 
 use crate::adamw::{AdamW, WEIGHT_DECAY};
@@ -104,6 +105,88 @@ impl ReaderTower {
         reader.set_retrieval_scale(config.scale)?;
         reader.set_span_normalization(config.span_normalization);
         Ok(ReaderTower::new(reader))
+    }
+
+    /// One optimizer step at learning rate `lr`.
+    pub(crate) fn step(&mut self, lr: f64) {
+        self.opt.step(lr);
+    }
+}
+
+/// The phrase encoder and its optimizer (phrase training).
+pub(crate) struct PhraseTower {
+    pub encoder: PhraseEncoder,
+    pub opt: AdamW,
+}
+
+impl PhraseTower {
+    /// Makes `encoder` trainable.
+    pub(crate) fn new(mut encoder: PhraseEncoder) -> PhraseTower {
+        encoder.var_store_mut().unfreeze();
+        let opt = AdamW::for_var_store(encoder.var_store(), WEIGHT_DECAY);
+        PhraseTower { encoder, opt }
+    }
+
+    /// The phrase encoder a run starts from: the checkpoint its resumed `state` names; else
+    /// `given`; else the encoder of the database's current phrase generation (with its
+    /// filter threshold); else one loaded from `config.reader_model` (or the default model
+    /// folder) with new heads.
+    pub(crate) fn start(
+        retriever: &Retriever,
+        config: &TrainConfig,
+        resumed: Option<(&TrainerState, &str)>,
+        given: Option<PhraseEncoder>,
+    ) -> Result<PhraseTower> {
+        let cfg = PhraseEncoderConfig {
+            max_len: 0,
+            device: retriever.options().encoder.device,
+            ..PhraseEncoderConfig::default()
+        };
+        let load = |id: &str, threshold: f64| -> Result<PhraseEncoder> {
+            let bytes = retriever
+                .db()
+                .get_blob(&format!("{PHRASE_ENCODER_BLOB_PREFIX}{id}"))?;
+            let cfg = PhraseEncoderConfig {
+                filter_threshold: threshold,
+                ..cfg.clone()
+            };
+            Ok(PhraseEncoder::from_checkpoint_bytes(&bytes, cfg)?)
+        };
+        let encoder = match (resumed, given) {
+            (Some((state, blob)), _) => {
+                let id = state
+                    .phrase_checkpoint
+                    .as_deref()
+                    .ok_or_else(|| Error::CorruptState {
+                        blob: blob.to_owned(),
+                        reason: "a phrase run's state names no phrase encoder checkpoint"
+                            .to_owned(),
+                    })?;
+                load(id, state.phrase_threshold.unwrap_or(0.0))?
+            }
+            (None, Some(encoder)) => encoder,
+            (None, None) => match retriever.db().current_phrase_generation()? {
+                Some(generation) => {
+                    let spec = retriever.db().phrase_generation(generation)?.spec;
+                    load(&spec.encoder_checkpoint_id, spec.filter_threshold)?
+                }
+                None => {
+                    let dir = match &config.reader_model {
+                        Some(dir) => dir.clone(),
+                        None => realm_retriever::default_model_dir()?,
+                    };
+                    PhraseEncoder::load(
+                        &dir,
+                        None,
+                        PhraseEncoderConfig {
+                            max_len: PhraseEncoderConfig::default().max_len,
+                            ..cfg
+                        },
+                    )?
+                }
+            },
+        };
+        Ok(PhraseTower::new(encoder))
     }
 
     /// One optimizer step at learning rate `lr`.

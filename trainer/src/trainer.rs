@@ -1,6 +1,6 @@
-//! The [`Trainer`]: it starts or resumes a run in one of the six modes, drives the training
+//! The [`Trainer`]: it starts or resumes a run in one of the seven modes, drives the training
 //! loop (events, evaluation, index refresh, checkpoints) and ends the run (attaching the
-//! query tower, publishing a generation, storing the reader). What a step does lives in the
+//! query tower, publishing a generation or a phrase generation, storing the reader). What a step does lives in the
 //! mode's own module.
 
 use std::fmt;
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use realm_reader::Reader;
 use realm_retriever::eval::QaExample;
+use realm_retriever::phrase::PhraseEncoder;
 use realm_retriever::{Encoder, Retriever};
 
 use crate::adamw::AdamW;
@@ -19,12 +20,13 @@ use crate::dual::{DUAL_NOTE, Dual};
 use crate::error::{Error, Result};
 use crate::evaluation::EvalSet;
 use crate::ict::{ICT_NOTE, Ict};
+use crate::phrase_training::PhraseTraining;
 use crate::qa::{QA_NOTE, Qa, exact_match};
 use crate::query_side::{QUERY_SIDE_NOTE, QuerySide};
 use crate::realm::{REALM_NOTE, Realm};
 use crate::span_pretraining::{SpanExample, SpanPretraining};
 use crate::state::TrainerState;
-use crate::towers::{ReaderTower, Tower};
+use crate::towers::{PhraseTower, ReaderTower, Tower};
 
 /// The state of the mode a run trains in, each constructed whole (boxed: the towers are
 /// large and of different sizes).
@@ -35,6 +37,15 @@ enum ModeState {
     Qa(Box<Qa>),
     Spans(Box<SpanPretraining>),
     Realm(Box<Realm>),
+    Phrase(Box<PhraseTraining>),
+}
+
+/// Models a fresh run starts from instead of the database's or a model folder's (tests use
+/// tiny random ones).
+#[derive(Default)]
+struct Given {
+    reader: Option<Reader>,
+    phrase_encoder: Option<PhraseEncoder>,
 }
 
 impl ModeState {
@@ -47,6 +58,7 @@ impl ModeState {
             ModeState::Qa(m) => m.pairs.len(),
             ModeState::Spans(m) => m.examples.len(),
             ModeState::Realm(m) => m.examples(),
+            ModeState::Phrase(m) => m.supervision.examples.len(),
         }
     }
 
@@ -57,6 +69,7 @@ impl ModeState {
             ModeState::Dual(m) => m.supervision.dropped,
             ModeState::Qa(m) => m.dropped,
             ModeState::Spans(m) => m.dropped,
+            ModeState::Phrase(m) => m.dropped,
             ModeState::Ict(_) | ModeState::Realm(_) => 0,
         }
     }
@@ -67,7 +80,18 @@ impl ModeState {
             ModeState::Dual(m) => Some(&m.document),
             ModeState::Ict(m) => Some(&m.document),
             ModeState::Realm(m) => Some(&m.document),
-            ModeState::QuerySide(_) | ModeState::Qa(_) | ModeState::Spans(_) => None,
+            ModeState::QuerySide(_)
+            | ModeState::Qa(_)
+            | ModeState::Spans(_)
+            | ModeState::Phrase(_) => None,
+        }
+    }
+
+    /// The phrase encoder, in phrase training.
+    fn phrase(&self) -> Option<&PhraseTower> {
+        match self {
+            ModeState::Phrase(m) => Some(&m.tower),
+            _ => None,
         }
     }
 
@@ -77,7 +101,10 @@ impl ModeState {
             ModeState::Qa(m) => Some(&m.reader),
             ModeState::Spans(m) => Some(&m.reader),
             ModeState::Realm(m) => Some(&m.reader),
-            ModeState::QuerySide(_) | ModeState::Dual(_) | ModeState::Ict(_) => None,
+            ModeState::QuerySide(_)
+            | ModeState::Dual(_)
+            | ModeState::Ict(_)
+            | ModeState::Phrase(_) => None,
         }
     }
 
@@ -93,6 +120,7 @@ impl ModeState {
                 ("document", &mut m.document.opt),
                 ("reader", &mut m.reader.opt),
             ],
+            ModeState::Phrase(m) => vec![("phrase", &mut m.tower.opt)],
         }
     }
 
@@ -103,7 +131,10 @@ impl ModeState {
             ModeState::Dual(_) => Some(DUAL_NOTE),
             ModeState::Ict(_) => Some(ICT_NOTE),
             ModeState::Realm(_) => Some(REALM_NOTE),
-            ModeState::QuerySide(_) | ModeState::Qa(_) | ModeState::Spans(_) => None,
+            ModeState::QuerySide(_)
+            | ModeState::Qa(_)
+            | ModeState::Spans(_)
+            | ModeState::Phrase(_) => None,
         }
     }
 
@@ -117,9 +148,11 @@ impl ModeState {
         match self {
             ModeState::QuerySide(_) => Some(QUERY_SIDE_NOTE),
             ModeState::Qa(_) => Some(QA_NOTE),
-            ModeState::Dual(_) | ModeState::Ict(_) | ModeState::Spans(_) | ModeState::Realm(_) => {
-                None
-            }
+            ModeState::Dual(_)
+            | ModeState::Ict(_)
+            | ModeState::Spans(_)
+            | ModeState::Realm(_)
+            | ModeState::Phrase(_) => None,
         }
     }
 }
@@ -197,11 +230,42 @@ impl Trainer {
         eval: Vec<QaExample>,
         reader: Option<Reader>,
     ) -> Result<Trainer> {
+        let given = Given {
+            reader,
+            ..Given::default()
+        };
+        Trainer::start(retriever, config, train, eval, given)
+    }
+
+    /// [`Trainer::new`], where a phrase run that starts afresh begins from `encoder` instead
+    /// of the current phrase generation's encoder or one loaded from a model folder (tests
+    /// use a tiny random one). Ignored by the other modes and by a resumed run.
+    pub fn new_with_phrase_encoder(
+        retriever: Retriever,
+        config: TrainConfig,
+        train: Vec<QaExample>,
+        eval: Vec<QaExample>,
+        encoder: PhraseEncoder,
+    ) -> Result<Trainer> {
+        let given = Given {
+            phrase_encoder: Some(encoder),
+            ..Given::default()
+        };
+        Trainer::start(retriever, config, train, eval, given)
+    }
+
+    fn start(
+        retriever: Retriever,
+        config: TrainConfig,
+        train: Vec<QaExample>,
+        eval: Vec<QaExample>,
+        given: Given,
+    ) -> Result<Trainer> {
         config.validate()?;
         let db = retriever.db().clone();
         let resume = Resume::find(&db, &config)?;
         let search = match (&resume, config.mode) {
-            (Some(r), Mode::QuerySide | Mode::Qa | Mode::Spans) => {
+            (Some(r), Mode::QuerySide | Mode::Qa | Mode::Spans | Mode::Phrase) => {
                 retriever.snapshot_at(r.state.generation)?
             }
             _ => retriever.snapshot()?,
@@ -232,13 +296,19 @@ impl Trainer {
             Mode::QuerySide => ModeState::QuerySide(Box::new(QuerySide::new(&ctx, &train)?)),
             Mode::Dual => ModeState::Dual(Box::new(Dual::new(&ctx, document()?, &train)?)),
             Mode::Ict => ModeState::Ict(Box::new(Ict::new(&ctx, document()?)?)),
-            Mode::Qa => ModeState::Qa(Box::new(Qa::new(start_reader(reader)?, train)?)),
-            Mode::Spans => {
-                ModeState::Spans(Box::new(SpanPretraining::new(&ctx, start_reader(reader)?)?))
-            }
+            Mode::Qa => ModeState::Qa(Box::new(Qa::new(start_reader(given.reader)?, train)?)),
+            Mode::Spans => ModeState::Spans(Box::new(SpanPretraining::new(
+                &ctx,
+                start_reader(given.reader)?,
+            )?)),
             Mode::Realm => {
-                let reader = start_reader(reader)?;
+                let reader = start_reader(given.reader)?;
                 ModeState::Realm(Box::new(Realm::new(&ctx, document()?, reader)?))
+            }
+            Mode::Phrase => {
+                let tower =
+                    PhraseTower::start(&retriever, &config, resumed_state, given.phrase_encoder)?;
+                ModeState::Phrase(Box::new(PhraseTraining::new(&ctx, tower, train)?))
             }
         };
         if let Some(r) = &resume {
@@ -294,6 +364,11 @@ impl Trainer {
         self.mode.reader().map(|r| &r.reader)
     }
 
+    /// The phrase encoder being trained (phrase).
+    pub fn phrase_encoder(&self) -> Option<&PhraseEncoder> {
+        self.mode.phrase().map(|p| &p.encoder)
+    }
+
     /// Runs to `config.steps`, reporting progress to `on_event`; returning
     /// [`Control::Stop`] from it ends the run after the current step with a checkpoint
     /// (resume it with a new [`Trainer::new`] on the same database and run name).
@@ -327,6 +402,7 @@ impl Trainer {
             first_eval: None,
             last_eval: None,
             generations_published: Vec::new(),
+            phrase_generation: None,
             seconds: 0.0,
         };
         report.first_eval = self.eval_event(&mut em)?;
@@ -413,6 +489,15 @@ impl Trainer {
                 });
                 done.loss
             }
+            ModeState::Phrase(m) => {
+                let done = m.step(ctx, step)?;
+                after = Some(Event::PhraseBatch {
+                    step,
+                    questions: done.questions,
+                    skipped: done.skipped,
+                });
+                done.loss
+            }
             ModeState::Realm(m) => {
                 let done = m.step(ctx, step)?;
                 after = Some(Event::RealmBatch {
@@ -443,9 +528,10 @@ impl Trainer {
     }
 
     /// Ends the run with a last checkpoint. A complete query-side or QA run attaches the
-    /// query tower and only then marks its state finished, so a run killed in between
-    /// resumes at its last step and attaches then; a complete QA or REALM run stores its
-    /// reader and makes it current.
+    /// query tower, and a complete phrase run publishes a phrase generation, and only then
+    /// marks its state finished, so a run killed in between resumes at its last step and
+    /// attaches or publishes then; a complete QA or REALM run stores its reader and makes it
+    /// current.
     fn finish(
         &mut self,
         finished: bool,
@@ -453,7 +539,8 @@ impl Trainer {
         report: &mut TrainReport,
     ) -> Result<()> {
         let attach = self.mode.attach_note().filter(|_| finished);
-        let mut state = self.checkpoint(finished && attach.is_none(), em)?;
+        let publish_phrases = finished && matches!(self.mode, ModeState::Phrase(_));
+        let mut state = self.checkpoint(finished && attach.is_none() && !publish_phrases, em)?;
         if let Some(note) = attach {
             let (generation, version) = self.attach_query_encoder(note)?;
             report.query_encoder_version = Some(version);
@@ -468,7 +555,21 @@ impl Trainer {
             report.reader_checkpoint = Some(id.clone());
             em.emit(Event::ReaderStored { checkpoint: id });
         }
-        if attach.is_some() {
+        if publish_phrases && let ModeState::Phrase(m) = &self.mode {
+            let started = Instant::now();
+            let generation = m.publish(&self.ctx, self.step, &mut |p| {
+                em.emit(Event::PhraseBuild {
+                    done: p.done,
+                    total: p.total,
+                });
+            })?;
+            report.phrase_generation = Some(generation);
+            em.emit(Event::PhrasesPublished {
+                generation,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        if attach.is_some() || publish_phrases {
             state.finished = true;
             checkpoint::put_state(&self.ctx, &mut state)?;
         }
@@ -528,6 +629,10 @@ impl Trainer {
                 null_only: score.null_only,
                 utility: score.with_retrieval - score.null_only,
             });
+        }
+        // Phrase training leaves the passage query tower as it is.
+        if matches!(self.mode, ModeState::Phrase(_)) {
+            return Ok(None);
         }
         let Some(accuracy) = self.eval.accuracy(&self.ctx)? else {
             return Ok(None);
@@ -606,10 +711,19 @@ impl Trainer {
                 .reader()
                 .map(|r| realm_reader::store::store_reader(retriever, &r.reader))
                 .transpose()?,
+            phrase: self
+                .mode
+                .phrase()
+                .map(|p| -> Result<(String, f64)> {
+                    let id = retriever.store_phrase_encoder(&p.encoder)?;
+                    Ok((id, p.encoder.config().filter_threshold))
+                })
+                .transpose()?,
         };
         let mut optimizers: Vec<(&str, &AdamW)> = vec![("query", &self.ctx.query.opt)];
         optimizers.extend(self.mode.document().map(|d| ("document", &d.opt)));
         optimizers.extend(self.mode.reader().map(|r| ("reader", &r.opt)));
+        optimizers.extend(self.mode.phrase().map(|p| ("phrase", &p.opt)));
         let (state, slot) = checkpoint::write(
             &self.ctx,
             self.step,

@@ -91,6 +91,18 @@ const PHRASE_CHECKPOINT: CheckpointKind = CheckpointKind {
     versions: &[1],
 };
 
+/// How a question's token states become the input of the query heads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryPooling {
+    /// The `[CLS]` state (DensePhrases'; checkpoints written before pooling was recorded).
+    #[default]
+    Cls,
+    /// The mean of the question's token states, the pooling sentence-transformers models
+    /// such as MiniLM are trained with (every new phrase encoder's).
+    Mean,
+}
+
 /// The JSON header of a phrase encoder checkpoint.
 #[derive(Serialize, Deserialize)]
 struct CheckpointHeader {
@@ -98,12 +110,15 @@ struct CheckpointHeader {
     dim: i64,
     max_len: usize,
     pad_id: i64,
+    /// Absent from checkpoints written before it was recorded: `[CLS]`.
+    #[serde(default)]
+    query_pooling: QueryPooling,
 }
 
 /// DensePhrases' phrase encoder: one BERT; every text token of a passage gets a start
 /// vector and an end vector (linear heads of `dim` outputs on the last hidden layer) and
-/// two filter logits; a question gets q_start and q_end from its `[CLS]` through two more
-/// heads. A new encoder's start and end heads copy the first and the last `dim` hidden
+/// two filter logits; a question gets q_start and q_end from its pooled states (the mean
+/// of its tokens' for a new encoder, [`QueryPooling`]) through two more heads. A new encoder's start and end heads copy the first and the last `dim` hidden
 /// units (the halves of the hidden state when `dim` is half of it) and its query heads the
 /// same, so the untrained model scores a phrase by hidden-state similarity.
 ///
@@ -116,6 +131,7 @@ pub struct PhraseEncoder {
     tokenizer: Tokenizer,
     pad_id: i64,
     dim: i64,
+    query_pooling: QueryPooling,
     cfg: PhraseEncoderConfig,
 }
 
@@ -146,6 +162,7 @@ impl PhraseEncoder {
             dim,
             cfg,
             None,
+            QueryPooling::Mean,
         )?;
         folder.load_weights(&encoder.vs, |name| name.strip_prefix("bert."))?;
         encoder.initialize_heads()?;
@@ -161,7 +178,7 @@ impl PhraseEncoder {
         cfg: PhraseEncoderConfig,
         seed: i64,
     ) -> Result<PhraseEncoder> {
-        let encoder = Self::build(bert, tokenizer, dim, cfg, None)?;
+        let encoder = Self::build(bert, tokenizer, dim, cfg, None, QueryPooling::Mean)?;
         reinitialize(&encoder.vs, &encoder.bert_config, seed, |name| {
             name.starts_with("bert.")
         })
@@ -191,7 +208,14 @@ impl PhraseEncoder {
             },
             ..cfg
         };
-        let encoder = Self::build(header.bert, tokenizer, header.dim, cfg, Some(header.pad_id))?;
+        let encoder = Self::build(
+            header.bert,
+            tokenizer,
+            header.dim,
+            cfg,
+            Some(header.pad_id),
+            header.query_pooling,
+        )?;
         load_exact(&encoder.vs, &file).map_err(checkpoint_error)?;
         Ok(encoder)
     }
@@ -205,6 +229,7 @@ impl PhraseEncoder {
             dim: self.dim,
             max_len: self.cfg.max_len,
             pad_id: self.pad_id,
+            query_pooling: self.query_pooling,
         };
         let weights = to_safetensors(&self.vs).map_err(checkpoint_error)?;
         write_checkpoint(CheckpointParts {
@@ -287,14 +312,34 @@ impl PhraseEncoder {
     }
 
     /// The query side on a batch of questions: (q_start, q_end), each `[batch, dim]`, with
-    /// autograd.
+    /// autograd. The heads read the pooled question ([`QueryPooling`]).
     pub fn query_forward_t(&self, batch: &TokenBatch, train: bool) -> (Tensor, Tensor) {
         let network = self.network.lock();
-        let cls = self.hidden(&network.bert, batch, train).select(1, 0);
+        let hidden = self.hidden(&network.bert, batch, train);
+        let pooled = match self.query_pooling {
+            QueryPooling::Cls => hidden.select(1, 0),
+            QueryPooling::Mean => {
+                let weights = batch
+                    .attention_mask
+                    .to_device(self.cfg.device)
+                    .unsqueeze(-1)
+                    .to_kind(hidden.kind());
+                let summed = (&hidden * &weights).sum_dim_intlist(1, false, None::<Kind>);
+                summed
+                    / weights
+                        .sum_dim_intlist(1, false, None::<Kind>)
+                        .clamp_min(1.0)
+            }
+        };
         (
-            network.query_start.forward(&cls),
-            network.query_end.forward(&cls),
+            network.query_start.forward(&pooled),
+            network.query_end.forward(&pooled),
         )
+    }
+
+    /// How the query heads pool the question's token states.
+    pub fn query_pooling(&self) -> QueryPooling {
+        self.query_pooling
     }
 
     /// Encodes passages into their phrase rows, without autograd: the word-boundary tokens
@@ -451,6 +496,7 @@ impl PhraseEncoder {
         dim: i64,
         mut cfg: PhraseEncoderConfig,
         pad_id: Option<i64>,
+        query_pooling: QueryPooling,
     ) -> Result<PhraseEncoder> {
         let invalid = |reason: String| Error::InvalidInput { reason };
         if dim < 1 || dim > bert_config.hidden_size {
@@ -495,6 +541,7 @@ impl PhraseEncoder {
             tokenizer: parts.tokenizer,
             pad_id: parts.pad_id,
             dim,
+            query_pooling,
             cfg,
         })
     }

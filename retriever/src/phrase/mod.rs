@@ -10,14 +10,18 @@
 //!   search, and [`phrase_answers`], which pools retrieved phrases into answers;
 //! * phrase generations through the [`crate::Retriever`] (`store`): building one from a
 //!   phrase encoder, rows for passages ingested since, and a [`PhraseSearcher`] over a pinned
-//!   one (current, or a retired one: time travel).
+//!   one (current, or a retired one: time travel);
+//! * [`PhraseTargets`] (`targets`): where a passage's phrases may start and end, and which
+//!   are answers, for training the encoder.
 
 mod encoder;
 mod search;
 mod store;
+mod targets;
 mod words;
 
-pub use encoder::{PhraseEncoder, PhraseEncoderConfig, PhraseOutputs, PhraseQuery};
+pub use encoder::{PhraseEncoder, PhraseEncoderConfig, PhraseOutputs, PhraseQuery, QueryPooling};
 pub use realm_storage::phrase_rows::{PhraseRows, PhraseToken};
 pub use search::{PhraseAnswer, PhraseHit, PhraseIndex, PhraseSearchOptions, phrase_answers};
 pub use store::{PHRASE_ENCODER_BLOB_PREFIX, PhraseBuildOptions, PhraseSearcher};
+pub use targets::PhraseTargets;

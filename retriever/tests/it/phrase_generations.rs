@@ -6,24 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use realm_retriever::phrase::{
-    PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseHit, PhraseIndex,
-    PhraseSearchOptions,
+    PhraseBuildOptions, PhraseEncoder, PhraseHit, PhraseIndex, PhraseSearchOptions,
 };
 use realm_retriever::{Progress, Retriever};
 use realm_storage::{Dtype, NewPassage};
-use realm_testing_torch::{tiny_bert, tokenizer, towns_retriever};
+use realm_testing_torch::{tiny_phrase_encoder, towns_retriever};
 use tch::Device;
 
 const QUESTION: &str = "which crop is farmed in quimbo";
 
 fn phrase_encoder(seed: i64) -> PhraseEncoder {
-    let cfg = PhraseEncoderConfig {
-        max_len: 64,
-        batch_size: 8,
-        device: Device::Cpu,
-        ..PhraseEncoderConfig::default()
-    };
-    PhraseEncoder::random(tiny_bert(), tokenizer(), 8, cfg, seed).expect("a phrase encoder")
+    tiny_phrase_encoder(8, seed)
 }
 
 fn build(retriever: &Retriever, encoder: &PhraseEncoder) -> u64 {

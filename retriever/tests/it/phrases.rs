@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use realm_retriever::Error;
 use realm_retriever::phrase::{
     PhraseEncoder, PhraseEncoderConfig, PhraseHit, PhraseIndex, PhraseQuery, PhraseRows,
-    PhraseSearchOptions, PhraseToken, phrase_answers,
+    PhraseSearchOptions, PhraseTargets, PhraseToken, QueryPooling, phrase_answers,
 };
 use realm_retriever::random::SplitMix64;
 use realm_testing_torch::{fixture_bert, fixture_tokenizer};
@@ -406,6 +406,45 @@ fn checkpoints_round_trip_and_refuse_other_kinds() {
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
 }
 
+/// New phrase encoders pool the question's tokens by their mean; a checkpoint written before
+/// the pooling was recorded (no `query_pooling` in its header) reads as `[CLS]`, which gives
+/// other query vectors from the same weights.
+#[test]
+fn query_pooling_is_recorded_and_old_checkpoints_read_as_cls() {
+    use realm_retriever::checkpoint::{Checkpoint, CheckpointKind, CheckpointParts};
+    let phrase = encoder(0.0);
+    assert_eq!(phrase.query_pooling(), QueryPooling::Mean);
+    let bytes = phrase.to_checkpoint_bytes().unwrap();
+    let kind = CheckpointKind {
+        magic: b"REALMPHR",
+        name: "phrase encoder",
+        versions: &[1],
+    };
+    let parsed = Checkpoint::parse(&bytes, &kind).unwrap();
+    let mut header: serde_json::Value = parsed.header().unwrap();
+    assert_eq!(header["query_pooling"], "mean");
+    header.as_object_mut().unwrap().remove("query_pooling");
+    let old = realm_retriever::checkpoint::write_checkpoint(CheckpointParts {
+        kind: &kind,
+        header: &header,
+        tokenizer: &parsed.tokenizer().unwrap(),
+        weights: parsed.weights,
+    })
+    .unwrap();
+    let old = PhraseEncoder::from_checkpoint_bytes(&old, config(0.0)).unwrap();
+    assert_eq!(old.query_pooling(), QueryPooling::Cls);
+    let question = ["who wrote hamlet?"];
+    assert_ne!(
+        old.encode_queries(&question).unwrap(),
+        phrase.encode_queries(&question).unwrap()
+    );
+    assert_eq!(
+        old.encode_passages(&PASSAGES).unwrap(),
+        phrase.encode_passages(&PASSAGES).unwrap(),
+        "the passage side does not pool"
+    );
+}
+
 #[test]
 fn bad_input_is_refused_with_a_reason() {
     let bad = |r: realm_storage::Result<PhraseRows>| match r {
@@ -505,4 +544,46 @@ fn bad_input_is_refused_with_a_reason() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("filter threshold"), "{err}");
+}
+
+#[test]
+fn phrase_targets_are_the_word_boundaries_and_the_answer_phrases() {
+    let encoder = encoder(0.0);
+    let text = PASSAGES[0].1;
+    let (_, encodings) = encoder.tokenize_passages(&[PASSAGES[0]]).unwrap();
+    let encoding = &encodings[0];
+    let piece = |i: usize| {
+        let (a, b) = encoding.get_offsets()[i];
+        &text[a..b]
+    };
+    let phrases = |answers: &[&str], max_words: usize| -> Vec<String> {
+        let answers: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
+        PhraseTargets::new(encoding, text, &answers, max_words)
+            .answers
+            .iter()
+            .map(|&(s, e)| format!("{}..{}", piece(s), piece(e)))
+            .collect()
+    };
+    let all = PhraseTargets::new(encoding, text, &[], 10);
+    let starts: Vec<&str> = all.starts.iter().map(|&i| piece(i)).collect();
+    let ends: Vec<&str> = all.ends.iter().map(|&i| piece(i)).collect();
+    let words = ["was", "written", "by", "William", "Shakespeare", "."];
+    assert_eq!(starts, [&["Ham"][..], &words].concat());
+    assert_eq!(ends, [&["let"][..], &words].concat());
+    assert!(all.answers.is_empty());
+    // Normalized (case, articles, punctuation), whole words only, every occurrence: the
+    // final full stop normalizes away, so the phrase that ends on it matches too.
+    assert_eq!(
+        phrases(&["william SHAKESPEARE"], 10),
+        ["William..Shakespeare", "William..."]
+    );
+    assert_eq!(phrases(&["Hamlet"], 10), ["Ham..let"]);
+    assert_eq!(
+        phrases(&["the hamlet", "Shakespeare."], 10),
+        ["Ham..let", "Shakespeare..Shakespeare", "Shakespeare..."]
+    );
+    assert!(phrases(&["Ham", "liam", ""], 10).is_empty());
+    // A phrase has fewer than `max_words` words.
+    assert!(phrases(&["William Shakespeare"], 1).is_empty());
+    assert_eq!(phrases(&["William Shakespeare"], 2).len(), 1);
 }

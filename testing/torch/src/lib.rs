@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::load_tokenizer;
 use realm_retriever::eval::QaExample;
+use realm_retriever::phrase::{PhraseEncoder, PhraseEncoderConfig};
 use realm_retriever::{
     BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Retriever, RetrieverOptions,
 };
@@ -58,6 +59,19 @@ pub fn tiny_encoder(seed: i64) -> Encoder {
         seed,
     )
     .expect("a tiny encoder builds")
+}
+
+/// A tiny randomly initialized phrase encoder with `dim`-sized start and end vectors (real
+/// WordPiece tokenizer, [`tiny_bert`], at most 64 tokens, batches of 8, filter threshold 0,
+/// CPU); equal seeds give equal weights.
+pub fn tiny_phrase_encoder(dim: i64, seed: i64) -> PhraseEncoder {
+    let cfg = PhraseEncoderConfig {
+        max_len: 64,
+        batch_size: 8,
+        device: Device::Cpu,
+        ..PhraseEncoderConfig::default()
+    };
+    PhraseEncoder::random(tiny_bert(), tokenizer(), dim, cfg, seed).expect("a phrase encoder")
 }
 
 /// Retriever options for tests: CPU, at most 64 tokens, builds in batches of 16.

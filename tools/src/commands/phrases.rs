@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Result;
 use realm_db::Retriever;
 use realm_db::retriever::phrase::{
-    PhraseAnswer, PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions,
-    PhraseSearcher,
+    PHRASE_ENCODER_BLOB_PREFIX, PhraseAnswer, PhraseBuildOptions, PhraseEncoder,
+    PhraseEncoderConfig, PhraseSearchOptions, PhraseSearcher,
 };
 use serde::Serialize;
 
@@ -80,6 +80,7 @@ struct GenerationJson<'a> {
     passages_written: u64,
     tokens_written: u64,
     filter_threshold: f64,
+    note: &'a str,
     created_ms: u64,
 }
 
@@ -101,17 +102,41 @@ fn build(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
     let options = env.retriever_options()?;
     let device = options.encoder.device;
     let retriever = open::open_writer(&args.dir, options)?;
-    let model = match &args.model {
-        Some(path) => path.clone(),
-        None => open::default_model()?,
-    };
     let config = PhraseEncoderConfig {
         filter_threshold: args.filter_threshold,
         batch_size: args.batch as usize,
         device,
         ..PhraseEncoderConfig::default()
     };
-    let encoder = PhraseEncoder::load(&model, args.dim.map(i64::from), config)?;
+    let (encoder, source) = if args.from_current {
+        let Some(current) = retriever.db().current_phrase_generation()? else {
+            return Err(user(
+                "--from-current rebuilds the current phrase generation, and the database has none; build one with --model first"
+                    .to_owned(),
+            ));
+        };
+        let spec = retriever.db().phrase_generation(current)?.spec;
+        let bytes = retriever.db().get_blob(&format!(
+            "{PHRASE_ENCODER_BLOB_PREFIX}{}",
+            spec.encoder_checkpoint_id
+        ))?;
+        let config = PhraseEncoderConfig {
+            max_len: 0,
+            ..config
+        };
+        let encoder = PhraseEncoder::from_checkpoint_bytes(&bytes, config)?;
+        (
+            encoder,
+            format!("the encoder of phrase generation {current}"),
+        )
+    } else {
+        let model = match &args.model {
+            Some(path) => path.clone(),
+            None => open::default_model()?,
+        };
+        let encoder = PhraseEncoder::load(&model, args.dim.map(i64::from), config)?;
+        (encoder, model.display().to_string())
+    };
     let total = retriever.db().snapshot()?.passage_count()?;
     let bar = progress::bar(
         total,
@@ -127,7 +152,7 @@ fn build(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         PhraseBuildOptions {
             dtype: realm_db::Dtype::from(args.dtype),
             batch: args.batch as usize,
-            note: format!("built from {}", model.display()),
+            note: format!("built from {source}"),
             progress: Some(&mut report),
         },
     )?;
@@ -193,6 +218,7 @@ fn list(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                     passages_written: m.passages_written,
                     tokens_written: m.tokens_written,
                     filter_threshold: m.spec.filter_threshold,
+                    note: &m.spec.note,
                     created_ms: m.created_ms,
                 },
             )?;

@@ -27,6 +27,7 @@ impl From<TrainModeArg> for Mode {
             TrainModeArg::Qa => Mode::Qa,
             TrainModeArg::Spans => Mode::Spans,
             TrainModeArg::Realm => Mode::Realm,
+            TrainModeArg::Phrase => Mode::Phrase,
         }
     }
 }
@@ -142,12 +143,16 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             ),
         )?;
     }
-    let what = match report.query_encoder_version {
-        Some(v) => format!(
+    let what = match (report.query_encoder_version, report.phrase_generation) {
+        (Some(v), _) => format!(
             "generation {} with query-encoder version {v}",
             report.generation
         ),
-        None => format!("generation {}", report.generation),
+        (None, Some(phrases)) => format!(
+            "generation {} and phrase generation {phrases}",
+            report.generation
+        ),
+        (None, None) => format!("generation {}", report.generation),
     };
     say(
         out,
@@ -267,6 +272,28 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
             ));
             return Ok(());
         }
+        Event::PhraseBatch {
+            step,
+            questions,
+            skipped,
+        } if *skipped > 0 => {
+            bar.set_message(format!(
+                "step {step}: {skipped} of {questions} questions had no answer phrase in the passage read"
+            ));
+            return Ok(());
+        }
+        Event::PhraseBuild { done, total } => {
+            bar.set_message(format!(
+                "building the phrase generation: {done} of {total} passages"
+            ));
+            return Ok(());
+        }
+        Event::PhrasesPublished {
+            generation,
+            seconds,
+        } => format!(
+            "Published phrase generation {generation} (built by the trained phrase encoder in {seconds:.1} s)."
+        ),
         Event::Checkpoint { step } => format!("Checkpoint at step {step}."),
         Event::ExactMatch {
             step,

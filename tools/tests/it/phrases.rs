@@ -156,3 +156,84 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
     assert_eq!(stats[0]["current_phrase_generation"], 2);
     assert_eq!(stats[0]["phrase_generations"], 1);
 }
+
+#[test]
+fn phrase_training_publishes_a_phrase_generation_that_can_be_rebuilt_with_its_filter() {
+    let f = Fixture::new();
+    let db = f.db();
+    let db = db.to_str().expect("UTF-8 path");
+    let err = f.user_error(&["phrases", db, "--build", "--from-current"]);
+    assert!(
+        err.contains("--from-current") && err.contains("none"),
+        "{err}"
+    );
+    f.write(
+        "train.jsonl",
+        "{\"question\": \"what is the capital of norway\", \"answers\": [\"Oslo\"]}\n\
+         {\"question\": \"which ocean is the largest\", \"answers\": [\"the Pacific Ocean\"]}\n\
+         {\"question\": \"which river runs through paris\", \"answers\": [\"Seine\"]}\n\
+         {\"question\": \"who painted the mona lisa\", \"answers\": [\"Leonardo da Vinci\"]}\n",
+    );
+    let qa = f.path("train.jsonl");
+    let out = f.run(&[
+        "train",
+        db,
+        "--mode",
+        "phrase",
+        "--qa",
+        qa.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--candidates",
+        "6",
+        "--prebatch",
+        "1",
+        "--lr",
+        "1e-4",
+    ]);
+    // The Mona Lisa is in no passage: three questions are supervised.
+    assert!(out.contains("on 3 examples"), "{out}");
+    assert!(out.contains("Published phrase generation 2"), "{out}");
+    assert!(out.contains("phrase generation 2"), "{out}");
+    let listed = json_lines(&f.run(&["phrases", db, "--json"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["generation"], 2);
+    assert_eq!(listed[0]["current"], true);
+    assert!(
+        listed[0]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("phrase training"),
+        "{}",
+        listed[0]
+    );
+    let all = listed[0]["tokens_written"].as_u64().unwrap();
+
+    // The trained encoder rebuilds with its filter: a high threshold keeps fewer tokens.
+    let rebuilt = json_lines(&f.run(&[
+        "phrases",
+        db,
+        "--build",
+        "--from-current",
+        "--filter-threshold",
+        "0.5",
+        "--json",
+    ]));
+    assert_eq!(rebuilt[0]["generation"], 3);
+    let kept = rebuilt[0]["stored_tokens"].as_u64().unwrap();
+    assert!(0 < kept && kept < all, "{kept} of {all}");
+    let listed = json_lines(&f.run(&["phrases", db, "--json"]));
+    let current = listed.iter().find(|g| g["current"] == true).unwrap();
+    assert_eq!(current["generation"], 3);
+    assert_eq!(current["filter_threshold"], 0.5);
+    let asked = json_lines(&f.run(&[
+        "ask",
+        db,
+        "what is the capital of norway",
+        "--phrases",
+        "--json",
+    ]));
+    assert_eq!(asked[0]["phrase_generation"], 3);
+}

@@ -63,6 +63,8 @@ fn put_state(db: &Db, run: &Run<'_>) {
         document_checkpoint: run.document.map(str::to_owned),
         optimizer_blob: format!("trainer/{}/optimizer-{}", run.name, run.slot),
         reader_checkpoint: run.reader.map(str::to_owned),
+        phrase_checkpoint: None,
+        phrase_threshold: None,
         saved_ms: run.saved_ms,
     };
     db.put_blob(&format!("trainer/{}/state", run.name), &state.to_bytes())

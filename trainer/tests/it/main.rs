@@ -11,6 +11,7 @@ mod blob_gc;
 mod blob_gc_policy;
 mod dual;
 mod ict;
+mod phrase;
 mod qa;
 mod query_side;
 mod realm;

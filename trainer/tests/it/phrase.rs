@@ -1,0 +1,204 @@
+//! Phrase training (DensePhrases §4) on the towns' world: trained from the towns' question
+//! and answer pairs, a tiny phrase encoder answers them by phrase retrieval far better
+//! than before; the run publishes its phrase generation; a stopped run resumes
+//! bit-identically; pairs without answer strings are refused.
+
+use realm_retriever::Retriever;
+use realm_retriever::eval::{QaExample, normalize_answer};
+use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder, PhraseSearchOptions};
+use realm_storage::Dtype;
+use realm_testing_torch::{
+    global_rng_lock, pick, qa, tiny_phrase_encoder, towns, towns_retriever, train,
+};
+use realm_trainer::{Error, Event, Mode, PHRASE_NOTE, TrainConfig, Trainer};
+
+fn phrase_encoder(seed: i64) -> PhraseEncoder {
+    tiny_phrase_encoder(16, seed)
+}
+
+fn config(seed: u64, steps: u64, run: &str) -> TrainConfig {
+    TrainConfig {
+        mode: Mode::Phrase,
+        steps,
+        batch: 8,
+        lr: 1e-3,
+        // Every passage of the world is a candidate.
+        candidates: 32,
+        hard_negatives: 1,
+        prebatch: 1,
+        seed,
+        checkpoint_every: 0,
+        run: run.to_owned(),
+        ..TrainConfig::default()
+    }
+}
+
+/// The fraction of `questions` whose best phrase answer, from the current phrase
+/// generation, is the answer.
+fn phrase_em(retriever: &Retriever, questions: &[QaExample]) -> f64 {
+    let searcher = retriever.phrase_searcher().expect("a phrase searcher");
+    let opts = PhraseSearchOptions::default();
+    let correct = questions
+        .iter()
+        .filter(|q| {
+            let answers = searcher.answers(&q.question, &opts).expect("answers");
+            answers
+                .first()
+                .is_some_and(|a| normalize_answer(&a.text) == normalize_answer(&q.answers[0]))
+        })
+        .count();
+    correct as f64 / questions.len() as f64
+}
+
+/// Measured on CPU with 150 steps (`PHRASE_SEED` picks the seed, `PHRASE_STEPS` the steps
+/// and `PHRASE_LR` the learning rate): phrase exact match rose from 0 to 1.0, 0.94 and 0.875
+/// for seeds 0, 1 and 2 (with the query heads on `[CLS]` instead of the mean of the
+/// question's tokens it stayed at 0.03: every question got one passage's answer). The
+/// default seed, deterministic on the CPU, must rise by half the questions.
+#[test]
+fn phrase_training_raises_phrase_exact_match_and_publishes_its_generation() {
+    let _rng = global_rng_lock();
+    let seed: u64 = std::env::var("PHRASE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let steps: u64 = std::env::var("PHRASE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
+    let untrained = phrase_encoder(seed as i64);
+    let first = retriever
+        .build_phrase_generation(
+            &untrained,
+            PhraseBuildOptions {
+                dtype: Dtype::F32,
+                ..PhraseBuildOptions::default()
+            },
+        )
+        .unwrap();
+    let before = phrase_em(&retriever, &questions);
+    let mut cfg = config(seed, steps, "phrase");
+    if let Some(lr) = std::env::var("PHRASE_LR").ok().and_then(|s| s.parse().ok()) {
+        cfg.lr = lr;
+    }
+    let mut trainer = Trainer::new_with_phrase_encoder(
+        retriever.clone(),
+        cfg,
+        questions.clone(),
+        Vec::new(),
+        untrained,
+    )
+    .unwrap();
+    // Every answer is in its own town's passage, which every question retrieves.
+    assert_eq!(trainer.examples(), 32);
+    assert_eq!(trainer.dropped_examples(), 0);
+    let (report, events) = train(&mut trainer, None);
+    assert_eq!(report.final_step, steps);
+    let skipped: usize = pick!(events, Event::PhraseBatch { skipped, .. } => *skipped)
+        .into_iter()
+        .sum();
+    assert_eq!(skipped, 0, "every answer is a phrase of its passage");
+    let losses = pick!(events, Event::Step { loss, .. } => *loss);
+    let (head, tail) = (&losses[..10], &losses[losses.len() - 10..]);
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    assert!(mean(tail) < mean(head), "the loss fell: {losses:?}");
+
+    // The run published a phrase generation built by the trained encoder.
+    let published = report
+        .phrase_generation
+        .expect("a published phrase generation");
+    assert_ne!(published, first);
+    let db = retriever.db();
+    assert_eq!(db.current_phrase_generation().unwrap(), Some(published));
+    let spec = db.phrase_generation(published).unwrap().spec;
+    let trained = trainer
+        .phrase_encoder()
+        .expect("the trained phrase encoder");
+    assert_eq!(spec.encoder_checkpoint_id, trained.fingerprint().unwrap());
+    assert_eq!(
+        spec.dtype,
+        Dtype::F32,
+        "the dtype of the previous generation"
+    );
+    assert!(spec.note.starts_with(PHRASE_NOTE), "{:?}", spec.note);
+    let builds = pick!(events, Event::PhraseBuild { done, total } => (*done, *total));
+    assert_eq!(builds.last(), Some(&(32, 32)));
+    assert_eq!(
+        pick!(events, Event::PhrasesPublished { generation, .. } => *generation),
+        vec![published]
+    );
+
+    let after = phrase_em(&retriever, &questions);
+    eprintln!("seed {seed}, {steps} steps: phrase exact match {before} -> {after}");
+    assert!(
+        after >= before + 0.5,
+        "phrase exact match rose only from {before} to {after}"
+    );
+}
+
+fn resume_run(retriever: &Retriever, stop_at: Option<u64>) -> (u64, String, Option<u64>) {
+    let (_, questions) = towns();
+    let mut cfg = config(3, 6, "resume");
+    cfg.checkpoint_every = 2;
+    cfg.prebatch = 2;
+    let mut trainer = Trainer::new_with_phrase_encoder(
+        retriever.clone(),
+        cfg,
+        questions,
+        Vec::new(),
+        phrase_encoder(3),
+    )
+    .unwrap();
+    let (report, _) = train(&mut trainer, stop_at);
+    (
+        report.final_step,
+        trainer.phrase_encoder().unwrap().fingerprint().unwrap(),
+        report.phrase_generation,
+    )
+}
+
+#[test]
+fn phrase_run_resumes_bit_identically() {
+    let _rng = global_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, _) = towns_retriever(dir.path(), 1);
+    let (step, straight, published) = resume_run(&retriever, None);
+    assert_eq!(step, 6);
+    assert!(published.is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, _) = towns_retriever(dir.path(), 1);
+    let (step, stopped, published) = resume_run(&retriever, Some(3));
+    assert_eq!(step, 3);
+    assert_eq!(published, None, "a stopped run publishes nothing");
+    assert_eq!(retriever.db().current_phrase_generation().unwrap(), None);
+    assert_ne!(stopped, straight);
+    let (step, resumed, published) = resume_run(&retriever, None);
+    assert_eq!(step, 6);
+    assert_eq!(resumed, straight, "the resumed phrase encoder differs");
+    let spec = retriever
+        .db()
+        .phrase_generation(published.expect("published at the end"))
+        .unwrap()
+        .spec;
+    assert_eq!(spec.encoder_checkpoint_id, resumed);
+}
+
+#[test]
+fn phrase_training_refuses_pairs_without_answer_strings() {
+    let _rng = global_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, _) = towns_retriever(dir.path(), 0);
+    let patterns_only = vec![qa(1, "which crop is farmed in quimbo", &[], &["beans?"])];
+    let err = Trainer::new_with_phrase_encoder(
+        retriever,
+        config(0, 1, "patterns"),
+        patterns_only,
+        Vec::new(),
+        phrase_encoder(0),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::NoData { .. }), "{err}");
+    assert!(err.to_string().contains("answer strings"), "{err}");
+}
