@@ -18,7 +18,7 @@
 #   phrase the phrase recipe (issue 17): phrase-encoder training from MiniLM on the training
 #          questions (resumable like the reader's), which publishes a phrase generation; phrase
 #          EM, F1 and passage top-1/5/20 on the dev split; then the same generation rebuilt
-#          keeping only the tokens the trained filter passes (PHRASE_FILTER, default 0.2), and
+#          keeping only the tokens the trained filter passes (PHRASE_FILTER, default 0.06), and
 #          the same figures again
 # Writes splits, databases, JSON lines and plots under .deps/train-report/.
 set -euo pipefail
@@ -146,7 +146,7 @@ if [ "$what" = all ] || [ "$what" = phrase ]; then
   echo "== the same phrase generation rebuilt keeping only what the trained filter passes"
   if [ ! -e "$out/phrase-db.filtered" ]; then
     "$bin" phrases "$out/phrase-db" --build --from-current \
-      --filter-threshold "${PHRASE_FILTER:-0.2}"
+      --filter-threshold "${PHRASE_FILTER:-0.06}"
     touch "$out/phrase-db.filtered"
   fi
   /usr/bin/time -f "eval --phrases (filtered) wall time: %e s" \

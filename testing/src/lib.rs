@@ -62,6 +62,17 @@ pub fn temp_db() -> (TempDir, Db) {
 
 static GLOBAL_RNG: Mutex<()> = Mutex::new(());
 
+/// The environment variable `name` parsed as a `T` (a test's knob: its seed, steps, learning
+/// rate), or `default` when it is unset. A value that does not parse fails the test.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} does not parse")),
+        Err(_) => default,
+    }
+}
+
 /// Serializes the tests that draw from libtorch's global generator (dropout during
 /// training; `Trainer::run` reseeds it with `tch::manual_seed`): hold the guard for the
 /// whole test. Tests of one binary run on parallel threads and the generator is

@@ -162,7 +162,13 @@ fn draw_training<DB: DrawingBackend>(
     let fail = |e: &dyn std::fmt::Display| anyhow!("{e}");
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let root = root.titled(title, (FAMILY, 26)).map_err(|e| fail(&e))?;
-    let (upper, lower) = root.split_vertically(SIZE.1 / 2 - 20);
+    // A run without evaluations (phrase training, or no --eval) plots its loss alone.
+    let (upper, lower) = if curves.accuracy.is_empty() {
+        (root.clone(), None)
+    } else {
+        let (upper, lower) = root.split_vertically(SIZE.1 / 2 - 20);
+        (upper, Some(lower))
+    };
     let last_step = loss
         .iter()
         .map(|p| p.0)
@@ -186,6 +192,7 @@ fn draw_training<DB: DrawingBackend>(
         .map_err(|e| fail(&e))?;
     chart
         .configure_mesh()
+        .x_desc(if lower.is_none() { "training step" } else { "" })
         .y_desc("training loss")
         .axis_desc_style((FAMILY, 18))
         .label_style((FAMILY, 15))
@@ -209,6 +216,10 @@ fn draw_training<DB: DrawingBackend>(
             COLORS[0].stroke_width(2),
         ))
         .map_err(|e| fail(&e))?;
+    let Some(lower) = lower else {
+        root.present().map_err(|e| fail(&e))?;
+        return Ok(());
+    };
 
     let top = curves
         .accuracy
@@ -485,6 +496,24 @@ mod tests {
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.contains("<svg"), "not an SVG");
         assert!(text.contains("MiniLM"), "the legend is missing");
+    }
+
+    #[test]
+    fn a_run_without_evaluations_plots_its_loss_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut curves = TrainingCurves {
+            loss: (1..=50).map(|s| (s, 10.0 / s as f64)).collect(),
+            ..TrainingCurves::default()
+        };
+        let path = dir.path().join("loss.svg");
+        plot_training(&path, "loss only", &curves).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("training loss") && text.contains("training step"));
+        assert!(!text.contains("dev accuracy"), "an empty accuracy panel");
+        curves.accuracy.push((50, 0.1, 0.2, 0.3));
+        plot_training(&path, "with accuracy", &curves).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("dev accuracy") && text.contains("top-20"));
     }
 
     #[test]

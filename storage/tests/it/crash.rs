@@ -24,9 +24,7 @@ const SEED_VAR: &str = "REALM_CRASH_SEED";
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let cycles = std::env::var("REALM_CRASH_CYCLES")
-        .map(|n| n.parse().expect("REALM_CRASH_CYCLES takes a number"))
-        .unwrap_or(100);
+    let cycles = realm_testing::env_or("REALM_CRASH_CYCLES", 100);
     parent(cycles);
 }
 

@@ -1,6 +1,6 @@
 //! ICT pre-training runs without labels and publishes a generation.
 
-use realm_testing_torch::{global_rng_lock, pick, towns_retriever, train};
+use realm_testing_torch::{env_or, global_rng_lock, pick, towns_retriever, train};
 use realm_trainer::{Event, ICT_NOTE, Mode, TrainConfig, Trainer};
 
 #[test]
@@ -9,16 +9,12 @@ fn ict_training_runs_and_publishes() {
     let dir = tempfile::tempdir().unwrap();
     let (retriever, _) = towns_retriever(dir.path(), 3);
     let first = retriever.db().current_generation().unwrap().unwrap();
-    let steps = std::env::var("ICT_STEPS")
-        .map(|s| s.parse().unwrap())
-        .unwrap_or(40);
+    let steps = env_or("ICT_STEPS", 40);
     let config = TrainConfig {
         mode: Mode::Ict,
         steps,
         batch: 8,
-        lr: std::env::var("ICT_LR")
-            .map(|s| s.parse().unwrap())
-            .unwrap_or(1e-3),
+        lr: env_or("ICT_LR", 1e-3),
         checkpoint_every: 0,
         run: "ict".to_owned(),
         ..TrainConfig::default()

@@ -8,7 +8,7 @@ use realm_retriever::eval::{QaExample, normalize_answer};
 use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder, PhraseSearchOptions};
 use realm_storage::Dtype;
 use realm_testing_torch::{
-    global_rng_lock, pick, qa, tiny_phrase_encoder, towns, towns_retriever, train,
+    env_or, global_rng_lock, pick, qa, tiny_phrase_encoder, towns, towns_retriever, train,
 };
 use realm_trainer::{Error, Event, Mode, PHRASE_NOTE, TrainConfig, Trainer};
 
@@ -58,14 +58,8 @@ fn phrase_em(retriever: &Retriever, questions: &[QaExample]) -> f64 {
 #[test]
 fn phrase_training_raises_phrase_exact_match_and_publishes_its_generation() {
     let _rng = global_rng_lock();
-    let seed: u64 = std::env::var("PHRASE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let steps: u64 = std::env::var("PHRASE_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+    let seed: u64 = env_or("PHRASE_SEED", 0);
+    let steps: u64 = env_or("PHRASE_STEPS", 150);
     let dir = tempfile::tempdir().unwrap();
     let (retriever, questions) = towns_retriever(dir.path(), 0);
     let untrained = phrase_encoder(seed as i64);
@@ -80,9 +74,7 @@ fn phrase_training_raises_phrase_exact_match_and_publishes_its_generation() {
         .unwrap();
     let before = phrase_em(&retriever, &questions);
     let mut cfg = config(seed, steps, "phrase");
-    if let Some(lr) = std::env::var("PHRASE_LR").ok().and_then(|s| s.parse().ok()) {
-        cfg.lr = lr;
-    }
+    cfg.lr = env_or("PHRASE_LR", cfg.lr);
     let mut trainer = Trainer::new_with_phrase_encoder(
         retriever.clone(),
         cfg,

@@ -9,7 +9,7 @@ use realm_reader::store::{
 };
 use realm_retriever::Retriever;
 use realm_testing_torch::{
-    global_rng_lock, pick, reader_config, tiny_reader, towns_retriever, train,
+    env_or, global_rng_lock, pick, reader_config, tiny_reader, towns_retriever, train,
 };
 use realm_trainer::{Event, Mode, TrainConfig, Trainer};
 
@@ -55,10 +55,7 @@ fn train_qa(seed: u64, steps: u64) -> (f64, f64, Retriever, Vec<Event>, tempfile
 #[test]
 fn qa_fine_tuning_raises_exact_match() {
     let _rng = global_rng_lock();
-    let seed: u64 = std::env::var("QA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let seed: u64 = env_or("QA_SEED", 0);
     let (first, last, retriever, events, _dir) = train_qa(seed, 40);
     let skipped: usize = pick!(events, Event::QaBatch { skipped, .. } => *skipped)
         .into_iter()

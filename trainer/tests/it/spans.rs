@@ -9,7 +9,7 @@ use realm_retriever::Retriever;
 use realm_retriever::eval::{AnswerMatcher, normalize_answer};
 use realm_storage::NewPassage;
 use realm_testing_torch::{
-    global_rng_lock, indexed_retriever, painters, pick, reader_config, tiny_reader, train,
+    env_or, global_rng_lock, indexed_retriever, painters, pick, reader_config, tiny_reader, train,
 };
 use realm_trainer::{Event, Mode, SPAN_MASK, TrainConfig, Trainer};
 
@@ -124,23 +124,14 @@ fn span_examples_point_at_real_occurrences_in_other_passages() {
 #[test]
 fn span_pretraining_raises_exact_match_without_labels() {
     let _rng = global_rng_lock();
-    let seed: u64 = std::env::var("SPANS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let seed: u64 = env_or("SPANS_SEED", 0);
     let dir = tempfile::tempdir().unwrap();
     let (retriever, passages) = painters_retriever(dir.path());
     let reader = tiny_reader(seed as i64, reader_config(MAX_LEN));
     let before = exact_match(&reader, &passages);
-    let steps = std::env::var("SPANS_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let steps = env_or("SPANS_STEPS", 60);
     let mut cfg = config(seed, steps, "spans");
-    cfg.reader_passages = std::env::var("SPANS_K")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    cfg.reader_passages = env_or("SPANS_K", 4);
     let mut trainer =
         Trainer::new_with_reader(retriever.clone(), cfg, Vec::new(), Vec::new(), Some(reader))
             .unwrap();
