@@ -1,12 +1,14 @@
-//! Blob garbage collection: deletes the encoder checkpoints, readers and trainer blobs that
-//! nothing can use any more (see docs/format.md, "Blob garbage collection"). It lives in the
-//! trainer, the lowest crate that knows every kind of blob: generations name encoders,
-//! `reader/current` names a reader, and trainer states name towers and optimizer slots.
+//! Blob garbage collection: deletes the encoder checkpoints, phrase encoders, readers and
+//! trainer blobs that nothing can use any more (see docs/format.md, "Blob garbage
+//! collection"). It lives in the trainer, the lowest crate that knows every kind of blob:
+//! generations name encoders, phrase generations name phrase encoders, `reader/current` names
+//! a reader, and trainer states name towers and optimizer slots.
 
 use std::collections::BTreeSet;
 
 use realm_reader::store::{CURRENT_READER_BLOB, READER_BLOB_PREFIX};
 use realm_retriever::ENCODER_BLOB_PREFIX;
+use realm_retriever::phrase::PHRASE_ENCODER_BLOB_PREFIX;
 use realm_storage::{BlobInfo, Db};
 
 use crate::error::Result;
@@ -57,6 +59,8 @@ impl BlobGcReport {
 enum Kind<'a> {
     /// `encoder/<id>`.
     Encoder,
+    /// `phrase-encoder/<id>`.
+    PhraseEncoder,
     /// `reader/<id>`.
     Reader,
     /// `trainer/<run>/state`.
@@ -70,6 +74,9 @@ enum Kind<'a> {
 fn kind(name: &str) -> Kind<'_> {
     if name.starts_with(ENCODER_BLOB_PREFIX) {
         return Kind::Encoder;
+    }
+    if name.starts_with(PHRASE_ENCODER_BLOB_PREFIX) {
+        return Kind::PhraseEncoder;
     }
     if name == CURRENT_READER_BLOB {
         return Kind::Kept;
@@ -96,8 +103,9 @@ struct Roots {
     names: BTreeSet<String>,
     /// Runs whose state could not be read: every blob of theirs stays.
     unreadable_runs: BTreeSet<String>,
-    /// Some unreadable blob may name any encoder or reader.
+    /// Some unreadable blob may name any encoder, phrase encoder or reader.
     all_encoders: bool,
+    all_phrase_encoders: bool,
     all_readers: bool,
     unreadable: Vec<UnreadableBlob>,
 }
@@ -105,6 +113,11 @@ struct Roots {
 impl Roots {
     fn encoder(&mut self, id: &str) {
         self.names.insert(format!("{ENCODER_BLOB_PREFIX}{id}"));
+    }
+
+    fn phrase_encoder(&mut self, id: &str) {
+        self.names
+            .insert(format!("{PHRASE_ENCODER_BLOB_PREFIX}{id}"));
     }
 
     fn reader(&mut self, id: &str) {
@@ -121,10 +134,14 @@ impl Roots {
         if let Some(id) = &state.reader_checkpoint {
             self.reader(id);
         }
+        if let Some(id) = &state.phrase_checkpoint {
+            self.phrase_encoder(id);
+        }
     }
 
     fn unreadable(&mut self, name: &str, reason: String) {
         self.all_encoders = true;
+        self.all_phrase_encoders = true;
         self.all_readers = true;
         self.unreadable.push(UnreadableBlob {
             name: name.to_owned(),
@@ -138,6 +155,7 @@ impl Roots {
         }
         match kind(name) {
             Kind::Encoder => self.all_encoders,
+            Kind::PhraseEncoder => self.all_phrase_encoders,
             Kind::Reader => self.all_readers,
             Kind::State { run } | Kind::Optimizer { run } => self.unreadable_runs.contains(run),
             Kind::Kept => true,
@@ -159,14 +177,17 @@ fn read(db: &Db, name: &str) -> Result<Result<Vec<u8>, String>> {
 ///
 /// Kept (the roots): the encoder checkpoints that any stored generation names (its document
 /// encoder and every query-encoder version: run [`Db::gc`] first to drop old generations);
+/// the phrase encoder of every stored phrase generation;
 /// `reader/current` and the reader it names; for each unfinished run, its state, the
 /// optimizer slot the state names and the towers it names; for each finished run, its state
-/// and towers, unless [`BlobGcOptions::keep_runs`] leaves it out. Collected: every other
-/// `encoder/<id>` and `reader/<id>`, both optimizer slots of finished runs, the slot an
+/// and towers (a phrase run's phrase encoder among them), unless
+/// [`BlobGcOptions::keep_runs`] leaves it out. Collected: every other `encoder/<id>`,
+/// `phrase-encoder/<id>` and `reader/<id>`, both optimizer slots of finished runs, the slot an
 /// unfinished run's state does not name, and states left out by `keep_runs`. Blobs outside
-/// `encoder/`, `reader/` and `trainer/`, and other names under `trainer/<run>/`, are kept.
+/// `encoder/`, `phrase-encoder/`, `reader/` and `trainer/`, and other names under
+/// `trainer/<run>/`, are kept.
 /// A state or `reader/current` that cannot be read is kept and reported, and then no
-/// encoder or reader is collected (nor any blob of that run): what cannot be accounted for
+/// encoder, phrase encoder or reader is collected (nor any blob of that run): what cannot be accounted for
 /// is never deleted.
 ///
 /// It must not run while this process trains or builds a generation: a tower is stored
@@ -205,6 +226,9 @@ fn roots(db: &Db, blobs: &[BlobInfo], options: &BlobGcOptions) -> Result<Roots> 
         for version in &manifest.query_encoders {
             roots.encoder(&version.checkpoint_id);
         }
+    }
+    for info in db.phrase_generations()? {
+        roots.phrase_encoder(&info.manifest.spec.encoder_checkpoint_id);
     }
     if blobs.iter().any(|b| b.name == CURRENT_READER_BLOB) {
         let id = read(db, CURRENT_READER_BLOB)?.and_then(|bytes| {
@@ -256,6 +280,7 @@ mod tests {
     #[test]
     fn names_are_classified_by_prefix_and_suffix() {
         assert_eq!(kind("encoder/abc"), Kind::Encoder);
+        assert_eq!(kind("phrase-encoder/abc"), Kind::PhraseEncoder);
         assert_eq!(kind("reader/abc"), Kind::Reader);
         assert_eq!(kind("reader/current"), Kind::Kept);
         assert_eq!(kind("trainer/r/state"), Kind::State { run: "r" });

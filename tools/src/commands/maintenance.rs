@@ -129,7 +129,7 @@ fn say_blobs(blobs: &BlobGcReport, out: &mut dyn Write) -> Result<()> {
         say(
             out,
             format_args!(
-                "Kept the unreadable blob {} and every encoder and reader it might name: {}.",
+                "Kept the unreadable blob {} and every encoder, phrase encoder and reader it might name: {}.",
                 unreadable.name, unreadable.reason
             ),
         )?;
@@ -216,7 +216,7 @@ pub fn stats(args: &StatsArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         &mut table,
         "blobs",
         blobs.len().to_string(),
-        "(encoder and reader checkpoints, trainer state, your blobs)".into(),
+        "(encoder, phrase encoder and reader checkpoints, trainer state, your blobs)".into(),
     );
     row(
         &mut table,

@@ -8,10 +8,12 @@ use std::collections::BTreeSet;
 
 use realm_reader::store::{CURRENT_READER_BLOB, current_reader};
 use realm_retriever::eval::QaExample;
+use realm_retriever::phrase::{PHRASE_ENCODER_BLOB_PREFIX, PhraseBuildOptions};
 use realm_retriever::{ENCODER_BLOB_PREFIX, Retriever};
 use realm_storage::Db;
 use realm_testing_torch::{
-    cpu_options, global_rng_lock, reader_config, tiny_reader, towns_retriever, train,
+    cpu_options, global_rng_lock, reader_config, tiny_phrase_encoder, tiny_reader, towns_retriever,
+    train,
 };
 use realm_trainer::state::TrainerState;
 use realm_trainer::{BlobGcOptions, Event, Mode, TrainConfig, Trainer, collect_blobs};
@@ -285,4 +287,118 @@ fn an_unfinished_run_keeps_its_checkpoint_and_resumes_after_gc() {
             .any(|b| b.name == "trainer/qa/state")
     );
     assert_everything_loads(&db, &questions[0].question);
+}
+
+#[test]
+fn gc_collects_unnamed_phrase_encoders_and_keeps_those_of_phrase_generations_and_runs() {
+    let _rng = global_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
+    let first = tiny_phrase_encoder(8, 1);
+    let first_generation = retriever
+        .build_phrase_generation(&first, PhraseBuildOptions::default())
+        .unwrap();
+    let orphan = retriever
+        .store_phrase_encoder(&tiny_phrase_encoder(8, 2))
+        .unwrap();
+    let config = TrainConfig {
+        mode: Mode::Phrase,
+        steps: 4,
+        batch: 8,
+        lr: 1e-3,
+        candidates: 32,
+        checkpoint_every: 1,
+        run: "phrase".to_owned(),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new_with_phrase_encoder(
+        retriever.clone(),
+        config,
+        questions,
+        Vec::new(),
+        tiny_phrase_encoder(8, 3),
+    )
+    .unwrap();
+    let (report, _) = train(&mut trainer, None);
+    let published = report
+        .phrase_generation
+        .expect("a published phrase generation");
+    let trained = trainer.phrase_encoder().unwrap().fingerprint().unwrap();
+    let db = retriever.db();
+    assert_eq!(
+        state(db, "phrase").phrase_checkpoint.as_deref(),
+        Some(trained.as_str())
+    );
+    let phrase_blob = |id: &str| format!("{PHRASE_ENCODER_BLOB_PREFIX}{id}");
+    let before: BTreeSet<String> = under(&names(db), PHRASE_ENCODER_BLOB_PREFIX)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    // The first encoder, the orphan, and the checkpoints of steps 1 to 3 and 4.
+    assert_eq!(before.len(), 6, "{before:?}");
+
+    let gc = collect_blobs(db, &BlobGcOptions::default()).unwrap();
+    let after: BTreeSet<String> = under(&names(db), PHRASE_ENCODER_BLOB_PREFIX)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let kept: BTreeSet<String> = [
+        phrase_blob(&first.fingerprint().unwrap()),
+        phrase_blob(&trained),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        after, kept,
+        "the encoders of the phrase generations and of the run"
+    );
+    let collected: BTreeSet<&str> = gc.collected.iter().map(|b| b.name.as_str()).collect();
+    assert!(collected.contains(phrase_blob(&orphan).as_str()));
+    assert_eq!(
+        before.difference(&after).count(),
+        4,
+        "the orphan and three superseded checkpoints"
+    );
+    // A stopped run keeps the phrase encoder its state names, and resumes after gc.
+    let (_, questions) = realm_testing_torch::towns();
+    let paused = |stop: Option<u64>| {
+        let config = TrainConfig {
+            mode: Mode::Phrase,
+            steps: 4,
+            batch: 8,
+            lr: 1e-3,
+            candidates: 32,
+            checkpoint_every: 0,
+            run: "paused".to_owned(),
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::new_with_phrase_encoder(
+            retriever.clone(),
+            config,
+            questions.clone(),
+            Vec::new(),
+            tiny_phrase_encoder(8, 4),
+        )
+        .unwrap();
+        train(&mut trainer, stop).0
+    };
+    assert_eq!(paused(Some(2)).final_step, 2);
+    let named = state(db, "paused").phrase_checkpoint.unwrap();
+    collect_blobs(db, &BlobGcOptions::default()).unwrap();
+    assert!(
+        db.has_blob(&phrase_blob(&named)).unwrap(),
+        "a stopped run's encoder went"
+    );
+    assert_eq!(paused(None).final_step, 4);
+
+    // Both phrase generations, the retired one too, still load and search.
+    for generation in [first_generation, published] {
+        let searcher = retriever.phrase_searcher_at(generation).unwrap();
+        assert!(
+            !searcher
+                .search("which crop is farmed in quimbo", &Default::default())
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
