@@ -47,7 +47,8 @@
 //! choice of a step derives from the seed and the step number, so on the CPU a stopped and
 //! resumed run ends with the same weights as an uninterrupted one.
 //!
-//! Where things live: the loop, events, end of run in `trainer.rs`; what every mode shares
+//! Where things live: the loop, events, end of run in `trainer.rs`; what the loop asks of a mode in
+//! `mode_state.rs`; what every mode shares
 //! (retriever, settings, pinned generation, query tower) in `context.rs`; one module per
 //! mode (`query_side`, `dual`, [`ict`], `qa`, `span_pretraining`, `realm`,
 //! `phrase_training`); distant supervision in
@@ -68,6 +69,7 @@ mod error;
 mod evaluation;
 pub mod ict;
 pub mod masking;
+mod mode_state;
 mod phrase_training;
 mod qa;
 mod query_side;

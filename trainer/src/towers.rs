@@ -3,7 +3,7 @@
 //! folder, or a checkpoint being resumed), and the phrase encoder of phrase training.
 
 use realm_reader::{Reader, ReaderConfig};
-use realm_retriever::phrase::{PHRASE_ENCODER_BLOB_PREFIX, PhraseEncoder, PhraseEncoderConfig};
+use realm_retriever::phrase::{PhraseEncoder, PhraseEncoderConfig};
 use realm_retriever::{ENCODER_BLOB_PREFIX, Encoder, Retriever};
 
 use crate::adamw::{AdamW, WEIGHT_DECAY};
@@ -143,14 +143,11 @@ impl PhraseTower {
             ..PhraseEncoderConfig::default()
         };
         let load = |id: &str, threshold: f64| -> Result<PhraseEncoder> {
-            let bytes = retriever
-                .db()
-                .get_blob(&format!("{PHRASE_ENCODER_BLOB_PREFIX}{id}"))?;
             let cfg = PhraseEncoderConfig {
                 filter_threshold: threshold,
                 ..cfg.clone()
             };
-            Ok(PhraseEncoder::from_checkpoint_bytes(&bytes, cfg)?)
+            Ok(retriever.load_phrase_encoder(id, cfg)?)
         };
         let encoder = match (resumed, given) {
             (Some((state, blob)), _) => {

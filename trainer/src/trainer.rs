@@ -1,7 +1,8 @@
 //! The [`Trainer`]: it starts or resumes a run in one of the seven modes, drives the training
 //! loop (events, evaluation, index refresh, checkpoints) and ends the run (attaching the
-//! query tower, publishing a generation or a phrase generation, storing the reader). What a step does lives in the
-//! mode's own module.
+//! query tower, publishing a generation or a phrase generation, storing the reader). What
+//! a step does lives in the mode's own module; what a run knows of its mode, in
+//! `mode_state.rs`.
 
 use std::fmt;
 use std::time::Instant;
@@ -16,146 +17,18 @@ use crate::builder::{Builder, Published, RefreshRequest};
 use crate::checkpoint::{self, Resume, TowerCheckpoints};
 use crate::config::{Control, Event, Mode, TrainConfig, TrainReport};
 use crate::context::Context;
-use crate::dual::{DUAL_NOTE, Dual};
+use crate::dual::Dual;
 use crate::error::{Error, Result};
 use crate::evaluation::EvalSet;
-use crate::ict::{ICT_NOTE, Ict};
+use crate::ict::Ict;
+use crate::mode_state::{Given, ModeState};
 use crate::phrase_training::PhraseTraining;
-use crate::qa::{QA_NOTE, Qa, exact_match};
-use crate::query_side::{QUERY_SIDE_NOTE, QuerySide};
-use crate::realm::{REALM_NOTE, Realm};
+use crate::qa::{Qa, exact_match};
+use crate::query_side::QuerySide;
+use crate::realm::Realm;
 use crate::span_pretraining::{SpanExample, SpanPretraining};
 use crate::state::TrainerState;
 use crate::towers::{PhraseTower, ReaderTower, Tower};
-
-/// The state of the mode a run trains in, each constructed whole (boxed: the towers are
-/// large and of different sizes).
-enum ModeState {
-    QuerySide(Box<QuerySide>),
-    Dual(Box<Dual>),
-    Ict(Box<Ict>),
-    Qa(Box<Qa>),
-    Spans(Box<SpanPretraining>),
-    Realm(Box<Realm>),
-    Phrase(Box<PhraseTraining>),
-}
-
-/// Models a fresh run starts from instead of the database's or a model folder's (tests use
-/// tiny random ones).
-#[derive(Default)]
-struct Given {
-    reader: Option<Reader>,
-    phrase_encoder: Option<PhraseEncoder>,
-}
-
-impl ModeState {
-    /// Usable examples: supervised questions, QA pairs, REALM sentences or ICT passages.
-    fn examples(&self) -> usize {
-        match self {
-            ModeState::QuerySide(m) => m.supervision.examples.len(),
-            ModeState::Dual(m) => m.supervision.examples.len(),
-            ModeState::Ict(m) => m.passages.len(),
-            ModeState::Qa(m) => m.pairs.len(),
-            ModeState::Spans(m) => m.examples.len(),
-            ModeState::Realm(m) => m.examples(),
-            ModeState::Phrase(m) => m.supervision.examples.len(),
-        }
-    }
-
-    /// Training questions dropped before the run.
-    fn dropped(&self) -> usize {
-        match self {
-            ModeState::QuerySide(m) => m.supervision.dropped,
-            ModeState::Dual(m) => m.supervision.dropped,
-            ModeState::Qa(m) => m.dropped,
-            ModeState::Spans(m) => m.dropped,
-            ModeState::Phrase(m) => m.dropped,
-            ModeState::Ict(_) | ModeState::Realm(_) => 0,
-        }
-    }
-
-    /// The document tower, in the modes that train one.
-    fn document(&self) -> Option<&Tower> {
-        match self {
-            ModeState::Dual(m) => Some(&m.document),
-            ModeState::Ict(m) => Some(&m.document),
-            ModeState::Realm(m) => Some(&m.document),
-            ModeState::QuerySide(_)
-            | ModeState::Qa(_)
-            | ModeState::Spans(_)
-            | ModeState::Phrase(_) => None,
-        }
-    }
-
-    /// The phrase encoder, in phrase training.
-    fn phrase(&self) -> Option<&PhraseTower> {
-        match self {
-            ModeState::Phrase(m) => Some(&m.tower),
-            _ => None,
-        }
-    }
-
-    /// The reader, in the modes that train one.
-    fn reader(&self) -> Option<&ReaderTower> {
-        match self {
-            ModeState::Qa(m) => Some(&m.reader),
-            ModeState::Spans(m) => Some(&m.reader),
-            ModeState::Realm(m) => Some(&m.reader),
-            ModeState::QuerySide(_)
-            | ModeState::Dual(_)
-            | ModeState::Ict(_)
-            | ModeState::Phrase(_) => None,
-        }
-    }
-
-    /// The optimizers of the mode's own towers (the query tower's is the context's).
-    fn optimizers_mut(&mut self) -> Vec<(&'static str, &mut AdamW)> {
-        match self {
-            ModeState::QuerySide(_) => Vec::new(),
-            ModeState::Dual(m) => vec![("document", &mut m.document.opt)],
-            ModeState::Ict(m) => vec![("document", &mut m.document.opt)],
-            ModeState::Qa(m) => vec![("reader", &mut m.reader.opt)],
-            ModeState::Spans(m) => vec![("reader", &mut m.reader.opt)],
-            ModeState::Realm(m) => vec![
-                ("document", &mut m.document.opt),
-                ("reader", &mut m.reader.opt),
-            ],
-            ModeState::Phrase(m) => vec![("phrase", &mut m.tower.opt)],
-        }
-    }
-
-    /// The provenance note of the generations the index builder publishes, in the modes
-    /// that publish one.
-    fn builder_note(&self) -> Option<&'static str> {
-        match self {
-            ModeState::Dual(_) => Some(DUAL_NOTE),
-            ModeState::Ict(_) => Some(ICT_NOTE),
-            ModeState::Realm(_) => Some(REALM_NOTE),
-            ModeState::QuerySide(_)
-            | ModeState::Qa(_)
-            | ModeState::Spans(_)
-            | ModeState::Phrase(_) => None,
-        }
-    }
-
-    /// Whether the index refreshes during training (every `refresh_every` steps).
-    fn refreshes(&self) -> bool {
-        matches!(self, ModeState::Dual(_) | ModeState::Realm(_))
-    }
-
-    /// The note of the query-encoder version attached at the end, in the modes that attach.
-    fn attach_note(&self) -> Option<&'static str> {
-        match self {
-            ModeState::QuerySide(_) => Some(QUERY_SIDE_NOTE),
-            ModeState::Qa(_) => Some(QA_NOTE),
-            ModeState::Dual(_)
-            | ModeState::Ict(_)
-            | ModeState::Spans(_)
-            | ModeState::Realm(_)
-            | ModeState::Phrase(_) => None,
-        }
-    }
-}
 
 /// Passes events to the caller's callback and remembers a request to stop.
 struct Emitter<'a> {

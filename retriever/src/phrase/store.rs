@@ -140,11 +140,8 @@ impl Retriever {
         if let Some(encoder) = self.inner.phrase_encoders.lock().get(&key) {
             return Ok(encoder.clone());
         }
-        let bytes = self
-            .db()
-            .get_blob(&format!("{PHRASE_ENCODER_BLOB_PREFIX}{checkpoint_id}"))?;
-        let encoder = Arc::new(PhraseEncoder::from_checkpoint_bytes(
-            &bytes,
+        let encoder = Arc::new(self.load_phrase_encoder(
+            checkpoint_id,
             PhraseEncoderConfig {
                 max_len: 0,
                 filter_threshold: threshold,
@@ -157,6 +154,20 @@ impl Retriever {
             .lock()
             .insert(key, encoder.clone());
         Ok(encoder)
+    }
+
+    /// Loads the stored phrase encoder checkpoint `checkpoint_id` (blob
+    /// `phrase-encoder/<id>`) with runtime settings `cfg`, uncached: an encoder of its own,
+    /// to train or to build with other settings.
+    pub fn load_phrase_encoder(
+        &self,
+        checkpoint_id: &str,
+        cfg: PhraseEncoderConfig,
+    ) -> Result<PhraseEncoder> {
+        let bytes = self
+            .db()
+            .get_blob(&format!("{PHRASE_ENCODER_BLOB_PREFIX}{checkpoint_id}"))?;
+        PhraseEncoder::from_checkpoint_bytes(&bytes, cfg)
     }
 
     /// Encodes every passage with `encoder` into a new phrase generation and publishes it,

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Result;
 use realm_db::Retriever;
 use realm_db::retriever::phrase::{
-    PHRASE_ENCODER_BLOB_PREFIX, PhraseAnswer, PhraseBuildOptions, PhraseEncoder,
-    PhraseEncoderConfig, PhraseSearchOptions, PhraseSearcher,
+    PhraseAnswer, PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions,
+    PhraseSearcher,
 };
 use serde::Serialize;
 
@@ -116,15 +116,11 @@ fn build(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             ));
         };
         let spec = retriever.db().phrase_generation(current)?.spec;
-        let bytes = retriever.db().get_blob(&format!(
-            "{PHRASE_ENCODER_BLOB_PREFIX}{}",
-            spec.encoder_checkpoint_id
-        ))?;
         let config = PhraseEncoderConfig {
             max_len: 0,
             ..config
         };
-        let encoder = PhraseEncoder::from_checkpoint_bytes(&bytes, config)?;
+        let encoder = retriever.load_phrase_encoder(&spec.encoder_checkpoint_id, config)?;
         (
             encoder,
             format!("the encoder of phrase generation {current}"),

@@ -289,6 +289,20 @@ fn an_unfinished_run_keeps_its_checkpoint_and_resumes_after_gc() {
     assert_everything_loads(&db, &questions[0].question);
 }
 
+/// A 4-step phrase run over every town.
+fn phrase_config(run: &str, checkpoint_every: u64) -> TrainConfig {
+    TrainConfig {
+        mode: Mode::Phrase,
+        steps: 4,
+        batch: 8,
+        lr: 1e-3,
+        candidates: 32,
+        checkpoint_every,
+        run: run.to_owned(),
+        ..TrainConfig::default()
+    }
+}
+
 #[test]
 fn gc_collects_unnamed_phrase_encoders_and_keeps_those_of_phrase_generations_and_runs() {
     let _rng = global_rng_lock();
@@ -301,19 +315,9 @@ fn gc_collects_unnamed_phrase_encoders_and_keeps_those_of_phrase_generations_and
     let orphan = retriever
         .store_phrase_encoder(&tiny_phrase_encoder(8, 2))
         .unwrap();
-    let config = TrainConfig {
-        mode: Mode::Phrase,
-        steps: 4,
-        batch: 8,
-        lr: 1e-3,
-        candidates: 32,
-        checkpoint_every: 1,
-        run: "phrase".to_owned(),
-        ..TrainConfig::default()
-    };
     let mut trainer = Trainer::new_with_phrase_encoder(
         retriever.clone(),
-        config,
+        phrase_config("phrase", 1),
         questions,
         Vec::new(),
         tiny_phrase_encoder(8, 3),
@@ -362,19 +366,9 @@ fn gc_collects_unnamed_phrase_encoders_and_keeps_those_of_phrase_generations_and
     // A stopped run keeps the phrase encoder its state names, and resumes after gc.
     let (_, questions) = realm_testing_torch::towns();
     let paused = |stop: Option<u64>| {
-        let config = TrainConfig {
-            mode: Mode::Phrase,
-            steps: 4,
-            batch: 8,
-            lr: 1e-3,
-            candidates: 32,
-            checkpoint_every: 0,
-            run: "paused".to_owned(),
-            ..TrainConfig::default()
-        };
         let mut trainer = Trainer::new_with_phrase_encoder(
             retriever.clone(),
-            config,
+            phrase_config("paused", 0),
             questions.clone(),
             Vec::new(),
             tiny_phrase_encoder(8, 4),
