@@ -59,6 +59,7 @@
 mod codec;
 mod db;
 mod error;
+mod gc_lock;
 mod generation;
 pub mod ivf;
 pub mod lexical;

@@ -4,17 +4,26 @@
 //! follower: a RocksDB secondary instance that catches up with the writer), and the small
 //! read/write vocabulary the rest of the crate uses:
 //! point reads, bounded prefix scans, write batches, range deletes and snapshots.
-//! No other module imports `rocksdb`.
+//! No other module imports `rocksdb`. `follow.rs` keeps followers' views whole (the writer's
+//! file deletions, catching up); `read.rs` holds the reads.
+
+mod follow;
+mod read;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, Options, ReadOptions, WriteOptions,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IteratorMode,
+    Options, WriteOptions,
 };
 
 use crate::error::{Error, Result};
+use crate::gc_lock::GcLock;
+use follow::{ManifestMark, open_secondary};
+pub(crate) use read::{Entry, Reader, SnapshotReader, prefix_successor};
 
 /// Column families, one per kind of record. See `docs/format.md`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,9 +142,28 @@ pub(crate) struct Rocks {
     db: rocksdb::DB,
     path: PathBuf,
     follower: bool,
-    /// A follower lacks a column family the database has gained since it opened (a writer
-    /// upgraded an older format): catching up cannot add it, only a fresh instance can.
-    lacks_families: bool,
+    role: Role,
+}
+
+/// What the instance is, with what only that kind of instance holds.
+enum Role {
+    /// The writer: its file deletions are disabled but in purges (see the module docs).
+    Writer {
+        gc_lock: GcLock,
+        /// When the last purge that followed a write ran.
+        last_purge: Mutex<Instant>,
+    },
+    /// A follower: opens and catches up under the GC lock, shared (`None` on read-only
+    /// media, where no writer runs).
+    Follower {
+        gc_lock: Option<GcLock>,
+        /// The database has gained a column family since this instance opened (a writer
+        /// upgraded an older format): catching up cannot add it, only a fresh instance can.
+        lacks_families: bool,
+        /// The writer's MANIFEST as this instance last read it in full: opening, or catching
+        /// up while it did not change (see [`Rocks::catch_up`]).
+        manifest: Option<ManifestMark>,
+    },
 }
 
 impl std::fmt::Debug for Rocks {
@@ -156,13 +184,28 @@ impl Rocks {
         match mode {
             OpenMode::Writer { create } => {
                 opts.create_if_missing(create);
-                let db = rocksdb::DB::open_cf_descriptors(&opts, path, descriptors())
-                    .map_err(|source| classify_open_error(path, source))?;
+                let gc_lock = GcLock::open(path)?.ok_or_else(|| Error::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::ErrorKind::PermissionDenied.into(),
+                })?;
+                // Opening deletes obsolete files and may flush recovered logs: no follower
+                // may be reading the file lists meanwhile.
+                let db = {
+                    let _guard = gc_lock.exclusive()?;
+                    let db = rocksdb::DB::open_cf_descriptors(&opts, path, descriptors())
+                        .map_err(|source| classify_open_error(path, source))?;
+                    db.disable_file_deletions()
+                        .map_err(|source| classify_open_error(path, source))?;
+                    db
+                };
                 Ok(Rocks {
                     db,
                     path: path.to_path_buf(),
                     follower: false,
-                    lacks_families: false,
+                    role: Role::Writer {
+                        gc_lock,
+                        last_purge: Mutex::new(Instant::now()),
+                    },
                 })
             }
             OpenMode::Follower => {
@@ -184,7 +227,12 @@ impl Rocks {
                         path: std::env::temp_dir(),
                         source,
                     })?;
-                let opened = open_secondary(&opts, path, dir.path());
+                let gc_lock = GcLock::open(path)?;
+                let (opened, manifest) = {
+                    let _guard = gc_lock.as_ref().map(GcLock::shared).transpose()?;
+                    let manifest = ManifestMark::read(path);
+                    (open_secondary(&opts, path, dir.path()), manifest)
+                };
                 let removed = dir.close();
                 let (db, lacks_families) =
                     opened.map_err(|source| classify_open_error(path, source))?;
@@ -196,38 +244,13 @@ impl Rocks {
                     db,
                     path: path.to_path_buf(),
                     follower: true,
-                    lacks_families,
+                    role: Role::Follower {
+                        gc_lock,
+                        lacks_families,
+                        manifest,
+                    },
                 })
             }
-        }
-    }
-
-    /// A follower replays what the writer has written since this instance opened or last
-    /// caught up (new table files from its MANIFEST, new records from its WAL); a writer does
-    /// nothing. Returns false when only a fresh instance can show everything:
-    /// - a table file the writer's MANIFEST lists was deleted before this instance opened it
-    ///   (the writer flushed, then compacted the file away, while this instance lagged); the
-    ///   instance cannot skip that version edit, so every later attempt fails alike;
-    /// - the database has gained a column family since this instance opened.
-    pub(crate) fn catch_up(&self) -> Result<bool> {
-        if !self.follower {
-            return Ok(true);
-        }
-        if self.lacks_families {
-            let families =
-                rocksdb::DB::list_cf(&Options::default(), &self.path).map_err(|e| self.err(e))?;
-            let ours = |name: &String| Cf::ALL.iter().any(|cf| cf.name() == name);
-            if families
-                .iter()
-                .any(|name| ours(name) && self.db.cf_handle(name).is_none())
-            {
-                return Ok(false);
-            }
-        }
-        match self.db.try_catch_up_with_primary() {
-            Ok(()) => Ok(true),
-            Err(e) if is_missing_file(&e) => Ok(false),
-            Err(e) => Err(self.err(e)),
         }
     }
 
@@ -270,7 +293,9 @@ impl Rocks {
         opts.set_sync(sync);
         self.db
             .write_opt(batch.inner, &opts)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.purge_if_due();
+        Ok(())
     }
 
     /// Asks RocksDB to compact `[from, to)` so that deleted data frees its disk space.
@@ -278,14 +303,15 @@ impl Rocks {
         self.db.compact_range_cf(self.cf(cf), Some(from), Some(to));
     }
 
-    /// Flushes memtables to SST files (used before measuring disk usage).
+    /// Flushes memtables to SST files and purges the logs they obsolete (used before
+    /// measuring disk usage).
     pub(crate) fn flush(&self) -> Result<()> {
         for cf in Cf::ALL {
             if let Some(handle) = self.cf_if_present(cf) {
                 self.db.flush_cf(handle).map_err(|e| self.err(e))?;
             }
         }
-        Ok(())
+        self.purge_obsolete_files()
     }
 
     /// Whether the database holds no key at all, in any column family (the default one
@@ -372,66 +398,6 @@ fn descriptors() -> impl Iterator<Item = ColumnFamilyDescriptor> {
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()))
 }
 
-/// Opens a secondary instance, with its own files in `secondary`. A database written by an
-/// older format may lack newer column families; a follower cannot create them, so it opens
-/// those that exist and reads the others as empty (the flag says whether any is missing).
-/// The writer may delete a table file between our reading its MANIFEST and opening the file
-/// (a finished compaction); that race surfaces as a missing file, and a fresh attempt reads
-/// the newer MANIFEST.
-fn open_secondary(
-    opts: &Options,
-    path: &Path,
-    secondary: &Path,
-) -> std::result::Result<(rocksdb::DB, bool), rocksdb::Error> {
-    let mut attempt = 0u32;
-    loop {
-        let opened = rocksdb::DB::list_cf(opts, path).and_then(|existing| {
-            let present: Vec<_> = descriptors()
-                .filter(|d| existing.iter().any(|name| name == d.name()))
-                .collect();
-            let lacks = present.len() < Cf::ALL.len();
-            rocksdb::DB::open_cf_descriptors_as_secondary(opts, path, secondary, present)
-                .map(|db| (db, lacks))
-        });
-        match opened {
-            Err(e) if attempt < 8 && is_missing_file(&e) => {
-                std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn is_missing_file(e: &rocksdb::Error) -> bool {
-    e.to_string().contains("No such file")
-}
-
-fn scan_options(prefix: &[u8], start: &[u8]) -> (ReadOptions, Vec<u8>) {
-    let mut opts = ReadOptions::default();
-    if let Some(upper) = prefix_successor(prefix) {
-        opts.set_iterate_upper_bound(upper);
-    }
-    let from = if start > prefix {
-        start.to_vec()
-    } else {
-        prefix.to_vec()
-    };
-    (opts, from)
-}
-
-/// The smallest key greater than every key starting with `prefix`, if one exists.
-pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut upper = prefix.to_vec();
-    while let Some(last) = upper.pop() {
-        if last < u8::MAX {
-            upper.push(last + 1);
-            return Some(upper);
-        }
-    }
-    None
-}
-
 /// A genuine RocksDB error (opening a database under a regular file), for tests of the
 /// error type, which cannot build one.
 #[cfg(test)]
@@ -483,132 +449,5 @@ impl Batch<'_> {
         let upper = prefix_successor(prefix).unwrap_or_else(|| vec![u8::MAX; prefix.len() + 1]);
         self.inner
             .delete_range_cf(self.rocks.cf(cf), prefix, upper.as_slice());
-    }
-}
-
-type RawSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
-
-self_cell::self_cell!(
-    /// A RocksDB snapshot that owns a handle to its database, so it can live as long as needed.
-    pub(crate) struct RocksSnapshot {
-        owner: Arc<Rocks>,
-        #[covariant]
-        dependent: RawSnapshot,
-    }
-);
-
-impl std::fmt::Debug for RocksSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksSnapshot")
-            .field("path", &self.borrow_owner().path)
-            .finish()
-    }
-}
-
-/// A consistent read view: a RocksDB snapshot of the writer's instance, or a follower's
-/// secondary instance that nothing catches up while the view lives (see `db/follower.rs`).
-#[derive(Debug)]
-pub(crate) enum SnapshotReader {
-    Live(RocksSnapshot),
-    Frozen(Arc<Rocks>),
-}
-
-impl SnapshotReader {
-    pub(crate) fn take(rocks: Arc<Rocks>) -> Self {
-        if rocks.follower {
-            SnapshotReader::Frozen(rocks)
-        } else {
-            SnapshotReader::Live(RocksSnapshot::new(rocks, |rocks| rocks.db.snapshot()))
-        }
-    }
-}
-
-impl Reader for SnapshotReader {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self {
-            SnapshotReader::Live(s) => s.get(cf, key),
-            SnapshotReader::Frozen(r) => r.get(cf, key),
-        }
-    }
-
-    fn scan<'a>(
-        &'a self,
-        cf: Cf,
-        prefix: &[u8],
-        start: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
-        match self {
-            SnapshotReader::Live(s) => s.scan(cf, prefix, start),
-            SnapshotReader::Frozen(r) => r.scan(cf, prefix, start),
-        }
-    }
-}
-
-/// A key/value entry as scanned.
-pub(crate) type Entry = (Box<[u8]>, Box<[u8]>);
-
-/// Reads, either of the live database or of a snapshot, so that read logic is written once.
-pub(crate) trait Reader {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
-
-    /// All entries whose key starts with `prefix`, in key order, from `start` (inclusive) on.
-    fn scan<'a>(
-        &'a self,
-        cf: Cf,
-        prefix: &[u8],
-        start: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
-}
-
-/// A follower reads a column family its database lacks (see [`Rocks::open`]) as empty.
-impl Reader for Rocks {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some(handle) = self.cf_if_present(cf) else {
-            return Ok(None);
-        };
-        self.db.get_cf(handle, key).map_err(|e| self.err(e))
-    }
-
-    fn scan<'a>(
-        &'a self,
-        cf: Cf,
-        prefix: &[u8],
-        start: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
-        let Some(handle) = self.cf_if_present(cf) else {
-            return Box::new(std::iter::empty());
-        };
-        let (opts, mode_key) = scan_options(prefix, start);
-        let iter = self.db.iterator_cf_opt(
-            handle,
-            opts,
-            IteratorMode::From(&mode_key, Direction::Forward),
-        );
-        Box::new(iter.map(move |item| item.map_err(|e| self.err(e))))
-    }
-}
-
-impl Reader for RocksSnapshot {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let rocks = self.borrow_owner();
-        self.borrow_dependent()
-            .get_cf(rocks.cf(cf), key)
-            .map_err(|e| rocks.err(e))
-    }
-
-    fn scan<'a>(
-        &'a self,
-        cf: Cf,
-        prefix: &[u8],
-        start: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
-        let rocks = self.borrow_owner();
-        let (opts, mode_key) = scan_options(prefix, start);
-        let iter = self.borrow_dependent().iterator_cf_opt(
-            rocks.cf(cf),
-            opts,
-            IteratorMode::From(&mode_key, Direction::Forward),
-        );
-        Box::new(iter.map(move |item| item.map_err(|e| rocks.err(e))))
     }
 }

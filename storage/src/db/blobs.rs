@@ -158,7 +158,7 @@ impl Db {
             let end = prefix_successor(prefix).unwrap_or_default();
             rocks.compact(Cf::Blobs, prefix, &end);
         }
-        Ok(())
+        rocks.purge_obsolete_files()
     }
 }
 

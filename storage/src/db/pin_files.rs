@@ -3,7 +3,7 @@
 //! so the writer's GC (in whichever process) sees them, and the file of a process that died
 //! (its lock released by the kernel, SIGKILL included) is recognised as stale and removed.
 //!
-//! One more file, `readers/gc.lock`, orders pinning against collecting: a handle takes it
+//! The GC lock, `readers/gc.lock` (`gc_lock.rs`), orders pinning against collecting: a handle takes it
 //! shared while it catches up, reads the generation it pins and records the pin, and GC takes
 //! it exclusively while it reads every pin file and writes its deletes. Either the pin is in
 //! its file before GC reads the files, or GC's deletes are written before the pinning handle
@@ -20,10 +20,8 @@ use parking_lot::Mutex;
 
 use crate::GenerationId;
 use crate::error::{Error, Result};
+use crate::gc_lock::{GcLock, READERS_DIR, unwritable};
 
-/// The folder of pin files, under the database folder.
-pub(crate) const READERS_DIR: &str = "readers";
-const GC_LOCK: &str = "gc.lock";
 const PIN_SUFFIX: &str = ".pins";
 
 /// Who pins a generation.
@@ -60,7 +58,7 @@ struct State {
 }
 
 struct Files {
-    gc_lock: File,
+    gc_lock: GcLock,
     own: File,
     own_path: PathBuf,
 }
@@ -120,7 +118,7 @@ impl PinRegistry {
         let State { counts, files, .. } = &mut *state;
         let files = files.as_ref();
         let _guard = match files {
-            Some(files) => Some(SharedGuard::take(&files.gc_lock, &self.dir)?),
+            Some(files) => Some(files.gc_lock.shared()?),
             None => None,
         };
         let (value, generation) = take()?;
@@ -143,7 +141,7 @@ impl PinRegistry {
         let State { counts, files, .. } = &mut *state;
         release(counts, generation);
         if let Some(files) = files
-            && let Ok(_guard) = SharedGuard::take(&files.gc_lock, &self.dir)
+            && let Ok(_guard) = files.gc_lock.shared()
         {
             let _ = files.write(counts);
         }
@@ -162,13 +160,9 @@ impl PinRegistry {
             let holders = merge(&state.counts, Vec::new());
             return collect(&holders);
         };
-        files.gc_lock.lock().map_err(self.io(&self.dir))?;
-        let result = self
-            .read_others(&files.own_path)
-            .and_then(|others| collect(&merge(&state.counts, others)));
-        // Closing the descriptor would release it too; the handle keeps it for the next pin.
-        let _ = files.gc_lock.unlock();
-        result
+        let _guard = files.gc_lock.exclusive()?;
+        self.read_others(&files.own_path)
+            .and_then(|others| collect(&merge(&state.counts, others)))
     }
 
     /// Every live pin, as [`PinRegistry::exclusive`] sees it.
@@ -180,39 +174,28 @@ impl PinRegistry {
         if state.files.is_some() || state.unwritable {
             return Ok(());
         }
-        match std::fs::create_dir_all(&self.dir) {
-            Ok(()) => {}
-            Err(e) if unwritable(&e) => {
-                state.unwritable = true;
-                return Ok(());
-            }
-            Err(e) => return Err(self.io(&self.dir)(e)),
-        }
-        let gc_path = self.dir.join(GC_LOCK);
-        let gc_lock = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&gc_path)
-        {
-            Ok(file) => file,
-            Err(e) if unwritable(&e) => {
-                state.unwritable = true;
-                return Ok(());
-            }
-            Err(e) => return Err(self.io(&gc_path)(e)),
+        let Some(gc_lock) = GcLock::open(self.dir.parent().unwrap_or(&self.dir))? else {
+            state.unwritable = true;
+            return Ok(());
         };
         let own_path = self.dir.join(unique_name());
         let own = {
             // Created and locked under the shared GC lock, so GC never sees it unlocked.
-            let _guard = SharedGuard::take(&gc_lock, &self.dir)?;
-            let own = OpenOptions::new()
+            let _guard = gc_lock.shared()?;
+            let own = match OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&own_path)
-                .map_err(self.io(&own_path))?;
+            {
+                Ok(own) => own,
+                // Read-only media (or another user's folder): pins stay in this process.
+                Err(e) if unwritable(&e) => {
+                    state.unwritable = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(self.io(&own_path)(e)),
+            };
             own.lock().map_err(self.io(&own_path))?;
             own
         };
@@ -267,32 +250,6 @@ fn release(counts: &mut BTreeMap<GenerationId, usize>, generation: GenerationId)
             counts.remove(&generation);
         }
     }
-}
-
-/// A shared lock on `readers/gc.lock`, released on drop.
-struct SharedGuard<'a>(&'a File);
-
-impl<'a> SharedGuard<'a> {
-    fn take(file: &'a File, dir: &Path) -> Result<Self> {
-        file.lock_shared().map_err(|source| Error::Io {
-            path: dir.join(GC_LOCK),
-            source,
-        })?;
-        Ok(SharedGuard(file))
-    }
-}
-
-impl Drop for SharedGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
-    }
-}
-
-fn unwritable(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
-    )
 }
 
 /// `<pid>-<nanoseconds>-<counter>.pins`: unique among live handles of every process.

@@ -113,6 +113,7 @@ impl Db {
         for &id in &report.phrase_collected {
             rocks.compact(Cf::PhraseRows, &u64_key(id), &u64_key(id + 1));
         }
+        rocks.purge_obsolete_files()?;
         Ok(report)
     }
 }

@@ -272,3 +272,58 @@ fn a_reader_process_pins_until_it_exits() {
 fn a_killed_reader_process_pins_nothing() {
     pins_of_a_reader_process(true);
 }
+
+/// Commits a generation like [`commit_all`], but flushes the writer's memtables between
+/// writing the rows and publishing, so the rows and the publish land in different WAL files
+/// and the rows' WAL becomes obsolete (deletable) right after.
+fn commit_all_flushing_between(db: &Db) -> GenerationId {
+    let mut w = db
+        .begin_generation(GenerationSpec::new("test-encoder", DIM as u32, Dtype::F32))
+        .unwrap();
+    let g = w.id();
+    let ids = w.missing().unwrap();
+    let values: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| [g as f32, id as f32, 1.0])
+        .collect();
+    w.write(&ids, &values).unwrap();
+    db.stats().unwrap();
+    w.commit().unwrap()
+}
+
+#[test]
+fn followers_opened_while_the_writer_flushes_see_whole_generations() {
+    let (dir, db) = temp_db();
+    db.insert(&passages(0, 8)).unwrap();
+    commit_all(&db);
+    let path = dir.path().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut next = 8;
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.insert(&passages(next, 3)).unwrap();
+                next += 3;
+                commit_all_flushing_between(&db);
+                db.gc(0).unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    // Fresh followers (opening) and one long-lived follower (catching up) alike.
+    let snapshots = realm_testing::env_or("REALM_FLUSH_RACE_SNAPSHOTS", 300usize);
+    let held = Db::open_read_only(&path).unwrap();
+    for i in 0..snapshots {
+        if i % 5 == 0 {
+            let follower = Db::open_read_only(&path).unwrap();
+            assert_consistent(&follower.snapshot().unwrap());
+        }
+        assert_consistent(&held.snapshot().unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 1, "{rounds}");
+}
