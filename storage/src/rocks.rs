@@ -25,6 +25,9 @@ use crate::gc_lock::GcLock;
 use follow::{ManifestMark, open_secondary};
 pub(crate) use read::{Entry, Reader, SnapshotReader, prefix_successor};
 
+/// The writer's write-ahead logs, at most, before it flushes to drop the oldest.
+const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+
 /// Column families, one per kind of record. See `docs/format.md`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cf {
@@ -184,6 +187,10 @@ impl Rocks {
         match mode {
             OpenMode::Writer { create } => {
                 opts.create_if_missing(create);
+                // Bounds the write-ahead logs a follower replays when it opens: past this,
+                // RocksDB flushes the column families that hold the oldest log (a rarely
+                // written one, like `meta`, would otherwise keep every log since alive).
+                opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
                 let gc_lock = GcLock::open(path)?.ok_or_else(|| Error::Io {
                     path: path.to_path_buf(),
                     source: std::io::ErrorKind::PermissionDenied.into(),

@@ -1,7 +1,8 @@
-//! Crash recovery: a child process ingests, builds and publishes generations in a loop and is
-//! killed with SIGKILL at random moments. After each kill the database is reopened and
-//! checked: every write the child acknowledged (logged after it returned) is present, the
-//! current generation is complete, and nothing of an unfinished generation is left.
+//! Crash recovery: a child process ingests, builds and publishes generations and phrase
+//! generations in a loop and is killed with SIGKILL at random moments. After each kill the
+//! database is reopened and checked: every write the child acknowledged (logged after it
+//! returned) is present, the current generation and the current phrase generation are
+//! complete, and nothing of an unfinished one of either kind is left.
 //!
 //! The child is this test binary again, running only the ignored test [`writer`] with
 //! `REALM_CRASH_DIR` and `REALM_CRASH_SEED` set. `cargo test -p realm-storage --test it
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use realm_storage::{Db, Dtype, Error, GenerationSpec, GenerationState, NewPassage};
+
+use super::phrases::{rows_of, spec as phrase_spec};
 
 const DIM: usize = 4;
 /// The child's database folder and seed; set only in the child process.
@@ -78,7 +81,7 @@ fn child(dir: &Path, seed: u64) {
             acks += &format!("P {}\n", p.external_id.as_ref().unwrap());
         }
         ack(&mut log, &acks);
-        match rng.random_range(0..10) {
+        match rng.random_range(0..12) {
             0..=2 => {
                 // Build and publish a generation, in several blocks, catching up at the end.
                 let spec = GenerationSpec::new("crash", DIM as u32, Dtype::F32);
@@ -133,6 +136,46 @@ fn child(dir: &Path, seed: u64) {
             6 => {
                 db.gc(1).expect("gc");
             }
+            7 => {
+                // Build and publish a phrase generation whose rows derive from its id.
+                let mut w = db
+                    .begin_phrase_generation(phrase_spec(Dtype::F32))
+                    .expect("begin phrases");
+                loop {
+                    let missing = w.missing().expect("missing phrases");
+                    for chunk in missing.chunks(5) {
+                        w.write(&rows_of(&db, chunk, w.id()))
+                            .expect("write phrases");
+                    }
+                    match w.commit() {
+                        Ok(g) => {
+                            ack(&mut log, &format!("F {g}\n"));
+                            break;
+                        }
+                        Err(Error::CoverageGap { .. }) => continue,
+                        Err(e) => panic!("commit phrases: {e}"),
+                    }
+                }
+            }
+            8 => {
+                // An abandoned phrase generation (leaked, like the generation above), or
+                // rows for the passages ingested since the current one.
+                if rng.random_bool(0.5) {
+                    let mut w = db
+                        .begin_phrase_generation(phrase_spec(Dtype::F32))
+                        .expect("begin phrases");
+                    let part: Vec<u64> =
+                        w.missing().expect("missing").into_iter().take(3).collect();
+                    w.write(&rows_of(&db, &part, w.id()))
+                        .expect("write phrases");
+                    std::mem::forget(w);
+                } else if let Ok(snap) = db.phrase_snapshot() {
+                    let g = snap.generation();
+                    let pending = snap.pending().expect("pending phrases");
+                    db.put_phrase_rows(g, &rows_of(&db, &pending, g))
+                        .expect("append phrases");
+                }
+            }
             _ => {}
         }
     }
@@ -150,7 +193,7 @@ fn parent(cycles: usize) {
     // The first child creates the database; a kill inside that create is recovered by the
     // next open (`api::a_create_cut_short_is_finished_by_the_next_writer`).
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let mut max_generation = 0;
+    let mut acked = Acked::default();
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args([
@@ -177,13 +220,17 @@ fn parent(cycles: usize) {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        max_generation = verify(dir.path(), cycle, max_generation);
+        acked = verify(dir.path(), cycle, acked);
     }
     println!("crash: {cycles} kill-and-reopen cycles passed");
 }
 
 /// Checks the database after a kill; returns the highest acknowledged generation.
-fn verify(dir: &Path, cycle: usize, mut max_generation: u64) -> u64 {
+fn verify(dir: &Path, cycle: usize, acked: Acked) -> Acked {
+    let Acked {
+        generation: mut max_generation,
+        phrase_generation: mut max_phrase_generation,
+    } = acked;
     let log = std::fs::read_to_string(dir.join("acks.log")).unwrap_or_default();
     let mut present = BTreeSet::new();
     let mut deleted = BTreeSet::new();
@@ -206,6 +253,11 @@ fn verify(dir: &Path, cycle: usize, mut max_generation: u64) -> u64 {
             "G" => {
                 if let Ok(g) = value.parse::<u64>() {
                     max_generation = max_generation.max(g);
+                }
+            }
+            "F" => {
+                if let Ok(g) = value.parse::<u64>() {
+                    max_phrase_generation = max_phrase_generation.max(g);
                 }
             }
             _ => {}
@@ -261,5 +313,41 @@ fn verify(dir: &Path, cycle: usize, mut max_generation: u64) -> u64 {
         let visible = snap.passage_count().unwrap() as usize;
         assert_eq!(matrix.rows() + snap.pending().unwrap().len(), visible);
     }
-    max_generation
+    assert!(
+        db.phrase_generations()
+            .unwrap()
+            .iter()
+            .all(|g| g.manifest.state != GenerationState::Building),
+        "cycle {cycle}: an unfinished phrase generation survived reopen"
+    );
+    if max_phrase_generation > 0 {
+        let phrases = db
+            .phrase_snapshot()
+            .expect("a phrase generation was acknowledged");
+        let current = phrases.generation();
+        assert!(
+            current >= max_phrase_generation,
+            "cycle {cycle}: publish of phrase generation {max_phrase_generation} lost"
+        );
+        // Complete: every visible passage has exactly the rows written for it, or is pending.
+        let rows = phrases.all_rows().unwrap();
+        let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
+        let expected = rows_of(&db, &ids, current);
+        if let Some((got, _)) = rows.iter().zip(&expected).find(|(a, b)| a != b) {
+            panic!("cycle {cycle}: wrong phrase rows for passage {}", got.0);
+        }
+        let visible = phrases.db().snapshot().unwrap().passage_count().unwrap() as usize;
+        assert_eq!(rows.len() + phrases.pending().unwrap().len(), visible);
+    }
+    Acked {
+        generation: max_generation,
+        phrase_generation: max_phrase_generation,
+    }
+}
+
+/// The highest generation and phrase generation whose publish was acknowledged so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct Acked {
+    generation: u64,
+    phrase_generation: u64,
 }

@@ -1,5 +1,6 @@
 //! Followers and pins across handles and processes: followers reuse caught-up views instead
-//! of reopening, a held follower snapshot never changes, the pins of other handles (other
+//! of reopening, a held follower snapshot never changes, followers see whole generations
+//! while the writer flushes, the pins of other handles (other
 //! processes included) hold off the writer's GC, and the pins of a process that exited or
 //! was killed do not.
 //!
@@ -26,6 +27,13 @@ fn passages(from: usize, n: usize) -> Vec<NewPassage> {
 /// Commits a generation over every passage; each row is `[generation, passage, 1]`, so a
 /// row read through a snapshot names the generation it belongs to.
 fn commit_all(db: &Db) -> GenerationId {
+    commit_all_with(db, false)
+}
+
+/// [`commit_all`]; with `flush_between`, the writer's memtables are flushed between writing
+/// the rows and publishing, so the rows and the publish land in different write-ahead logs
+/// and the rows' log becomes obsolete (deletable) right away.
+fn commit_all_with(db: &Db, flush_between: bool) -> GenerationId {
     let mut w = db
         .begin_generation(GenerationSpec::new("test-encoder", DIM as u32, Dtype::F32))
         .unwrap();
@@ -36,7 +44,48 @@ fn commit_all(db: &Db) -> GenerationId {
         .flat_map(|&id| [g as f32, id as f32, 1.0])
         .collect();
     w.write(&ids, &values).unwrap();
+    if flush_between {
+        db.stats().unwrap();
+    }
     w.commit().unwrap()
+}
+
+/// A thread that ingests, deletes, publishes and collects in rounds (idling after
+/// `max_rounds`) until told to stop.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u32>,
+}
+
+impl Writer {
+    fn spawn(db: Db, max_rounds: u32, flush_between: bool) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut next = 8;
+            let mut rounds = 0u32;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if rounds == max_rounds {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                db.insert(&passages(next, 3)).unwrap();
+                next += 3;
+                db.delete(&[next as u64 - 5]).unwrap();
+                commit_all_with(&db, flush_between);
+                db.gc(0).unwrap();
+                rounds += 1;
+            }
+            rounds
+        });
+        Writer { stop, thread }
+    }
+
+    /// Stops the thread; the rounds it ran.
+    fn finish(self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// Everything a snapshot shows: its generation, passage texts and rows.
@@ -137,27 +186,7 @@ fn follower_snapshots_stay_consistent_while_a_writer_ingests_publishes_and_colle
     db.insert(&passages(0, 8)).unwrap();
     commit_all(&db);
     let path = dir.path().to_path_buf();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut next = 8;
-            let mut rounds = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if rounds == 150 {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                db.insert(&passages(next, 3)).unwrap();
-                next += 3;
-                db.delete(&[next as u64 - 5]).unwrap();
-                commit_all(&db);
-                db.gc(0).unwrap();
-                rounds += 1;
-            }
-            rounds
-        })
-    };
+    let writer = Writer::spawn(db, 150, false);
     let follower = Db::open_read_only(&path).unwrap();
     let mut generations = std::collections::BTreeSet::new();
     for _ in 0..1000 {
@@ -165,9 +194,7 @@ fn follower_snapshots_stay_consistent_while_a_writer_ingests_publishes_and_colle
         generations.insert(snapshot.generation_id());
         assert_consistent(&snapshot);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = writer.join().unwrap();
-    assert!(rounds > 0);
+    assert!(writer.finish() > 0);
     assert!(generations.len() > 1, "the follower saw publishes");
     assert!(follower.testing_follower_views() <= 3);
 }
@@ -273,46 +300,18 @@ fn a_killed_reader_process_pins_nothing() {
     pins_of_a_reader_process(true);
 }
 
-/// Commits a generation like [`commit_all`], but flushes the writer's memtables between
-/// writing the rows and publishing, so the rows and the publish land in different WAL files
-/// and the rows' WAL becomes obsolete (deletable) right after.
-fn commit_all_flushing_between(db: &Db) -> GenerationId {
-    let mut w = db
-        .begin_generation(GenerationSpec::new("test-encoder", DIM as u32, Dtype::F32))
-        .unwrap();
-    let g = w.id();
-    let ids = w.missing().unwrap();
-    let values: Vec<f32> = ids
-        .iter()
-        .flat_map(|&id| [g as f32, id as f32, 1.0])
-        .collect();
-    w.write(&ids, &values).unwrap();
-    db.stats().unwrap();
-    w.commit().unwrap()
-}
-
+/// A writer that flushes between writing a generation's rows and publishing it, with fresh
+/// followers opening and a long-lived one catching up meanwhile: every snapshot shows whole
+/// generations (before the writer's purges were ordered against followers, a fresh follower
+/// missed whole write-ahead logs, and a caught-up one saw a `current` without its manifest or
+/// rows).
 #[test]
 fn followers_opened_while_the_writer_flushes_see_whole_generations() {
     let (dir, db) = temp_db();
     db.insert(&passages(0, 8)).unwrap();
     commit_all(&db);
     let path = dir.path().to_path_buf();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut next = 8;
-            let mut rounds = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                db.insert(&passages(next, 3)).unwrap();
-                next += 3;
-                commit_all_flushing_between(&db);
-                db.gc(0).unwrap();
-                rounds += 1;
-            }
-            rounds
-        })
-    };
+    let writer = Writer::spawn(db, u32::MAX, true);
     // Fresh followers (opening) and one long-lived follower (catching up) alike.
     let snapshots = realm_testing::env_or("REALM_FLUSH_RACE_SNAPSHOTS", 300usize);
     let held = Db::open_read_only(&path).unwrap();
@@ -323,7 +322,6 @@ fn followers_opened_while_the_writer_flushes_see_whole_generations() {
         }
         assert_consistent(&held.snapshot().unwrap());
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = writer.join().unwrap();
+    let rounds = writer.finish();
     assert!(rounds > 1, "{rounds}");
 }

@@ -101,8 +101,12 @@ pub(crate) fn text_of(db: &Db, id: PassageId) -> String {
 
 /// Rows derived from `seed` for each of `ids`.
 pub(crate) fn rows_of(db: &Db, ids: &[PassageId], seed: u64) -> Vec<(PassageId, PhraseRows)> {
+    let snapshot = db.snapshot().unwrap();
     ids.iter()
-        .map(|&id| (id, rows_for(&text_of(db, id), DIM, seed)))
+        .map(|&id| {
+            let text = snapshot.get(id).unwrap().unwrap().text;
+            (id, rows_for(&text, DIM, seed))
+        })
         .collect()
 }
 
