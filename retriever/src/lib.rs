@@ -38,6 +38,7 @@ mod qa_metrics;
 pub mod random;
 mod retriever;
 mod search;
+pub mod sentences;
 pub mod tokenizer;
 mod topk;
 pub mod weights;

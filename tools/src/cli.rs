@@ -46,6 +46,17 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// What a phrase search returns (`search --unit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UnitArg {
+    Phrase,
+    /// The sentence a phrase starts in.
+    Sentence,
+    Passage,
+    /// The passages that share a title.
+    Document,
+}
+
 /// The element type of stored vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
@@ -174,13 +185,19 @@ pub struct SearchArgs {
     /// Print one JSON object per hit.
     #[arg(long)]
     pub json: bool,
-    /// Search a retained older generation instead of the current one.
+    /// Search a retained older generation instead of the current one (with --phrases or
+    /// --unit, a retained phrase generation).
     #[arg(long)]
     pub generation: Option<u64>,
     /// List the k best phrases of the current phrase generation (DensePhrases' two-sided
-    /// search) instead of passages.
+    /// search) instead of passages; the same as --unit phrase.
     #[arg(long)]
     pub phrases: bool,
+    /// Retrieve through the current phrase generation and list the k best units of this
+    /// kind, each scored by its best phrase (a document is the passages sharing a title).
+    /// Units rank among the 10×k best phrases (at least 100).
+    #[arg(long, value_enum)]
+    pub unit: Option<UnitArg>,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,
 }

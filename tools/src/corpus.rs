@@ -24,7 +24,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use realm_db::trainer::sentences::sentences;
+use realm_db::retriever::sentences::sentences;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 

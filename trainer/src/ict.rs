@@ -7,8 +7,8 @@ use rand::Rng;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sampling::{SALT_ICT, batch_indices, rng};
-use crate::sentences::sentences;
 use crate::towers::Tower;
+use realm_retriever::sentences::sentences;
 
 /// The provenance note of the generation built at the end of ICT training.
 pub const ICT_NOTE: &str = "ict training";

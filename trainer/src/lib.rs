@@ -75,7 +75,7 @@ mod qa;
 mod query_side;
 mod realm;
 mod sampling;
-pub mod sentences;
+
 mod span_pretraining;
 pub mod state;
 mod supervision;

@@ -20,7 +20,7 @@
 
 use rand::RngCore;
 
-use crate::sentences::sentences;
+use realm_retriever::sentences::sentences;
 
 const CONNECTORS: [&str; 4] = ["of", "the", "de", "von"];
 

@@ -14,8 +14,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::masking::{mask_one, salient_spans};
 use crate::sampling::{SALT_REALM, batch_indices, rng, title_held_out};
-use crate::sentences::sentences;
 use crate::towers::{ReaderTower, Tower};
+use realm_retriever::sentences::sentences;
 
 /// The provenance note of generations built by REALM training.
 pub const REALM_NOTE: &str = "realm training";

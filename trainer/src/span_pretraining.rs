@@ -17,8 +17,8 @@ use crate::context::{Context, INFERENCE_BATCH};
 use crate::error::{Error, Result};
 use crate::masking::salient_spans;
 use crate::sampling::{SALT_SPANS, batch_indices, rng};
-use crate::sentences::sentences;
 use crate::towers::ReaderTower;
+use realm_retriever::sentences::sentences;
 
 /// The text that stands for the masked span in an example's question.
 pub const SPAN_MASK: &str = "[MASK]";

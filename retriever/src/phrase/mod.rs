@@ -11,6 +11,8 @@
 //! * phrase generations through the [`crate::Retriever`] (`store`): building one from a
 //!   phrase encoder, rows for passages ingested since, and a [`PhraseSearcher`] over a pinned
 //!   one (current, or a retired one: time travel);
+//! * [`roll_up`] (`units`): phrase hits rolled up into sentences, passages or documents,
+//!   each scored by its best phrase;
 //! * [`PhraseTargets`] (`targets`): where a passage's phrases may start and end, and which
 //!   are answers, for training the encoder.
 
@@ -18,6 +20,7 @@ mod encoder;
 mod search;
 mod store;
 mod targets;
+mod units;
 mod words;
 
 pub use encoder::{PhraseEncoder, PhraseEncoderConfig, PhraseOutputs, PhraseQuery, QueryPooling};
@@ -25,3 +28,4 @@ pub use realm_storage::phrase_rows::{PhraseRows, PhraseToken};
 pub use search::{PhraseAnswer, PhraseHit, PhraseIndex, PhraseSearchOptions, phrase_answers};
 pub use store::{PHRASE_ENCODER_BLOB_PREFIX, PhraseBuildOptions, PhraseSearcher};
 pub use targets::PhraseTargets;
+pub use units::{PassageText, RetrievalUnit, UnitHit, UnitSpan, roll_up};

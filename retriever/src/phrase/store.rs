@@ -1,6 +1,8 @@
 //! Phrase generations through the retriever: building one from a phrase encoder, filling
 //! the rows of passages ingested since, and searching a pinned one.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use realm_storage::{
@@ -11,6 +13,7 @@ use realm_storage::{
 use super::PhraseRows;
 use super::encoder::{PhraseEncoder, PhraseEncoderConfig};
 use super::search::{PhraseAnswer, PhraseHit, PhraseIndex, PhraseSearchOptions, phrase_answers};
+use super::units::{PassageText, RetrievalUnit, UnitHit, roll_up};
 use crate::build::Progress;
 use crate::error::{Error, Result};
 use crate::retriever::Retriever;
@@ -102,17 +105,53 @@ impl PhraseSearcher {
     /// (see [`phrase_answers`]), best first.
     pub fn answers(&self, question: &str, opts: &PhraseSearchOptions) -> Result<Vec<PhraseAnswer>> {
         let hits = self.search(question, opts)?;
-        let mut passages = std::collections::HashMap::new();
-        for hit in &hits {
-            if let std::collections::hash_map::Entry::Vacant(slot) = passages.entry(hit.passage)
+        let passages = self.passages_of(&hits)?;
+        Ok(phrase_answers(&hits, |id| {
+            passages.get(&id).map(|p: &Passage| p.text.as_str())
+        }))
+    }
+
+    /// The `k` best `unit`s for a question, each with the passage of its best phrase: the
+    /// question's `opts.k` best phrases (at least `k`) rolled up (see [`roll_up`]).
+    pub fn search_units(
+        &self,
+        question: &str,
+        unit: RetrievalUnit,
+        k: usize,
+        opts: &PhraseSearchOptions,
+    ) -> Result<Vec<(UnitHit, Passage)>> {
+        let opts = PhraseSearchOptions {
+            k: opts.k.max(k),
+            ..*opts
+        };
+        let hits = self.search(question, &opts)?;
+        let passages = self.passages_of(&hits)?;
+        let units = roll_up(&hits, unit, k, |id| {
+            passages.get(&id).map(|p| PassageText {
+                title: &p.title,
+                text: &p.text,
+            })
+        });
+        Ok(units
+            .into_iter()
+            .filter_map(|u| {
+                let passage = passages.get(&u.best.passage)?.clone();
+                Some((u, passage))
+            })
+            .collect())
+    }
+
+    /// The passages of `hits`, as of the pinned snapshot (deleted ones left out).
+    fn passages_of(&self, hits: &[PhraseHit]) -> Result<HashMap<PassageId, Passage>> {
+        let mut passages = HashMap::new();
+        for hit in hits {
+            if let Entry::Vacant(slot) = passages.entry(hit.passage)
                 && let Some(passage) = self.snapshot.passage(hit.passage)?
             {
                 slot.insert(passage);
             }
         }
-        Ok(phrase_answers(&hits, |id| {
-            passages.get(&id).map(|p: &Passage| p.text.as_str())
-        }))
+        Ok(passages)
     }
 }
 

@@ -5,8 +5,9 @@
 use proptest::prelude::*;
 use realm_retriever::Error;
 use realm_retriever::phrase::{
-    PhraseEncoder, PhraseEncoderConfig, PhraseHit, PhraseIndex, PhraseQuery, PhraseRows,
-    PhraseSearchOptions, PhraseTargets, PhraseToken, QueryPooling, phrase_answers,
+    PassageText, PhraseEncoder, PhraseEncoderConfig, PhraseHit, PhraseIndex, PhraseQuery,
+    PhraseRows, PhraseSearchOptions, PhraseTargets, PhraseToken, QueryPooling, RetrievalUnit,
+    UnitSpan, phrase_answers, roll_up,
 };
 use realm_retriever::random::SplitMix64;
 use realm_testing_torch::{fixture_bert, fixture_tokenizer};
@@ -303,6 +304,128 @@ proptest! {
             }).collect();
             if rank(best.4, starts) < side_k || rank(best.5, ends) < side_k {
                 prop_assert_eq!(hits.first().map(key), Some((best.0, best.1, best.2)));
+            }
+        }
+    }
+}
+
+/// A text for [`random_rows`]' byte offsets (token `t` at bytes `4t..4t + 3`): capitalized
+/// three-letter tokens joined by spaces, where a token ending in `.` ends a sentence.
+fn random_text(rng: &mut SplitMix64, tokens: usize) -> (String, Vec<usize>) {
+    let mut text = String::new();
+    let mut sentence_of = Vec::new();
+    let mut sentence = 0;
+    for t in 0..tokens {
+        if t > 0 {
+            text.push(' ');
+        }
+        let ends = rng.next_u64().is_multiple_of(4);
+        text.push_str(if ends { "Ab." } else { "Abc" });
+        sentence_of.push(sentence);
+        sentence += usize::from(ends);
+    }
+    (text, sentence_of)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Every phrase retrieved and rolled up: each unit appears once, scored by the best of
+    /// all its phrases (by brute force), best first.
+    #[test]
+    fn units_score_as_their_best_phrase_against_brute_force(
+        seed in any::<u64>(),
+        sizes in proptest::collection::vec(0usize..10, 1..6),
+        max_words in 1usize..4,
+        k in 1usize..8,
+    ) {
+        let dim = 3;
+        let mut rng = SplitMix64::new(seed);
+        let passages: Vec<(u64, PhraseRows)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| (p as u64, random_rows(&mut rng, dim, n)))
+            .collect();
+        let texts: Vec<(String, Vec<usize>)> =
+            sizes.iter().map(|&n| random_text(&mut rng, n)).collect();
+        let titles: Vec<String> = (0..sizes.len()).map(|p| format!("doc {}", p % 2)).collect();
+        let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let query = PhraseQuery { start: vector(), end: vector() };
+        let index = PhraseIndex::build(dim, passages.clone(), Device::Cpu).unwrap();
+        let oracle = all_phrases(&passages, &query, max_words);
+        let exact = PhraseSearchOptions {
+            k: oracle.len().max(1),
+            max_words,
+            side_k: index.token_count().max(1),
+        };
+        let hits = index.search(&query, &exact).unwrap();
+        let passage_of = |id: u64| {
+            let p = id as usize;
+            Some(PassageText { title: &titles[p], text: &texts[p].0 })
+        };
+        // The brute force: each phrase's unit, named without the library's sentence rule.
+        let unit_of = |unit: RetrievalUnit, o: &(u64, u32, u32, f32, f32, f32)| -> String {
+            let p = o.0 as usize;
+            match unit {
+                RetrievalUnit::Phrase => format!("{p}:{}-{}", o.1, o.2),
+                RetrievalUnit::Sentence => format!("{p}:s{}", texts[p].1[o.1 as usize]),
+                RetrievalUnit::Passage => format!("{p}"),
+                RetrievalUnit::Document => titles[p].clone(),
+            }
+        };
+        // The library's unit, named alike; a span must hold its best phrase's start.
+        let name = |unit: RetrievalUnit, span: &UnitSpan, best: &PhraseHit| -> Option<String> {
+            let p = best.passage as usize;
+            let sentence = |byte: u32| texts[p].1[(byte / 4) as usize];
+            match (unit, span) {
+                (RetrievalUnit::Phrase, UnitSpan::Text { passage, start_byte, end_byte })
+                    if *passage == best.passage
+                        && (*start_byte, *end_byte) == (best.start_byte, best.end_byte) =>
+                {
+                    Some(format!("{p}:{}-{}", best.start_position, best.end_position))
+                }
+                (RetrievalUnit::Sentence, UnitSpan::Text { passage, start_byte, end_byte })
+                    if *passage == best.passage
+                        && *start_byte <= best.start_byte
+                        && best.start_byte < *end_byte
+                        && sentence(*start_byte) == sentence(best.start_byte) =>
+                {
+                    Some(format!("{p}:s{}", sentence(*start_byte)))
+                }
+                (RetrievalUnit::Passage, UnitSpan::Passage(id)) if *id == best.passage => {
+                    Some(format!("{id}"))
+                }
+                (RetrievalUnit::Document, UnitSpan::Document(title)) if *title == titles[p] => {
+                    Some(title.clone())
+                }
+                _ => None,
+            }
+        };
+        for unit in [RetrievalUnit::Phrase, RetrievalUnit::Sentence, RetrievalUnit::Passage, RetrievalUnit::Document] {
+            let mut best: std::collections::HashMap<String, f32> = std::collections::HashMap::new();
+            for o in &oracle {
+                let score = best.entry(unit_of(unit, o)).or_insert(o.3);
+                *score = score.max(o.3);
+            }
+            let units = roll_up(&hits, unit, k, passage_of);
+            prop_assert_eq!(units.len(), k.min(best.len()));
+            let mut names = std::collections::HashSet::new();
+            for u in &units {
+                let named = name(unit, &u.span, &u.best);
+                prop_assert!(named.is_some(), "{:?} is no {:?} of its best phrase", u.span, unit);
+                let named = named.unwrap();
+                prop_assert!((u.score() - best[&named]).abs() <= 1e-5 * (1.0 + u.score().abs()));
+                prop_assert!(names.insert(named), "a unit twice");
+            }
+            for pair in units.windows(2) {
+                prop_assert!(pair[0].score() >= pair[1].score());
+            }
+            // Every unit left out scores no more than the last one returned.
+            if let Some(last) = units.last() {
+                let out = best.iter().filter(|(n, _)| !names.contains(*n)).map(|(_, &s)| s);
+                for s in out {
+                    prop_assert!(s <= last.score() + 1e-5 * (1.0 + s.abs()));
+                }
             }
         }
     }

@@ -25,6 +25,7 @@ mod ingest;
 mod init;
 mod maintenance;
 mod phrase_eval;
+mod phrase_search;
 mod phrases;
 mod rankings;
 mod reader_eval;

@@ -13,7 +13,7 @@ use realm_db::retriever::phrase::{
 use serde::Serialize;
 
 use super::{Env, say};
-use crate::cli::{AskArgs, PhraseSearchArgs, PhrasesArgs, SearchArgs};
+use crate::cli::{AskArgs, PhraseSearchArgs, PhrasesArgs};
 use crate::error::user;
 use crate::open;
 use crate::output::{Align, Table, human_bytes, json_line, rfc3339, short_hash, truncate};
@@ -37,7 +37,10 @@ impl PhraseSearchArgs {
 
 /// Pins `generation` (the current phrase generation by default) and loads it; a database
 /// without one is a user error that names the command that builds it.
-fn open_searcher(retriever: &Retriever, generation: Option<u64>) -> Result<PhraseSearcher> {
+pub(crate) fn open_searcher(
+    retriever: &Retriever,
+    generation: Option<u64>,
+) -> Result<PhraseSearcher> {
     let searcher = match generation {
         Some(generation) => retriever.phrase_searcher_at(generation),
         None => retriever.phrase_searcher(),
@@ -345,69 +348,6 @@ pub fn ask(args: &AskArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             a.best.passage.to_string(),
             truncate(&title(a)?, 40),
         ]);
-    }
-    table.write(out)
-}
-
-/// One phrase of `search --phrases --json`.
-#[derive(Debug, Serialize)]
-struct PhraseHitJson<'a> {
-    rank: usize,
-    phrase: &'a str,
-    score: f32,
-    passage: u64,
-    title: &'a str,
-    start_byte: u32,
-    end_byte: u32,
-    phrase_generation: u64,
-}
-
-/// `realm-db search --phrases`: the k best phrases of the current phrase generation.
-pub fn search(retriever: &Retriever, args: &SearchArgs, out: &mut dyn Write) -> Result<()> {
-    let searcher = open_searcher(retriever, None)?;
-    let options = PhraseSearchOptions {
-        k: args.k as usize,
-        ..PhraseSearchOptions::default()
-    };
-    let hits = searcher.search(&args.query, &options)?;
-    let mut table = Table::new(&[
-        ("#", Align::Right),
-        ("score", Align::Right),
-        ("phrase", Align::Left),
-        ("passage", Align::Right),
-        ("title", Align::Left),
-    ]);
-    for (rank, hit) in hits.iter().enumerate() {
-        let Some(passage) = searcher.snapshot().passage(hit.passage)? else {
-            continue;
-        };
-        let phrase = hit.text(&passage.text);
-        if args.json {
-            json_line(
-                out,
-                &PhraseHitJson {
-                    rank: rank + 1,
-                    phrase,
-                    score: hit.score,
-                    passage: hit.passage,
-                    title: &passage.title,
-                    start_byte: hit.start_byte,
-                    end_byte: hit.end_byte,
-                    phrase_generation: searcher.generation(),
-                },
-            )?;
-        } else {
-            table.row(vec![
-                (rank + 1).to_string(),
-                format!("{:.3}", hit.score),
-                truncate(phrase, 50),
-                hit.passage.to_string(),
-                truncate(&passage.title, 40),
-            ]);
-        }
-    }
-    if args.json {
-        return Ok(());
     }
     table.write(out)
 }

@@ -20,8 +20,8 @@ pub fn run(args: &SearchArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         return Err(user("the query is empty; give the text to search for"));
     }
     let retriever = open::open_reader(&args.dir, env.retriever_options()?)?;
-    if args.phrases {
-        return super::phrases::search(&retriever, args, out);
+    if let Some(unit) = super::phrase_search::unit_of(args) {
+        return super::phrase_search::search(&retriever, args, unit, out);
     }
     let mode = args.retrieval.mode();
     let snapshot = pin_for(&retriever, args.generation, mode)?;

@@ -5,15 +5,18 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::ValueEnum;
+use realm_db::retriever::phrase::{PhraseSearcher, RetrievalUnit};
 use realm_db::{Retriever, SearchSnapshot};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
 use super::Env;
 use super::generations::write_generations;
+use super::phrase_search::write_units;
+use super::phrases::open_searcher;
 use super::search::{pin, write_hits};
 use crate::cli::ShellArgs;
-use crate::cli::{ModeArg, RetrievalArgs};
+use crate::cli::{ModeArg, RetrievalArgs, UnitArg};
 use crate::error::{render, user};
 use crate::open;
 
@@ -25,6 +28,9 @@ Type a question to search the pinned generation, or a command:
   .mode M          rank by dense, bm25 or hybrid retrieval
   .nprobe N|auto   probe N lists of the generation's IVF index, or let its size decide
   .exact           scan every row (no approximate index)
+  .unit U          answer from the current phrase generation instead, listing phrases,
+                   sentences, passages or documents (each scored by its best phrase)
+  .unit off        search the pinned generation's passages again
   .generations     list the generations
   .use G           pin generation G (time travel to a retained older generation)
   .refresh         move to the current generation and the newest passages
@@ -36,9 +42,21 @@ enum Flow {
     Quit,
 }
 
+/// What a query searches.
+enum Target {
+    /// The passages of the pinned generation (`snapshot`).
+    Passages,
+    /// A pinned phrase generation, loaded once, listing units of one kind (`.unit`).
+    Phrases {
+        searcher: Box<PhraseSearcher>,
+        unit: RetrievalUnit,
+    },
+}
+
 struct Shell {
     retriever: Retriever,
     snapshot: Option<SearchSnapshot>,
+    target: Target,
     k: usize,
     json: bool,
     retrieval: RetrievalArgs,
@@ -63,6 +81,7 @@ pub fn run(args: &ShellArgs, env: &Env) -> Result<()> {
     let mut shell = Shell {
         retriever,
         snapshot,
+        target: Target::Passages,
         k: args.k as usize,
         json: args.json,
         retrieval: args.retrieval,
@@ -145,8 +164,12 @@ impl Shell {
             ("k", Some(n)) => match n.parse::<usize>() {
                 Ok(k) if k > 0 => {
                     self.k = k;
-                    let noun = if k == 1 { "passage" } else { "passages" };
-                    print(format_args!("Queries now return {k} {noun}."))?;
+                    let noun = match &self.target {
+                        Target::Phrases { unit, .. } => unit.name(),
+                        Target::Passages => "passage",
+                    };
+                    let plural = if k == 1 { "" } else { "s" };
+                    print(format_args!("Queries now return {k} {noun}{plural}."))?;
                 }
                 _ => {
                     return Err(user(format!(
@@ -207,6 +230,20 @@ impl Shell {
                     .map_err(|_| user(format!("`.use` takes a generation id, not {g:?}")))?;
                 self.use_generation(generation)?;
             }
+            ("unit", Some("off")) => {
+                self.target = Target::Passages;
+                print("Queries now search the pinned generation's passages.")?;
+            }
+            ("unit", Some(u)) => {
+                let unit = UnitArg::from_str(u, true)
+                    .map_err(|_| {
+                        user(format!(
+                            "`.unit` takes phrase, sentence, passage, document or off, not {u:?}"
+                        ))
+                    })?
+                    .unit();
+                self.use_unit(unit)?;
+            }
             ("refresh", _) => self.refresh()?,
             _ => {
                 return Err(user(format!(
@@ -234,7 +271,28 @@ impl Shell {
         }
     }
 
+    /// Switches queries to phrase retrieval at `unit`, loading the current phrase generation
+    /// unless one is loaded already.
+    fn use_unit(&mut self, unit: RetrievalUnit) -> Result<()> {
+        let searcher = match std::mem::replace(&mut self.target, Target::Passages) {
+            Target::Phrases { searcher, .. } => searcher,
+            Target::Passages => Box::new(open_searcher(&self.retriever, None)?),
+        };
+        let message = format!(
+            "Queries now list {}s from phrase generation {} ({} stored tokens).",
+            unit.name(),
+            searcher.generation(),
+            searcher.index().token_count()
+        );
+        self.target = Target::Phrases { searcher, unit };
+        print(message)
+    }
+
     fn refresh(&mut self) -> Result<()> {
+        if let Target::Phrases { unit, .. } = self.target {
+            self.target = Target::Passages;
+            self.use_unit(unit)?;
+        }
         let snapshot = self.retriever.snapshot()?;
         self.time_travel = false;
         self.told_stale = false;
@@ -254,6 +312,12 @@ impl Shell {
     }
 
     fn query(&mut self, text: &str) -> Result<()> {
+        if let Target::Phrases { searcher, unit } = &self.target {
+            let mut out = std::io::stdout().lock();
+            write_units(searcher, text, *unit, self.k, self.json, &mut out)?;
+            out.flush()?;
+            return Ok(());
+        }
         let Some(snapshot) = &self.snapshot else {
             return Err(user(
                 "the database has no generation to search yet; build one (realm-db reindex) and type .refresh",

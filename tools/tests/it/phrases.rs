@@ -98,6 +98,7 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
     }
     let table = f.run(&["search", db, "the largest ocean", "--phrases", "-k", "3"]);
     assert!(table.lines().next().unwrap().contains("phrase"), "{table}");
+    check_units(&f, db, &texts);
 
     f.write(
         "questions.jsonl",
@@ -236,4 +237,143 @@ fn phrase_training_publishes_a_phrase_generation_that_can_be_rebuilt_with_its_fi
         "--json",
     ]));
     assert_eq!(asked[0]["phrase_generation"], 3);
+}
+
+/// `search --unit`: sentences, passages and documents, each once, scored by its best phrase
+/// (which lies inside it), ranked as the distinct units of a long phrase list rank.
+fn check_units(f: &Fixture, db: &str, texts: &[(String, String)]) {
+    let query = "the largest ocean";
+    let phrases = json_lines(&f.run(&["search", db, query, "--phrases", "-k", "100", "--json"]));
+    let text_of = |title: &str| {
+        texts
+            .iter()
+            .find(|(t, _)| t == title)
+            .map(|(_, text)| text.as_str())
+            .expect("a corpus title")
+    };
+    for unit in ["sentence", "passage", "document"] {
+        let units = json_lines(&f.run(&["search", db, query, "--unit", unit, "-k", "3", "--json"]));
+        assert!(!units.is_empty() && units.len() <= 3, "{units:?}");
+        // The best phrase of all is the best unit's.
+        assert_eq!(units[0]["score"], phrases[0]["score"], "{unit}");
+        assert_eq!(units[0]["phrase"], phrases[0]["phrase"], "{unit}");
+        let mut seen = std::collections::HashSet::new();
+        for (rank, u) in units.iter().enumerate() {
+            assert_eq!(u["rank"], rank + 1);
+            assert_eq!(u["unit"], unit);
+            assert_eq!(u["phrase_generation"], 2);
+            let (title, text, phrase) = (
+                u["title"].as_str().unwrap(),
+                u["text"].as_str().unwrap(),
+                u["phrase"].as_str().unwrap(),
+            );
+            let passage_text = text_of(title);
+            let (a, b) = (
+                u["start_byte"].as_u64().unwrap() as usize,
+                u["end_byte"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(&passage_text[a..b], phrase);
+            match unit {
+                "sentence" => {
+                    assert!(passage_text.contains(text) && text.contains(phrase), "{u}");
+                    assert!(
+                        text.len() < passage_text.len() || !text.contains(". "),
+                        "{u}"
+                    );
+                }
+                "passage" => assert_eq!(text, passage_text),
+                _ => assert_eq!(text, title),
+            }
+            let key = match unit {
+                "passage" => u["passage"].to_string(),
+                _ => text.to_owned(),
+            };
+            assert!(seen.insert(key), "{unit} listed twice: {units:?}");
+            if rank > 0 {
+                assert!(u["score"].as_f64() <= units[rank - 1]["score"].as_f64());
+            }
+        }
+    }
+    // Passages and documents rank as the first phrases of each among the phrase list.
+    let mut first = Vec::new();
+    let mut titles = Vec::new();
+    for p in &phrases {
+        if !first.contains(&p["passage"]) {
+            first.push(p["passage"].clone());
+        }
+        if !titles.contains(&p["title"]) {
+            titles.push(p["title"].clone());
+        }
+    }
+    let listed = |unit: &str, field: &str| -> Vec<serde_json::Value> {
+        json_lines(&f.run(&["search", db, query, "--unit", unit, "-k", "3", "--json"]))
+            .iter()
+            .map(|u| u[field].clone())
+            .collect()
+    };
+    assert_eq!(listed("passage", "passage"), first[..first.len().min(3)]);
+    assert_eq!(listed("document", "title"), titles[..titles.len().min(3)]);
+    let table = f.run(&["search", db, query, "--unit", "sentence", "-k", "2"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("sentence") && header.contains("best phrase"),
+        "{table}"
+    );
+    // --generation names a phrase generation here; an unknown one is a user error.
+    let again = json_lines(&f.run(&[
+        "search",
+        db,
+        query,
+        "--unit",
+        "passage",
+        "-k",
+        "3",
+        "--generation",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(again.len(), listed("passage", "passage").len());
+    f.user_error(&[
+        "search",
+        db,
+        query,
+        "--unit",
+        "passage",
+        "--generation",
+        "99",
+    ]);
+
+    // The shell keeps the phrase generation loaded and switches units, and back.
+    let out = f
+        .cmd()
+        .args(["shell", db])
+        .write_stdin(format!(
+            ".json on\n.k 3\n.unit passage\n{query}\n.unit bogus\n.unit off\n{query}\n.quit\n"
+        ))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("Queries now list passages from phrase generation 2"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("`.unit` takes"), "{stderr}");
+    let ranked: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let units: Vec<_> = ranked.iter().filter(|l| l["unit"] == "passage").collect();
+    let passages: Vec<_> = units.iter().map(|u| u["passage"].clone()).collect();
+    assert_eq!(passages, listed("passage", "passage"), "{stdout}");
+    assert_eq!(
+        ranked.len(),
+        units.len() + 3,
+        "passage hits after .unit off: {stdout}"
+    );
 }

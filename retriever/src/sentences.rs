@@ -1,5 +1,6 @@
 //! Sentence splitting, the one rule every part of realm-db uses: the corpus builder
-//! (`realm-db corpus`), ICT's pseudo-queries and REALM's salient-span masking.
+//! (`realm-db corpus`), ICT's pseudo-queries, REALM's salient-span masking and phrase
+//! retrieval rolled up into sentences.
 //!
 //! A sentence ends after `.`, `!` or `?` and any closing quotes or brackets when white
 //! space and then an upper-case letter, a digit or an opening quote follow, except when
@@ -61,6 +62,14 @@ fn is_abbreviation(word: &str) -> bool {
 /// The sentences are slices of `text` without the white space between them, trimmed;
 /// text that is empty or only white space gives none.
 pub fn sentences(text: &str) -> Vec<&str> {
+    sentence_spans(text)
+        .into_iter()
+        .map(|span| &text[span])
+        .collect()
+}
+
+/// The byte ranges in `text` of its [`sentences`], in order.
+pub fn sentence_spans(text: &str) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut word_start = 0;
@@ -90,10 +99,10 @@ pub fn sentences(text: &str) -> Vec<&str> {
         {
             continue;
         }
-        push_trimmed(&mut out, &text[start..end]);
+        push_trimmed(&mut out, text, start..end);
         start = end + gap;
     }
-    push_trimmed(&mut out, &text[start..]);
+    push_trimmed(&mut out, text, start..text.len());
     out
 }
 
@@ -105,10 +114,14 @@ fn prefix_len(text: &str, keep: impl Fn(char) -> bool) -> usize {
         .sum()
 }
 
-fn push_trimmed<'a>(out: &mut Vec<&'a str>, piece: &'a str) {
-    let piece = piece.trim();
-    if !piece.is_empty() {
-        out.push(piece);
+/// Pushes `span` of `text` without its leading and trailing white space, unless nothing
+/// is left.
+fn push_trimmed(out: &mut Vec<std::ops::Range<usize>>, text: &str, span: std::ops::Range<usize>) {
+    let piece = &text[span.clone()];
+    let start = span.start + (piece.len() - piece.trim_start().len());
+    let end = span.end - (piece.len() - piece.trim_end().len());
+    if start < end {
+        out.push(start..end);
     }
 }
 
