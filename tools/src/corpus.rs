@@ -6,7 +6,7 @@
 //! exactly as `shared/data/README.md` ("How passages were made") describes:
 //!
 //! 1. [`clean`]: U+2060 WORD JOINER removed, every whitespace run made one ASCII space.
-//! 2. [`sentences`] (the one sentence splitter, `realm_db::trainer::sentences`): split after `.`, `!` or `?` (plus closing quotes and brackets) that
+//! 2. [`sentences`] (the one sentence splitter, `realm_db::retriever::sentences`): split after `.`, `!` or `?` (plus closing quotes and brackets) that
 //!    are followed by a space and an upper-case letter, a digit or an opening quote,
 //!    except after an initial, a dotted acronym or a listed abbreviation.
 //! 3. and 4. [`pack`]: sentences longer than the limit are cut into equal word runs,

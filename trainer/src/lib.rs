@@ -55,7 +55,7 @@
 //! `supervision.rs`; towers and where they start from in `towers.rs`; the index-builder
 //! thread in `builder.rs`; held-out evaluation in `evaluation.rs`; checkpoints and resume
 //! in `checkpoint.rs` and [`state`]; seeded randomness in `sampling.rs`; AdamW in
-//! [`adamw`]; [`sentences`] and REALM's [`masking`]; the garbage collection of encoder,
+//! [`adamw`]; REALM's [`masking`]; the garbage collection of encoder,
 //! reader and trainer blobs ([`collect_blobs`]) in `blob_gc.rs`.
 
 pub mod adamw;
@@ -75,7 +75,6 @@ mod qa;
 mod query_side;
 mod realm;
 mod sampling;
-
 mod span_pretraining;
 pub mod state;
 mod supervision;
