@@ -46,6 +46,17 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// The options of passage retrieval, which a phrase search (`--phrases`, `--unit`) refuses.
+const PASSAGE_RETRIEVAL_ARGS: [&str; 7] = [
+    "mode",
+    "hybrid_weight",
+    "rrf_k",
+    "bm25_k1",
+    "bm25_b",
+    "nprobe",
+    "exact",
+];
+
 /// What a phrase search returns (`search --unit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum UnitArg {
@@ -191,12 +202,12 @@ pub struct SearchArgs {
     pub generation: Option<u64>,
     /// List the k best phrases of the current phrase generation (DensePhrases' two-sided
     /// search) instead of passages; the same as --unit phrase.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = PASSAGE_RETRIEVAL_ARGS)]
     pub phrases: bool,
     /// Retrieve through the current phrase generation and list the k best units of this
     /// kind, each scored by its best phrase (a document is the passages sharing a title).
     /// Units rank among the 10×k best phrases (at least 100).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with_all = PASSAGE_RETRIEVAL_ARGS)]
     pub unit: Option<UnitArg>,
     #[command(flatten)]
     pub retrieval: RetrievalArgs,

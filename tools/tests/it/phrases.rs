@@ -343,6 +343,12 @@ fn check_units(f: &Fixture, db: &str, texts: &[(String, String)]) {
         "99",
     ]);
 
+    // Passage-retrieval options mean nothing to a phrase search: refused, not ignored.
+    for extra in [["--mode", "bm25"], ["--nprobe", "4"]] {
+        let err = f.user_error(&["search", db, query, "--unit", "passage", extra[0], extra[1]]);
+        assert!(err.contains(extra[0]), "{err}");
+    }
+
     // The shell keeps the phrase generation loaded and switches units, and back.
     let out = f
         .cmd()
