@@ -144,7 +144,6 @@ pub(crate) enum OpenMode {
 pub(crate) struct Rocks {
     db: rocksdb::DB,
     path: PathBuf,
-    follower: bool,
     role: Role,
 }
 
@@ -173,7 +172,7 @@ impl std::fmt::Debug for Rocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rocks")
             .field("path", &self.path)
-            .field("follower", &self.follower)
+            .field("follower", &self.is_follower())
             .finish()
     }
 }
@@ -208,7 +207,6 @@ impl Rocks {
                 Ok(Rocks {
                     db,
                     path: path.to_path_buf(),
-                    follower: false,
                     role: Role::Writer {
                         gc_lock,
                         last_purge: Mutex::new(Instant::now()),
@@ -250,7 +248,6 @@ impl Rocks {
                 Ok(Rocks {
                     db,
                     path: path.to_path_buf(),
-                    follower: true,
                     role: Role::Follower {
                         gc_lock,
                         lacks_families,
@@ -259,6 +256,11 @@ impl Rocks {
                 })
             }
         }
+    }
+
+    /// Whether this is a follower's (secondary) instance.
+    pub(crate) fn is_follower(&self) -> bool {
+        matches!(self.role, Role::Follower { .. })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -291,7 +293,7 @@ impl Rocks {
     }
 
     pub(crate) fn write(&self, batch: Batch<'_>, sync: bool) -> Result<()> {
-        if self.follower {
+        if self.is_follower() {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
             });

@@ -2,7 +2,8 @@
 //! a document scores as its best retrieved phrase, so one phrase index serves retrieval at
 //! every granularity.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use realm_storage::PassageId;
 
@@ -83,6 +84,8 @@ pub fn roll_up<'a>(
     passage_of: impl Fn(PassageId) -> Option<PassageText<'a>>,
 ) -> Vec<UnitHit> {
     let mut seen: HashSet<UnitSpan> = HashSet::new();
+    // Each passage's sentences, split once however many of its phrases were retrieved.
+    let mut sentences: HashMap<PassageId, Vec<Range<usize>>> = HashMap::new();
     let mut out = Vec::new();
     for hit in hits {
         if out.len() >= k {
@@ -97,7 +100,12 @@ pub fn roll_up<'a>(
                 start_byte: hit.start_byte,
                 end_byte: hit.end_byte,
             },
-            RetrievalUnit::Sentence => sentence_of(hit, passage.text),
+            RetrievalUnit::Sentence => {
+                let spans = sentences
+                    .entry(hit.passage)
+                    .or_insert_with(|| sentence_spans(passage.text));
+                sentence_of(hit, spans)
+            }
             RetrievalUnit::Passage => UnitSpan::Passage(hit.passage),
             RetrievalUnit::Document => UnitSpan::Document(passage.title.to_owned()),
         };
@@ -108,11 +116,10 @@ pub fn roll_up<'a>(
     out
 }
 
-/// The sentence of `text` in which `hit` starts (the one before it, when it starts in the
-/// white space between two).
-fn sentence_of(hit: &PhraseHit, text: &str) -> UnitSpan {
+/// The sentence (of `spans`, its passage's) in which `hit` starts (the one before it, when
+/// it starts in the white space between two).
+fn sentence_of(hit: &PhraseHit, spans: &[Range<usize>]) -> UnitSpan {
     let at = hit.start_byte as usize;
-    let spans = sentence_spans(text);
     let index = spans.partition_point(|s| s.start <= at).saturating_sub(1);
     let (start, end) = spans
         .get(index)

@@ -62,7 +62,7 @@ pub(crate) enum SnapshotReader {
 
 impl SnapshotReader {
     pub(crate) fn take(rocks: Arc<Rocks>) -> Self {
-        if rocks.follower {
+        if rocks.is_follower() {
             SnapshotReader::Frozen(rocks)
         } else {
             SnapshotReader::Live(RocksSnapshot::new(rocks, |rocks| rocks.db.snapshot()))
