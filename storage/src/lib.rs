@@ -95,7 +95,7 @@ pub use validation::{
 pub use verify::IntegrityReport;
 
 /// The on-disk format version this build reads and writes. See `docs/format.md`.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// A passage's stable id, assigned by the database on insert and never reused.
 pub type PassageId = u64;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{encode, pair_key, u64_key};
+use crate::codec::{decode, encode, pair_key, u64_key};
 use crate::db::{
     Db, META_CURRENT_PHRASE, META_NEXT_GENERATION, read_meta_u64, read_passage,
     read_phrase_current, read_phrase_manifest,
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::generation::uncovered;
 use crate::phrase_rows::PhraseRows;
 use crate::rocks::{Batch, Cf, Reader};
-use crate::{Dtype, GenerationId, GenerationState, PassageId, now_ms};
+use crate::{Dtype, GenerationId, GenerationState, PassageId, QueryEncoderVersion, now_ms};
 
 /// What a new phrase generation holds: the phrase encoder and how its rows are stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +82,79 @@ pub struct PhraseManifest {
     pub passages_written: u64,
     /// Stored tokens in those records.
     pub tokens_written: u64,
+    /// Query-encoder versions attached by phrase query-side training
+    /// ([`Db::attach_phrase_query_encoder`]), oldest first. Each `checkpoint_id` names a blob
+    /// `phrase-encoder/<id>` whose query side (BERT and query heads) encodes questions for this
+    /// generation, while the spec's encoder stays the one that encoded its passages.
+    pub query_encoders: Vec<QueryEncoderVersion>,
+}
+
+impl PhraseManifest {
+    /// The newest attached query encoder, if any; without one, questions are encoded by the
+    /// spec's encoder.
+    pub fn query_encoder(&self) -> Option<&QueryEncoderVersion> {
+        self.query_encoders.last()
+    }
+}
+
+/// A phrase manifest as format version 4 stored it, before query-encoder versions: still
+/// read, never written (a record is rewritten in the current layout when it is modified).
+#[derive(Deserialize)]
+#[cfg_attr(feature = "testing", derive(Serialize))]
+struct PhraseManifestV4 {
+    id: GenerationId,
+    state: GenerationState,
+    spec: PhraseGenerationSpec,
+    created_ms: u64,
+    committed_ms: Option<u64>,
+    retired_ms: Option<u64>,
+    passages_written: u64,
+    tokens_written: u64,
+}
+
+impl From<PhraseManifestV4> for PhraseManifest {
+    fn from(v4: PhraseManifestV4) -> Self {
+        PhraseManifest {
+            id: v4.id,
+            state: v4.state,
+            spec: v4.spec,
+            created_ms: v4.created_ms,
+            committed_ms: v4.committed_ms,
+            retired_ms: v4.retired_ms,
+            passages_written: v4.passages_written,
+            tokens_written: v4.tokens_written,
+            query_encoders: Vec::new(),
+        }
+    }
+}
+
+/// `manifest` in the version-4 layout (its query-encoder versions dropped), for the test hook
+/// that fakes a phrase manifest a version-4 build wrote.
+#[cfg(feature = "testing")]
+pub(crate) fn encode_legacy_phrase_manifest(manifest: &PhraseManifest) -> Vec<u8> {
+    let m = manifest.clone();
+    encode(&PhraseManifestV4 {
+        id: m.id,
+        state: m.state,
+        spec: m.spec,
+        created_ms: m.created_ms,
+        committed_ms: m.committed_ms,
+        retired_ms: m.retired_ms,
+        passages_written: m.passages_written,
+        tokens_written: m.tokens_written,
+    })
+}
+
+/// Decodes a stored phrase manifest: the current layout, or else the version-4 layout
+/// (without `query_encoders`, read as an empty list). Decoding is strict about trailing
+/// bytes, so a record decodes in at most one of the layouts. `what` names the record in the
+/// error.
+pub(crate) fn decode_phrase_manifest(
+    bytes: &[u8],
+    what: &dyn Fn() -> String,
+) -> Result<PhraseManifest> {
+    decode::<PhraseManifest>(bytes, what)
+        .or_else(|_| decode::<PhraseManifestV4>(bytes, what).map(PhraseManifest::from))
 }
 
 /// A phrase generation as listed by [`Db::phrase_generations`].
@@ -123,6 +196,7 @@ impl PhraseGenerationWriter {
                 retired_ms: None,
                 passages_written: 0,
                 tokens_written: 0,
+                query_encoders: Vec::new(),
             };
             let mut wb = rocks.batch();
             wb.put(Cf::Meta, META_NEXT_GENERATION, &u64_key(id + 1));

@@ -10,6 +10,7 @@ use crate::db::{
 use crate::error::Result;
 use crate::ivf::{self, IndexState};
 use crate::lexical::{self, DocTerms};
+use crate::phrase_generation::decode_phrase_manifest;
 use crate::phrase_rows::PhraseRows;
 use crate::rocks::{Cf, Reader};
 use crate::{GenerationManifest, GenerationState, PhraseManifest};
@@ -39,7 +40,7 @@ impl Db {
     /// (on a writer), no vector data of unknown generations, blocks `0..blocks` present, and
     /// manifests' row counts equal to their index and tombstones, the lexical index
     /// holding exactly each passage's postings with totals that match, and phrase
-    /// generations' manifests and row records (invariants 17 to 20).
+    /// generations' manifests, query-encoder versions and row records (invariants 17 to 21).
     pub fn verify(&self) -> Result<IntegrityReport> {
         let rocks = self.rocks();
         let r: &dyn Reader = &*rocks;
@@ -312,8 +313,9 @@ fn check_indexes(
     Ok(total)
 }
 
-/// Checks invariants 17 to 20 of phrase generations: manifests decode and sit under their
-/// ids, which no passage generation shares and which the id counter has passed; one committed
+/// Checks invariants 17 to 21 of phrase generations: manifests decode (in either layout) and
+/// sit under their ids, which no passage generation shares and which the id counter has
+/// passed; query-encoder versions count from 1 and name a checkpoint; one committed
 /// phrase generation, the current one; none building on a writer; every row record belongs
 /// to a phrase generation and a stored passage, decodes, fits the spec and its passage's
 /// text, and no generation holds more records or tokens than it counted. Pending passages
@@ -335,7 +337,7 @@ fn check_phrases(
                 continue;
             }
         };
-        match codec::decode::<PhraseManifest>(&value, &|| {
+        match decode_phrase_manifest(&value, &|| {
             format!("the manifest of phrase generation {id}")
         }) {
             Ok(m) if m.id == id => {
@@ -364,6 +366,20 @@ fn check_phrases(
             problem(format!(
                 "phrase generation {id} is still building after open"
             ));
+        }
+        let versions: Vec<u32> = m.query_encoders.iter().map(|q| q.version).collect();
+        if !versions.iter().copied().eq(1..=versions.len() as u32) {
+            problem(format!(
+                "the query-encoder versions of phrase generation {id} are {versions:?}, but they must count 1, 2, 3, … oldest first"
+            ));
+        }
+        for q in &m.query_encoders {
+            if q.checkpoint_id.trim().is_empty() {
+                problem(format!(
+                    "query-encoder version {} of phrase generation {id} has an empty checkpoint id",
+                    q.version
+                ));
+            }
         }
     }
     let committed: Vec<u64> = manifests

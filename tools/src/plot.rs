@@ -95,17 +95,49 @@ enum Format {
 /// A dev evaluation: `(step, top-1, top-5, top-20)`.
 pub type EvalPoint = (u64, f64, f64, f64);
 
-/// Picks one accuracy out of an [`EvalPoint`].
-type Metric = fn(&EvalPoint) -> f64;
-
 /// A training run's curves: loss by step, and dev accuracy (fractions) at each evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct TrainingCurves {
     pub loss: Vec<(u64, f64)>,
     /// `(step, top-1, top-5, top-20)`.
     pub accuracy: Vec<EvalPoint>,
+    /// Phrase exact match at each evaluation: `(step, all, in corpus)` (phrase query-side
+    /// runs, which have no passage accuracy).
+    pub exact_match: Vec<(u64, f64, Option<f64>)>,
     /// Steps at which a new generation was published (drawn as vertical lines).
     pub refreshes: Vec<u64>,
+}
+
+impl TrainingCurves {
+    /// The lower chart's lines: top-1/5/20 accuracy, else phrase exact match; each
+    /// `(name, [(step, fraction)])`.
+    fn dev_series(&self) -> Vec<(&'static str, Vec<(u64, f64)>)> {
+        if !self.accuracy.is_empty() {
+            let pick =
+                |f: fn(&EvalPoint) -> f64| self.accuracy.iter().map(|p| (p.0, f(p))).collect();
+            return vec![
+                ("top-1", pick(|p| p.1)),
+                ("top-5", pick(|p| p.2)),
+                ("top-20", pick(|p| p.3)),
+            ];
+        }
+        if self.exact_match.is_empty() {
+            return Vec::new();
+        }
+        let mut series = vec![(
+            "phrase EM",
+            self.exact_match.iter().map(|p| (p.0, p.1)).collect(),
+        )];
+        let in_corpus: Vec<(u64, f64)> = self
+            .exact_match
+            .iter()
+            .filter_map(|p| Some((p.0, p.2?)))
+            .collect();
+        if !in_corpus.is_empty() {
+            series.push(("phrase EM, in corpus", in_corpus));
+        }
+        series
+    }
 }
 
 /// Draws a training run: loss by step above, dev top-1/5/20 accuracy by step below.
@@ -117,7 +149,7 @@ pub fn plot_training(path: &Path, title: &str, curves: &TrainingCurves) -> Resul
         .copied()
         .filter(|(_, l)| l.is_finite())
         .collect();
-    if loss.is_empty() && curves.accuracy.is_empty() {
+    if loss.is_empty() && curves.dev_series().is_empty() {
         bail!("there is nothing to plot: the run recorded no loss and no evaluation");
     }
     ensure_font()?;
@@ -163,7 +195,8 @@ fn draw_training<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let root = root.titled(title, (FAMILY, 26)).map_err(|e| fail(&e))?;
     // A run without evaluations (phrase training, or no --eval) plots its loss alone.
-    let (upper, lower) = if curves.accuracy.is_empty() {
+    let dev = curves.dev_series();
+    let (upper, lower) = if dev.is_empty() {
         (root.clone(), None)
     } else {
         let (upper, lower) = root.split_vertically(SIZE.1 / 2 - 20);
@@ -172,7 +205,10 @@ fn draw_training<DB: DrawingBackend>(
     let last_step = loss
         .iter()
         .map(|p| p.0)
-        .chain(curves.accuracy.iter().map(|p| p.0))
+        .chain(
+            dev.iter()
+                .flat_map(|(_, points)| points.iter().map(|p| p.0)),
+        )
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -221,10 +257,9 @@ fn draw_training<DB: DrawingBackend>(
         return Ok(());
     };
 
-    let top = curves
-        .accuracy
+    let top = dev
         .iter()
-        .map(|p| p.1.max(p.2).max(p.3) * 100.0)
+        .flat_map(|(_, points)| points.iter().map(|p| p.1 * 100.0))
         .fold(0.0, f64::max);
     let y_top = (((top + 5.0) / 10.0).ceil() * 10.0).clamp(10.0, 100.0);
     let mut chart = ChartBuilder::on(&lower)
@@ -245,14 +280,11 @@ fn draw_training<DB: DrawingBackend>(
         .light_line_style(RGBColor(236, 236, 236))
         .draw()
         .map_err(|e| fail(&e))?;
-    let metrics: [(&str, Metric); 3] =
-        [("top-1", |p| p.1), ("top-5", |p| p.2), ("top-20", |p| p.3)];
-    for (i, (name, pick)) in metrics.into_iter().enumerate() {
+    for (i, (name, series)) in dev.into_iter().enumerate() {
         let color = COLORS[(i + 1) % COLORS.len()];
-        let points: Vec<(f64, f64)> = curves
-            .accuracy
+        let points: Vec<(f64, f64)> = series
             .iter()
-            .map(|p| (p.0 as f64, pick(p) * 100.0))
+            .map(|&(step, value)| (step as f64, value * 100.0))
             .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
@@ -586,6 +618,7 @@ mod tests {
                 (25, 0.15, 0.3, 0.4),
                 (50, 0.2, 0.35, 0.5),
             ],
+            exact_match: Vec::new(),
             refreshes: vec![25, 50],
         };
         let png = dir.path().join("train.png");
@@ -594,6 +627,15 @@ mod tests {
         let svg = dir.path().join("train.svg");
         plot_training(&svg, "training", &curves).unwrap();
         assert!(std::fs::read_to_string(&svg).unwrap().contains("top-20"));
+        // A phrase query-side run plots its phrase exact match instead.
+        let phrase = TrainingCurves {
+            loss: curves.loss.clone(),
+            exact_match: vec![(0, 0.02, Some(0.05)), (50, 0.03, Some(0.07))],
+            ..TrainingCurves::default()
+        };
+        plot_training(&svg, "phrase query-side", &phrase).unwrap();
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert!(drawn.contains("phrase EM, in corpus") && !drawn.contains("top-20"));
         let err = plot_training(&png, "t", &TrainingCurves::default()).unwrap_err();
         assert!(err.to_string().contains("nothing to plot"), "{err}");
     }

@@ -177,7 +177,8 @@ fn read(db: &Db, name: &str) -> Result<Result<Vec<u8>, String>> {
 ///
 /// Kept (the roots): the encoder checkpoints that any stored generation names (its document
 /// encoder and every query-encoder version: run [`Db::gc`] first to drop old generations);
-/// the phrase encoder of every stored phrase generation;
+/// the phrase encoders of every stored phrase generation (its spec's and every query-encoder
+/// version's);
 /// `reader/current` and the reader it names; for each unfinished run, its state, the
 /// optimizer slot the state names and the towers it names; for each finished run, its state
 /// and towers (a phrase run's phrase encoder among them), unless
@@ -228,7 +229,11 @@ fn roots(db: &Db, blobs: &[BlobInfo], options: &BlobGcOptions) -> Result<Roots> 
         }
     }
     for info in db.phrase_generations()? {
-        roots.phrase_encoder(&info.manifest.spec.encoder_checkpoint_id);
+        let manifest = info.manifest;
+        roots.phrase_encoder(&manifest.spec.encoder_checkpoint_id);
+        for version in &manifest.query_encoders {
+            roots.phrase_encoder(&version.checkpoint_id);
+        }
     }
     if blobs.iter().any(|b| b.name == CURRENT_READER_BLOB) {
         let id = read(db, CURRENT_READER_BLOB)?.and_then(|bytes| {
@@ -276,6 +281,32 @@ fn roots(db: &Db, blobs: &[BlobInfo], options: &BlobGcOptions) -> Result<Roots> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use realm_storage::phrase_rows::PhraseRows;
+    use realm_storage::{Dtype, NewPassage, PhraseGenerationSpec};
+
+    #[test]
+    fn the_query_encoder_versions_of_phrase_generations_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::create(dir.path().join("db")).unwrap();
+        let id = db.insert(&[NewPassage::new("T", "some text")]).unwrap()[0].id();
+        let spec = PhraseGenerationSpec::new("built", 2, Dtype::F32);
+        let mut writer = db.begin_phrase_generation(spec).unwrap();
+        writer
+            .write(&[(id, PhraseRows::empty(2).unwrap())])
+            .unwrap();
+        let generation = writer.commit().unwrap();
+        db.attach_phrase_query_encoder(generation, "tuned", "")
+            .unwrap();
+        let blob = |id: &str| format!("{PHRASE_ENCODER_BLOB_PREFIX}{id}");
+        for id in ["built", "tuned", "orphan"] {
+            db.put_blob(&blob(id), b"weights").unwrap();
+        }
+        let report = collect_blobs(&db, &BlobGcOptions::default()).unwrap();
+        let collected: Vec<&str> = report.collected.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(collected, [blob("orphan")]);
+        assert!(db.has_blob(&blob("built")).unwrap());
+        assert!(db.has_blob(&blob("tuned")).unwrap());
+    }
 
     #[test]
     fn names_are_classified_by_prefix_and_suffix() {

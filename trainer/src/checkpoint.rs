@@ -88,6 +88,8 @@ pub(crate) struct TowerCheckpoints {
     pub reader: Option<String>,
     /// The phrase encoder's checkpoint id and filter threshold.
     pub phrase: Option<(String, f64)>,
+    /// The pinned phrase generation (phrase query-side).
+    pub phrase_generation: Option<u64>,
 }
 
 /// Unix milliseconds now (0 on a clock before 1970).
@@ -126,6 +128,7 @@ pub(crate) fn write(
         reader_checkpoint: towers.reader,
         phrase_threshold: towers.phrase.as_ref().map(|p| p.1),
         phrase_checkpoint: towers.phrase.map(|p| p.0),
+        phrase_generation: towers.phrase_generation,
         saved_ms: None,
     };
     put_state(ctx, &mut state)?;

@@ -45,10 +45,17 @@ pub enum Mode {
     /// pre-batch phrases; the filter head learns which tokens start and end answers. At the
     /// end the trained phrase encoder builds and publishes a new phrase generation.
     Phrase,
+    /// Phrase query-side training (DensePhrases §5): the current phrase generation is
+    /// frozen and only the question side of its phrase encoder trains, on the marginal
+    /// likelihood of the answer phrases among each question's top `candidates` retrieved
+    /// phrases. At the end the encoder is attached to the phrase generation as a
+    /// query-encoder version.
+    PhraseQuery,
 }
 
 impl Mode {
-    /// The mode's name: `query-side`, `dual`, `ict`, `qa`, `spans`, `realm` or `phrase`.
+    /// The mode's name: `query-side`, `dual`, `ict`, `qa`, `spans`, `realm`, `phrase` or
+    /// `phrase-query`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::QuerySide => "query-side",
@@ -58,6 +65,7 @@ impl Mode {
             Mode::Spans => "spans",
             Mode::Realm => "realm",
             Mode::Phrase => "phrase",
+            Mode::PhraseQuery => "phrase-query",
         }
     }
 }
@@ -71,8 +79,8 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = Error;
 
-    /// `query-side`, `dual`, `ict`, `qa`, `spans`, `realm` or `phrase` (also accepts
-    /// `query_side`).
+    /// `query-side`, `dual`, `ict`, `qa`, `spans`, `realm`, `phrase` or `phrase-query`
+    /// (also accepts `query_side` and `phrase_query`).
     fn from_str(s: &str) -> Result<Mode, Error> {
         match s {
             "query-side" | "query_side" => Ok(Mode::QuerySide),
@@ -82,6 +90,7 @@ impl FromStr for Mode {
             "spans" => Ok(Mode::Spans),
             "realm" => Ok(Mode::Realm),
             "phrase" => Ok(Mode::Phrase),
+            "phrase-query" | "phrase_query" => Ok(Mode::PhraseQuery),
             other => Err(Error::UnknownMode {
                 name: other.to_owned(),
             }),
@@ -108,7 +117,9 @@ pub struct TrainConfig {
     /// The seed every random choice derives from (default 0).
     pub seed: u64,
     /// Passages retrieved per question for distant supervision, dual re-scoring, and the
-    /// positives and negatives of QA and span pre-training (default 20).
+    /// positives and negatives of QA and span pre-training; phrase query-side: phrases
+    /// retrieved per question, among which the answer phrases are the positives (default
+    /// 20).
     pub candidates: usize,
     /// Query-side and phrase: hard negatives per question, the highest-ranked retrieved
     /// passages that do not contain an answer (default 1).
@@ -159,6 +170,13 @@ pub struct TrainConfig {
     /// answers with the same normalization.
     #[serde(default)]
     pub span_normalization: SpanNormalization,
+    /// Phrase: self-supervised cloze examples mixed with the QA pairs, at most this many
+    /// (default 0: none). Each is a corpus sentence with one salient span masked (REALM's
+    /// heuristic, as in span pre-training); its positives are the other retrieved passages
+    /// that hold the span, never the sentence's own, and the span is the answer phrase.
+    /// When there are more, an evenly spaced subset is taken.
+    #[serde(default)]
+    pub phrase_spans: usize,
 }
 
 fn default_scale() -> f64 {
@@ -194,6 +212,7 @@ impl Default for TrainConfig {
             reader_model: None,
             held_out: 0.0,
             span_normalization: SpanNormalization::Joint,
+            phrase_spans: 0,
         }
     }
 }
@@ -383,6 +402,25 @@ pub enum Event {
     /// Phrase, at the end: `done` of `total` passages are encoded into the new phrase
     /// generation.
     PhraseBuild { done: u64, total: u64 },
+    /// Phrase query-side, after each [`Event::Step`]: of the `questions` of step `step`,
+    /// `skipped` retrieved no answer phrase and did not contribute to the loss.
+    PhraseQueryBatch {
+        step: u64,
+        questions: usize,
+        skipped: usize,
+    },
+    /// Phrase query-side, at each evaluation: phrase exact match of the question side as it
+    /// is on the held-out `questions` with an answer string (the best answer of the top 10
+    /// phrases), and on those marked in the corpus.
+    PhraseExactMatch {
+        step: u64,
+        questions: usize,
+        em: f64,
+        in_corpus_em: Option<f64>,
+    },
+    /// Phrase query-side, after a complete run: the trained encoder was attached to phrase
+    /// generation `generation` as query-encoder version `version`.
+    PhraseQueryEncoderAttached { generation: u64, version: u32 },
     /// Phrase, at the end: the phrase generation built by the trained encoder became current;
     /// building it took `seconds`.
     PhrasesPublished { generation: u64, seconds: f64 },
@@ -399,7 +437,8 @@ pub struct TrainReport {
     pub final_step: u64,
     /// The generation current at the end (query-side: the pinned one, unchanged).
     pub generation: u64,
-    /// Query-side and QA, after a complete run: the attached query-encoder version.
+    /// Query-side, QA and phrase query-side, after a complete run: the attached
+    /// query-encoder version (phrase query-side: of the phrase generation).
     pub query_encoder_version: Option<u32>,
     /// QA, after a complete run: the stored reader's checkpoint id (now current).
     pub reader_checkpoint: Option<String>,

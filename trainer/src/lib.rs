@@ -2,7 +2,7 @@
 //!
 //! Retriever and reader training on a live realm-db database. A [`Trainer`] takes a
 //! [`realm_retriever::Retriever`], a [`TrainConfig`] and question-answer pairs, and trains
-//! in one of seven [`Mode`]s, each in its own module that owns its state:
+//! in one of eight [`Mode`]s, each in its own module that owns its state:
 //!
 //! * **query-side** (DensePhrases, Atlas): the document tower is frozen, so the stored
 //!   vectors of the current generation stay valid; only a copy of the generation's query
@@ -41,6 +41,12 @@
 //!   of the batch's passages and the previous batches' answer phrases, and its filter head
 //!   learns which tokens start and end answers. At the end it builds and publishes a phrase
 //!   generation.
+//! * **phrase-query** (DensePhrases §5, query-side fine-tuning): the current phrase
+//!   generation is frozen and only the question side of its phrase encoder trains. Each
+//!   question retrieves its top `candidates` phrases with the current weights, and the loss
+//!   is −log of the softmax mass of those whose text is an answer. At the end the encoder is
+//!   attached to the phrase generation as a query-encoder version, which phrase search then
+//!   encodes questions with.
 //!
 //! Runs checkpoint their towers, AdamW state and a JSON state blob into the database
 //! (`trainer/<run>/...`, readers under `reader/<id>`) and resume from it; every random
@@ -51,7 +57,7 @@
 //! `mode_state.rs`; what every mode shares
 //! (retriever, settings, pinned generation, query tower) in `context.rs`; one module per
 //! mode (`query_side`, `dual`, [`ict`], `qa`, `span_pretraining`, `realm`,
-//! `phrase_training`); distant supervision in
+//! `phrase_training`, `phrase_query_side`); distant supervision in
 //! `supervision.rs`; towers and where they start from in `towers.rs`; the index-builder
 //! thread in `builder.rs`; held-out evaluation in `evaluation.rs`; checkpoints and resume
 //! in `checkpoint.rs` and [`state`]; seeded randomness in `sampling.rs`; AdamW in
@@ -70,6 +76,7 @@ mod evaluation;
 pub mod ict;
 pub mod masking;
 mod mode_state;
+mod phrase_query_side;
 mod phrase_training;
 mod qa;
 mod query_side;
@@ -86,6 +93,7 @@ pub use config::{Control, Event, Mode, TrainConfig, TrainReport};
 pub use dual::DUAL_NOTE;
 pub use error::{Error, Result};
 pub use ict::ICT_NOTE;
+pub use phrase_query_side::PHRASE_QUERY_NOTE;
 pub use phrase_training::PHRASE_NOTE;
 pub use qa::QA_NOTE;
 pub use query_side::QUERY_SIDE_NOTE;

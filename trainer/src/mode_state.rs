@@ -8,6 +8,7 @@ use realm_retriever::phrase::PhraseEncoder;
 use crate::adamw::AdamW;
 use crate::dual::{DUAL_NOTE, Dual};
 use crate::ict::{ICT_NOTE, Ict};
+use crate::phrase_query_side::PhraseQuerySide;
 use crate::phrase_training::PhraseTraining;
 use crate::qa::{QA_NOTE, Qa};
 use crate::query_side::{QUERY_SIDE_NOTE, QuerySide};
@@ -25,6 +26,7 @@ pub(crate) enum ModeState {
     Spans(Box<SpanPretraining>),
     Realm(Box<Realm>),
     Phrase(Box<PhraseTraining>),
+    PhraseQuery(Box<PhraseQuerySide>),
 }
 
 /// Models a fresh run starts from instead of the database's or a model folder's (tests use
@@ -46,6 +48,7 @@ impl ModeState {
             ModeState::Spans(m) => m.examples.len(),
             ModeState::Realm(m) => m.examples(),
             ModeState::Phrase(m) => m.supervision.examples.len(),
+            ModeState::PhraseQuery(m) => m.examples(),
         }
     }
 
@@ -57,6 +60,7 @@ impl ModeState {
             ModeState::Qa(m) => m.dropped,
             ModeState::Spans(m) => m.dropped,
             ModeState::Phrase(m) => m.dropped,
+            ModeState::PhraseQuery(m) => m.dropped,
             ModeState::Ict(_) | ModeState::Realm(_) => 0,
         }
     }
@@ -70,14 +74,25 @@ impl ModeState {
             ModeState::QuerySide(_)
             | ModeState::Qa(_)
             | ModeState::Spans(_)
-            | ModeState::Phrase(_) => None,
+            | ModeState::Phrase(_)
+            | ModeState::PhraseQuery(_) => None,
         }
     }
 
-    /// The phrase encoder, in phrase training.
+    /// The phrase encoder, in phrase training and phrase query-side training (where only
+    /// its question side trains).
     pub(crate) fn phrase(&self) -> Option<&PhraseTower> {
         match self {
             ModeState::Phrase(m) => Some(&m.tower),
+            ModeState::PhraseQuery(m) => Some(&m.tower),
+            _ => None,
+        }
+    }
+
+    /// The phrase generation a phrase query-side run trains against.
+    pub(crate) fn phrase_generation(&self) -> Option<u64> {
+        match self {
+            ModeState::PhraseQuery(m) => Some(m.generation()),
             _ => None,
         }
     }
@@ -91,7 +106,8 @@ impl ModeState {
             ModeState::QuerySide(_)
             | ModeState::Dual(_)
             | ModeState::Ict(_)
-            | ModeState::Phrase(_) => None,
+            | ModeState::Phrase(_)
+            | ModeState::PhraseQuery(_) => None,
         }
     }
 
@@ -108,6 +124,7 @@ impl ModeState {
                 ("reader", &mut m.reader.opt),
             ],
             ModeState::Phrase(m) => vec![("phrase", &mut m.tower.opt)],
+            ModeState::PhraseQuery(m) => vec![("phrase", &mut m.tower.opt)],
         }
     }
 
@@ -121,7 +138,8 @@ impl ModeState {
             ModeState::QuerySide(_)
             | ModeState::Qa(_)
             | ModeState::Spans(_)
-            | ModeState::Phrase(_) => None,
+            | ModeState::Phrase(_)
+            | ModeState::PhraseQuery(_) => None,
         }
     }
 
@@ -130,7 +148,9 @@ impl ModeState {
         matches!(self, ModeState::Dual(_) | ModeState::Realm(_))
     }
 
-    /// The note of the query-encoder version attached at the end, in the modes that attach.
+    /// The note of the query-encoder version attached to the passage generation at the end,
+    /// in the modes that attach one (phrase query-side attaches to its phrase generation;
+    /// see [`crate::PHRASE_QUERY_NOTE`]).
     pub(crate) fn attach_note(&self) -> Option<&'static str> {
         match self {
             ModeState::QuerySide(_) => Some(QUERY_SIDE_NOTE),
@@ -139,7 +159,8 @@ impl ModeState {
             | ModeState::Ict(_)
             | ModeState::Spans(_)
             | ModeState::Realm(_)
-            | ModeState::Phrase(_) => None,
+            | ModeState::Phrase(_)
+            | ModeState::PhraseQuery(_) => None,
         }
     }
 }

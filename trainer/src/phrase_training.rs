@@ -11,10 +11,15 @@
 //! head learns, by binary cross-entropy over the word boundaries of every passage read,
 //! which tokens start and end a gold phrase. At the end the trained encoder builds a new
 //! phrase generation and publishes it.
+//!
+//! With `phrase_spans` > 0, self-supervised cloze examples join the QA pairs (DensePhrases
+//! trains on questions generated from the corpus; these need no generator): a corpus
+//! sentence with a salient span masked is the question, the span its answer, and the other
+//! retrieved passages that hold the span (never the sentence's own) its positives.
 
 use rand::RngCore;
 use realm_retriever::Progress;
-use realm_retriever::eval::{QaExample, normalize_answer};
+use realm_retriever::eval::{AnswerMatcher, QaExample, normalize_answer};
 use realm_retriever::phrase::{PhraseBuildOptions, PhraseSearchOptions, PhraseTargets};
 use realm_storage::{Dtype, Passage};
 use tch::{Kind, Reduction, Tensor};
@@ -22,7 +27,8 @@ use tch::{Kind, Reduction, Tensor};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sampling::{SALT_PHRASES, batch_indices, rng};
-use crate::supervision::Supervision;
+use crate::span_pretraining::span_examples;
+use crate::supervision::{Supervised, Supervision};
 use crate::towers::PhraseTower;
 
 /// The note of phrase generations published by phrase training.
@@ -60,7 +66,8 @@ struct Encoded {
 
 impl PhraseTraining {
     /// Keeps the pairs with an answer string and supervises them against the pinned
-    /// generation; an error when none is left.
+    /// generation, then adds up to `phrase_spans` cloze examples; an error when none is
+    /// left (cloze examples alone need no pair).
     pub(crate) fn new(
         ctx: &Context,
         tower: PhraseTower,
@@ -78,7 +85,18 @@ impl PhraseTraining {
                 ),
             });
         }
-        let supervision = Supervision::new(ctx, &with_answers)?;
+        // Cloze examples alone need no question-answer pair.
+        let mut supervision = if with_answers.is_empty() && ctx.config.phrase_spans > 0 {
+            Supervision {
+                examples: Vec::new(),
+                dropped: 0,
+            }
+        } else {
+            Supervision::new(ctx, &with_answers)?
+        };
+        if ctx.config.phrase_spans > 0 {
+            supervision.examples.extend(cloze_examples(ctx)?);
+        }
         Ok(PhraseTraining {
             tower,
             dropped: given - with_answers.len() + supervision.dropped,
@@ -348,6 +366,24 @@ impl PhraseTraining {
             },
         )?)
     }
+}
+
+/// At most `phrase_spans` span examples (evenly spaced among all of them), as supervised
+/// questions whose answer is the masked span.
+fn cloze_examples(ctx: &Context) -> Result<Vec<Supervised>> {
+    let all = span_examples(ctx, ctx.config.hard_negatives)?.examples;
+    let wanted = ctx.config.phrase_spans.min(all.len());
+    let every = all.len() as f64 / wanted.max(1) as f64;
+    Ok((0..wanted)
+        .map(|i| &all[(i as f64 * every) as usize])
+        .map(|e| Supervised {
+            question: e.question.clone(),
+            answers: vec![e.answer.clone()],
+            matcher: AnswerMatcher::from_answers(&[e.answer.as_str()]),
+            positives: e.positives.iter().map(|&(id, _)| id).collect(),
+            negatives: e.negatives.iter().map(|&(id, _)| id).collect(),
+        })
+        .collect())
 }
 
 /// The two sides of a phrase.

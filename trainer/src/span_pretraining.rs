@@ -64,73 +64,89 @@ struct Masked {
     answer: String,
 }
 
-impl SpanPretraining {
-    /// Masks one salient span of every sentence of the pinned generation's passages and
-    /// retrieves each masked sentence's candidates with the frozen query tower; an error
-    /// when no sentence keeps a positive.
-    pub(crate) fn new(ctx: &Context, reader: ReaderTower) -> Result<SpanPretraining> {
-        let seed = ctx.config.seed;
-        let mut masked = Vec::new();
-        for p in ctx.search.storage().passages() {
-            let p = p?;
-            for sentence in sentences(&p.text) {
-                let spans = salient_spans(sentence);
-                if spans.is_empty() {
-                    continue;
-                }
-                let n = masked.len() as u64;
-                let pick = (rng(seed, SALT_SPANS, n).next_u64() % spans.len() as u64) as usize;
-                let (a, b) = spans[pick];
-                masked.push(Masked {
-                    source: p.id,
-                    question: format!("{}{SPAN_MASK}{}", &sentence[..a], &sentence[b..]),
-                    answer: sentence[a..b].to_owned(),
-                });
+/// Span examples of the pinned generation's passages (see [`span_examples`]).
+pub(crate) struct SpanExamples {
+    pub examples: Vec<SpanExample>,
+    /// Masked sentences without a positive.
+    pub dropped: usize,
+}
+
+/// Masks one salient span (chosen from the seed) of every sentence of the pinned
+/// generation's passages and retrieves each masked sentence's top `candidates` passages
+/// with the frozen query tower: those other than its own that contain the span are its
+/// positives, and the best-ranked others (at most `negatives_kept`) its hard negatives.
+/// Sentences without a positive are dropped; an error when none keeps one. Span
+/// pre-training reads them; phrase training mixes them with its QA pairs.
+pub(crate) fn span_examples(ctx: &Context, negatives_kept: usize) -> Result<SpanExamples> {
+    let seed = ctx.config.seed;
+    let mut masked = Vec::new();
+    for p in ctx.search.storage().passages() {
+        let p = p?;
+        for sentence in sentences(&p.text) {
+            let spans = salient_spans(sentence);
+            if spans.is_empty() {
+                continue;
             }
-        }
-        let sentences_found = masked.len();
-        let negatives_kept = ctx.config.reader_passages.saturating_sub(1);
-        let mut examples = Vec::new();
-        let mut dropped = 0;
-        for chunk in masked.chunks(INFERENCE_BATCH) {
-            let questions: Vec<&str> = chunk.iter().map(|m| m.question.as_str()).collect();
-            let queries = ctx.query.encoder.encode(&questions)?;
-            let ranked = ctx.search.top_k(&queries, ctx.config.candidates + 1)?;
-            for (m, row) in chunk.iter().zip(ranked) {
-                let matcher = AnswerMatcher::from_answers(&[m.answer.as_str()]);
-                let mut positives = Vec::new();
-                let mut negatives = Vec::new();
-                for (id, score) in row.into_iter().filter(|&(id, _)| id != m.source) {
-                    let Some(passage) = ctx.search.storage().get(id)? else {
-                        continue;
-                    };
-                    if matcher.matches(&passage.text) {
-                        positives.push((id, score));
-                    } else if negatives.len() < negatives_kept {
-                        negatives.push((id, score));
-                    }
-                }
-                if positives.is_empty() {
-                    dropped += 1;
-                    continue;
-                }
-                examples.push(SpanExample {
-                    source: m.source,
-                    question: m.question.clone(),
-                    answer: m.answer.clone(),
-                    positives,
-                    negatives,
-                });
-            }
-        }
-        if examples.is_empty() {
-            return Err(Error::NoData {
-                reason: format!(
-                    "span pre-training needs masked sentences whose span another retrieved passage contains, and none of the {sentences_found} sentences with a salient span has one among its top {} passages",
-                    ctx.config.candidates
-                ),
+            let n = masked.len() as u64;
+            let pick = (rng(seed, SALT_SPANS, n).next_u64() % spans.len() as u64) as usize;
+            let (a, b) = spans[pick];
+            masked.push(Masked {
+                source: p.id,
+                question: format!("{}{SPAN_MASK}{}", &sentence[..a], &sentence[b..]),
+                answer: sentence[a..b].to_owned(),
             });
         }
+    }
+    let sentences_found = masked.len();
+    let mut examples = Vec::new();
+    let mut dropped = 0;
+    for chunk in masked.chunks(INFERENCE_BATCH) {
+        let questions: Vec<&str> = chunk.iter().map(|m| m.question.as_str()).collect();
+        let queries = ctx.query.encoder.encode(&questions)?;
+        let ranked = ctx.search.top_k(&queries, ctx.config.candidates + 1)?;
+        for (m, row) in chunk.iter().zip(ranked) {
+            let matcher = AnswerMatcher::from_answers(&[m.answer.as_str()]);
+            let mut positives = Vec::new();
+            let mut negatives = Vec::new();
+            for (id, score) in row.into_iter().filter(|&(id, _)| id != m.source) {
+                let Some(passage) = ctx.search.storage().get(id)? else {
+                    continue;
+                };
+                if matcher.matches(&passage.text) {
+                    positives.push((id, score));
+                } else if negatives.len() < negatives_kept {
+                    negatives.push((id, score));
+                }
+            }
+            if positives.is_empty() {
+                dropped += 1;
+                continue;
+            }
+            examples.push(SpanExample {
+                source: m.source,
+                question: m.question.clone(),
+                answer: m.answer.clone(),
+                positives,
+                negatives,
+            });
+        }
+    }
+    if examples.is_empty() {
+        return Err(Error::NoData {
+            reason: format!(
+                "span examples need masked sentences whose span another retrieved passage contains, and none of the {sentences_found} sentences with a salient span has one among its top {} passages",
+                ctx.config.candidates
+            ),
+        });
+    }
+    Ok(SpanExamples { examples, dropped })
+}
+
+impl SpanPretraining {
+    /// Span examples with `reader_passages` − 1 hard negatives each ([`span_examples`]).
+    pub(crate) fn new(ctx: &Context, reader: ReaderTower) -> Result<SpanPretraining> {
+        let negatives_kept = ctx.config.reader_passages.saturating_sub(1);
+        let SpanExamples { examples, dropped } = span_examples(ctx, negatives_kept)?;
         Ok(SpanPretraining {
             reader,
             examples,

@@ -53,6 +53,10 @@ pub struct TrainerState {
     pub phrase_checkpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phrase_threshold: Option<f64>,
+    /// Phrase query-side training: the phrase generation the run trains against (pinned);
+    /// absent from other modes' states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phrase_generation: Option<u64>,
     /// When the state was last written (Unix milliseconds); absent from states written before
     /// it was recorded. Blob GC's `keep_runs` keeps the most recently saved finished runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +238,7 @@ mod tests {
             reader_checkpoint: None,
             phrase_checkpoint: None,
             phrase_threshold: None,
+            phrase_generation: None,
             saved_ms: None,
         };
         let mut json: serde_json::Value = serde_json::from_slice(&state.to_bytes()).unwrap();

@@ -1,6 +1,7 @@
-//! The [`Trainer`]: it starts or resumes a run in one of the seven modes, drives the training
+//! The [`Trainer`]: it starts or resumes a run in one of the eight modes, drives the training
 //! loop (events, evaluation, index refresh, checkpoints) and ends the run (attaching the
-//! query tower, publishing a generation or a phrase generation, storing the reader). What
+//! query tower to a generation or a phrase generation, publishing a generation or a phrase
+//! generation, storing the reader). What
 //! a step does lives in the mode's own module; what a run knows of its mode, in
 //! `mode_state.rs`.
 
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::evaluation::EvalSet;
 use crate::ict::Ict;
 use crate::mode_state::{Given, ModeState};
+use crate::phrase_query_side::PhraseQuerySide;
 use crate::phrase_training::PhraseTraining;
 use crate::qa::{Qa, exact_match};
 use crate::query_side::QuerySide;
@@ -138,9 +140,10 @@ impl Trainer {
         let db = retriever.db().clone();
         let resume = Resume::find(&db, &config)?;
         let search = match (&resume, config.mode) {
-            (Some(r), Mode::QuerySide | Mode::Qa | Mode::Spans | Mode::Phrase) => {
-                retriever.snapshot_at(r.state.generation)?
-            }
+            (
+                Some(r),
+                Mode::QuerySide | Mode::Qa | Mode::Spans | Mode::Phrase | Mode::PhraseQuery,
+            ) => retriever.snapshot_at(r.state.generation)?,
             _ => retriever.snapshot()?,
         };
         let manifest = search
@@ -182,6 +185,9 @@ impl Trainer {
                 let tower =
                     PhraseTower::start(&retriever, &config, resumed_state, given.phrase_encoder)?;
                 ModeState::Phrase(Box::new(PhraseTraining::new(&ctx, tower, train)?))
+            }
+            Mode::PhraseQuery => {
+                ModeState::PhraseQuery(Box::new(PhraseQuerySide::new(&ctx, resumed_state, train)?))
             }
         };
         if let Some(r) = &resume {
@@ -237,7 +243,8 @@ impl Trainer {
         self.mode.reader().map(|r| &r.reader)
     }
 
-    /// The phrase encoder being trained (phrase).
+    /// The phrase encoder being trained (phrase; phrase query-side, where only its question
+    /// side trains).
     pub fn phrase_encoder(&self) -> Option<&PhraseEncoder> {
         self.mode.phrase().map(|p| &p.encoder)
     }
@@ -371,6 +378,15 @@ impl Trainer {
                 });
                 done.loss
             }
+            ModeState::PhraseQuery(m) => {
+                let done = m.step(ctx, step)?;
+                after = Some(Event::PhraseQueryBatch {
+                    step,
+                    questions: done.questions,
+                    skipped: done.skipped,
+                });
+                done.loss
+            }
             ModeState::Realm(m) => {
                 let done = m.step(ctx, step)?;
                 after = Some(Event::RealmBatch {
@@ -401,7 +417,8 @@ impl Trainer {
     }
 
     /// Ends the run with a last checkpoint. A complete query-side or QA run attaches the
-    /// query tower, and a complete phrase run publishes a phrase generation, and only then
+    /// query tower, a complete phrase query-side run attaches its encoder to its phrase
+    /// generation, and a complete phrase run publishes a phrase generation, and only then
     /// marks its state finished, so a run killed in between resumes at its last step and
     /// attaches or publishes then; a complete QA or REALM run stores its reader and makes it
     /// current.
@@ -413,7 +430,9 @@ impl Trainer {
     ) -> Result<()> {
         let attach = self.mode.attach_note().filter(|_| finished);
         let publish_phrases = finished && matches!(self.mode, ModeState::Phrase(_));
-        let mut state = self.checkpoint(finished && attach.is_none() && !publish_phrases, em)?;
+        let attach_phrases = finished && matches!(self.mode, ModeState::PhraseQuery(_));
+        let marks_later = attach.is_some() || publish_phrases || attach_phrases;
+        let mut state = self.checkpoint(finished && !marks_later, em)?;
         if let Some(note) = attach {
             let (generation, version) = self.attach_query_encoder(note)?;
             report.query_encoder_version = Some(version);
@@ -442,7 +461,15 @@ impl Trainer {
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
-        if attach.is_some() || publish_phrases {
+        if attach_phrases && let ModeState::PhraseQuery(m) = &self.mode {
+            let (generation, version) = m.attach(&self.ctx, self.step)?;
+            report.query_encoder_version = Some(version);
+            em.emit(Event::PhraseQueryEncoderAttached {
+                generation,
+                version,
+            });
+        }
+        if marks_later {
             state.finished = true;
             checkpoint::put_state(&self.ctx, &mut state)?;
         }
@@ -503,8 +530,18 @@ impl Trainer {
                 utility: score.with_retrieval - score.null_only,
             });
         }
+        if let ModeState::PhraseQuery(m) = &self.mode
+            && let Some(exact) = m.exact_match(&self.eval)?
+        {
+            em.emit(Event::PhraseExactMatch {
+                step: self.step,
+                questions: exact.questions,
+                em: exact.em,
+                in_corpus_em: exact.in_corpus_em,
+            });
+        }
         // Phrase training leaves the passage query tower as it is.
-        if matches!(self.mode, ModeState::Phrase(_)) {
+        if matches!(self.mode, ModeState::Phrase(_) | ModeState::PhraseQuery(_)) {
             return Ok(None);
         }
         let Some(accuracy) = self.eval.accuracy(&self.ctx)? else {
@@ -592,6 +629,7 @@ impl Trainer {
                     Ok((id, p.encoder.config().filter_threshold))
                 })
                 .transpose()?,
+            phrase_generation: self.mode.phrase_generation(),
         };
         let mut optimizers: Vec<(&str, &AdamW)> = vec![("query", &self.ctx.query.opt)];
         optimizers.extend(self.mode.document().map(|d| ("document", &d.opt)));

@@ -78,6 +78,8 @@ pub struct PhraseIndex {
     dim: usize,
     /// Per passage: its id and the range of its tokens in `tokens`.
     passages: Vec<(PassageId, std::ops::Range<usize>)>,
+    /// The index into `passages` of each passage id.
+    by_id: HashMap<PassageId, u32>,
     tokens: Vec<PhraseToken>,
     /// The index into `passages` of each token.
     owner: Vec<u32>,
@@ -113,7 +115,6 @@ impl PhraseIndex {
         if dim == 0 {
             return Err(invalid("phrase vectors need at least one dimension".into()));
         }
-        let mut seen = HashSet::with_capacity(passages.len());
         let total: usize = passages.iter().map(|(_, rows)| rows.len()).sum();
         if u32::try_from(total).is_err() || u32::try_from(passages.len()).is_err() {
             return Err(invalid(format!(
@@ -124,6 +125,7 @@ impl PhraseIndex {
         let mut index = PhraseIndex {
             dim,
             passages: Vec::with_capacity(passages.len()),
+            by_id: HashMap::with_capacity(passages.len()),
             tokens: Vec::with_capacity(total),
             owner: Vec::with_capacity(total),
             start: Vec::with_capacity(total * dim),
@@ -134,7 +136,11 @@ impl PhraseIndex {
             end_matrix: Tensor::zeros([0, dim as i64], (Kind::Float, device)),
         };
         for (id, rows) in passages {
-            if !seen.insert(id) {
+            if index
+                .by_id
+                .insert(id, index.passages.len() as u32)
+                .is_some()
+            {
                 return Err(invalid(format!("passage {id} is given twice")));
             }
             if !rows.is_empty() && rows.dim() != dim {
@@ -202,6 +208,23 @@ impl PhraseIndex {
     /// How many stored tokens may end a phrase.
     pub fn end_count(&self) -> usize {
         self.end_rows.len()
+    }
+
+    /// The start vector of a hit's first token and the end vector of its last, as stored;
+    /// `None` when the hit is not a phrase of this index (another passage, or positions
+    /// it does not store). Query-side training scores retrieved phrases with them.
+    pub fn phrase_vectors(&self, hit: &PhraseHit) -> Option<(&[f32], &[f32])> {
+        let owner = *self.by_id.get(&hit.passage)? as usize;
+        let range = self.passages[owner].1.clone();
+        let tokens = &self.tokens[range.clone()];
+        let find = |position: u32| {
+            tokens
+                .binary_search_by_key(&position, |t| t.position)
+                .ok()
+                .map(|i| range.start + i)
+        };
+        let (i, j) = (find(hit.start_position)?, find(hit.end_position)?);
+        Some((self.vector(&self.start, i), self.vector(&self.end, j)))
     }
 
     /// The `opts.k` best phrases for `query` by DensePhrases' two-sided search: the

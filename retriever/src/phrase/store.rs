@@ -55,12 +55,15 @@ impl std::fmt::Debug for PhraseBuildOptions<'_> {
 }
 
 /// A pinned phrase generation held for search: its rows loaded into a [`PhraseIndex`] on
-/// the retriever's device, and the phrase encoder that built it (for the questions).
+/// the retriever's device, the phrase encoder that built it, and the one that encodes the
+/// questions: the newest query-encoder version attached to the generation (phrase
+/// query-side training), else the same encoder.
 #[derive(Debug)]
 pub struct PhraseSearcher {
     snapshot: PhraseSnapshot,
     index: PhraseIndex,
     encoder: Arc<PhraseEncoder>,
+    query_encoder: Arc<PhraseEncoder>,
 }
 
 impl PhraseSearcher {
@@ -79,14 +82,26 @@ impl PhraseSearcher {
         &self.index
     }
 
-    /// The phrase encoder of the generation.
+    /// The phrase encoder of the generation (its passages' encoder).
     pub fn encoder(&self) -> &PhraseEncoder {
         &self.encoder
     }
 
+    /// The encoder of the questions: the newest attached query-encoder version's, else
+    /// [`PhraseSearcher::encoder`].
+    pub fn query_encoder(&self) -> &PhraseEncoder {
+        &self.query_encoder
+    }
+
+    /// The query-encoder version the questions are encoded with; `None` for the
+    /// generation's own encoder.
+    pub fn query_encoder_version(&self) -> Option<u32> {
+        self.snapshot.manifest().query_encoder().map(|q| q.version)
+    }
+
     /// The best phrases for a question (two-sided search, see [`PhraseIndex::search`]).
     pub fn search(&self, question: &str, opts: &PhraseSearchOptions) -> Result<Vec<PhraseHit>> {
-        let query = self.encoder.encode_queries(&[question])?.remove(0);
+        let query = self.query_encoder.encode_queries(&[question])?.remove(0);
         self.index.search(&query, opts)
     }
 
@@ -97,7 +112,7 @@ impl PhraseSearcher {
         questions: &[&str],
         opts: &PhraseSearchOptions,
     ) -> Result<Vec<Vec<PhraseHit>>> {
-        let queries = self.encoder.encode_queries(questions)?;
+        let queries = self.query_encoder.encode_queries(questions)?;
         self.index.search_batch(&queries, opts)
     }
 
@@ -379,6 +394,10 @@ impl Retriever {
     fn searcher_of(&self, snapshot: PhraseSnapshot) -> Result<PhraseSearcher> {
         let spec = &snapshot.manifest().spec;
         let encoder = self.phrase_encoder(&spec.encoder_checkpoint_id, spec.filter_threshold)?;
+        let query_encoder = match snapshot.manifest().query_encoder() {
+            Some(version) => self.phrase_encoder(&version.checkpoint_id, spec.filter_threshold)?,
+            None => encoder.clone(),
+        };
         let index = PhraseIndex::build(
             spec.dim as usize,
             snapshot.all_rows()?,
@@ -388,6 +407,7 @@ impl Retriever {
             snapshot,
             index,
             encoder,
+            query_encoder,
         })
     }
 }

@@ -53,6 +53,9 @@ const FORMAT_VERSION_2: u32 = 2;
 /// The format before phrase generations: the same records without the phrase column families,
 /// which a writer's open creates.
 const FORMAT_VERSION_3: u32 = 3;
+/// The format before query-encoder versions on phrase generations: phrase manifests without
+/// `query_encoders`, which every read still decodes (as an empty list).
+const FORMAT_VERSION_4: u32 = 4;
 
 /// Tunables of an open database.
 #[derive(Clone, Debug)]
@@ -267,8 +270,11 @@ impl Db {
                 // Version 1 lacks only the lexical index: a writer builds it below, and a
                 // follower reads everything else and reports lexical search as unavailable.
                 // Versions 2 and 3 lack only column families, which a follower reads as empty.
+                // Version 4's phrase manifests lack only query-encoder versions, and every
+                // read decodes that layout too.
                 let known = [
                     FORMAT_VERSION,
+                    FORMAT_VERSION_4,
                     FORMAT_VERSION_3,
                     FORMAT_VERSION_2,
                     FORMAT_VERSION_1,
@@ -283,7 +289,7 @@ impl Db {
             }
         }
         if !db.is_follower() {
-            db.upgrade_column_families()?;
+            db.upgrade_format()?;
             db.discard_unfinished_generations()?;
             db.discard_unfinished_phrase_generations()?;
             db.discard_unfinished_indexes()?;
@@ -323,11 +329,13 @@ impl Db {
     }
 
     /// Versions 2 and 3 lack only column families (the IVF ones, the phrase ones), which
-    /// opening as the writer created: recording the current version completes the upgrade.
-    fn upgrade_column_families(&self) -> Result<()> {
+    /// opening as the writer created, and version 4 lacks only query-encoder versions in
+    /// phrase manifests, whose old layout stays readable (a manifest is rewritten in the new
+    /// one when it changes): recording the current version completes the upgrade.
+    fn upgrade_format(&self) -> Result<()> {
         let rocks = self.rocks();
         let found = read_meta_u64(&*rocks, META_FORMAT)?;
-        let upgradable = [FORMAT_VERSION_2, FORMAT_VERSION_3].map(u64::from);
+        let upgradable = [FORMAT_VERSION_2, FORMAT_VERSION_3, FORMAT_VERSION_4].map(u64::from);
         if found.is_some_and(|v| upgradable.contains(&v)) {
             let mut batch = rocks.batch();
             batch.put(Cf::Meta, META_FORMAT, &u64_key(u64::from(FORMAT_VERSION)));

@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 
 use super::{Db, GcReport, META_CURRENT_PHRASE, PinHolders, read_meta_u64};
-use crate::codec::{decode, u64_key};
+use crate::codec::{encode, u64_key};
 use crate::error::{Error, Result};
-use crate::phrase_generation::{self, PhraseGenerationWriter, delete_phrase_generation_data};
+use crate::phrase_generation::{
+    self, PhraseGenerationWriter, decode_phrase_manifest, delete_phrase_generation_data,
+};
 use crate::phrase_rows::PhraseRows;
 use crate::phrase_snapshot::PhraseSnapshot;
 use crate::rocks::{Batch, Cf, Reader};
 use crate::{
     GenerationId, GenerationState, PassageId, PhraseGenerationInfo, PhraseGenerationSpec,
-    PhraseManifest,
+    PhraseManifest, QueryEncoderVersion, now_ms,
 };
 
 impl Db {
@@ -59,6 +61,53 @@ impl Db {
         let mut wb = rocks.batch();
         phrase_generation::stage_phrase_rows(&*rocks, &mut wb, manifest, rows)?;
         rocks.write(wb, self.options().sync_all_writes)
+    }
+
+    /// Attaches a query-encoder version to the current phrase generation `generation` (phrase
+    /// query-side training: only the question encoder changes, the stored phrase vectors
+    /// stay) and returns its version number, 1 for the first. `checkpoint_id` names the blob
+    /// `phrase-encoder/<id>`, which the caller stores; it must not be blank
+    /// ([`Error::InvalidSpec`]). A phrase generation that is building or retired refuses it
+    /// ([`Error::NotWritable`]); an id that names no phrase generation is
+    /// [`Error::UnknownGeneration`]. One fsynced write.
+    pub fn attach_phrase_query_encoder(
+        &self,
+        generation: GenerationId,
+        checkpoint_id: &str,
+        note: &str,
+    ) -> Result<u32> {
+        self.check_writable()?;
+        let _guard = self.inner.write_lock.lock();
+        let rocks = self.rocks();
+        let mut manifest = read_phrase_manifest(&*rocks, generation)?;
+        if manifest.state != GenerationState::Committed {
+            return Err(Error::NotWritable {
+                generation,
+                state: manifest.state,
+            });
+        }
+        if checkpoint_id.trim().is_empty() {
+            return Err(Error::InvalidSpec {
+                reason: format!(
+                    "the query encoder's checkpoint id for phrase generation {generation} is empty"
+                ),
+            });
+        }
+        let version = manifest.query_encoders.last().map_or(1, |q| q.version + 1);
+        manifest.query_encoders.push(QueryEncoderVersion {
+            version,
+            checkpoint_id: checkpoint_id.to_string(),
+            attached_ms: now_ms(),
+            note: note.to_string(),
+        });
+        let mut wb = rocks.batch();
+        wb.put(
+            Cf::PhraseGenerations,
+            &u64_key(generation),
+            &encode(&manifest),
+        );
+        rocks.write(wb, true)?;
+        Ok(version)
     }
 
     /// The current phrase generation's id, if one was ever committed.
@@ -176,7 +225,7 @@ pub(crate) fn read_phrase_current(r: &dyn Reader) -> Result<Option<GenerationId>
 
 pub(crate) fn read_phrase_manifest(r: &dyn Reader, id: GenerationId) -> Result<PhraseManifest> {
     match r.get(Cf::PhraseGenerations, &u64_key(id))? {
-        Some(bytes) => decode(&bytes, &|| {
+        Some(bytes) => decode_phrase_manifest(&bytes, &|| {
             format!("the manifest of phrase generation {id}")
         }),
         None => Err(Error::UnknownGeneration(id)),
@@ -188,7 +237,7 @@ pub(crate) fn read_phrase_manifests(r: &dyn Reader) -> Result<Vec<PhraseManifest
     r.scan(Cf::PhraseGenerations, &[], &[])
         .map(|entry| {
             let (key, value) = entry?;
-            decode(&value, &|| {
+            decode_phrase_manifest(&value, &|| {
                 format!("the phrase manifest stored under key {:?}", key.as_ref())
             })
         })
@@ -222,6 +271,45 @@ impl Db {
             rocks.write(wb, true)?;
         }
         crate::rocks::drop_column_families(path, &[Cf::PhraseGenerations, Cf::PhraseRows])
+    }
+
+    /// Test hook, not part of the API: rewrites phrase generation `generation`'s manifest
+    /// in the layout of format version 4 (without query-encoder versions, which it drops),
+    /// as a version-4 build would have stored it.
+    #[doc(hidden)]
+    pub fn testing_put_legacy_phrase_manifest(&self, generation: GenerationId) -> Result<()> {
+        let _guard = self.inner.write_lock.lock();
+        let rocks = self.rocks();
+        let manifest = read_phrase_manifest(&*rocks, generation)?;
+        let mut wb = rocks.batch();
+        wb.put(
+            Cf::PhraseGenerations,
+            &u64_key(generation),
+            &phrase_generation::encode_legacy_phrase_manifest(&manifest),
+        );
+        rocks.write(wb, true)
+    }
+
+    /// Test hook, not part of the API: replaces the query-encoder versions of phrase
+    /// generation `generation`'s manifest with `versions`, behind every check, as damage or
+    /// a bug would.
+    #[doc(hidden)]
+    pub fn testing_set_phrase_query_encoders(
+        &self,
+        generation: GenerationId,
+        versions: Vec<QueryEncoderVersion>,
+    ) -> Result<()> {
+        let _guard = self.inner.write_lock.lock();
+        let rocks = self.rocks();
+        let mut manifest = read_phrase_manifest(&*rocks, generation)?;
+        manifest.query_encoders = versions;
+        let mut wb = rocks.batch();
+        wb.put(
+            Cf::PhraseGenerations,
+            &u64_key(generation),
+            &encode(&manifest),
+        );
+        rocks.write(wb, true)
     }
 
     /// Test hook, not part of the API: stores `bytes` as the row record of `passage` in

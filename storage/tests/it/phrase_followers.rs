@@ -63,10 +63,13 @@ fn a_version_3_database_reads_on_followers_and_upgrades_on_a_writers_open() {
         Err(Error::UnknownGeneration(1))
     ));
     assert_clean(&follower);
-    // The writer's open creates the column families and records version 4; the follower,
-    // open all along, follows.
+    // The writer's open creates the column families and records the current version (5);
+    // the follower, open all along, follows.
     let db = Db::open(&path).unwrap();
-    assert_eq!(db.stats().unwrap().format_version, 4);
+    assert_eq!(
+        db.stats().unwrap().format_version,
+        realm_storage::FORMAT_VERSION
+    );
     let g = build(&db, Dtype::F32, 1);
     let snap = follower.phrase_snapshot().unwrap();
     assert_eq!(snap.generation(), g);

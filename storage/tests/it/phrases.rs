@@ -1,5 +1,6 @@
 //! Phrase generations through the public API: coverage at commit, pending passages and
-//! incremental rows, refused writes, MVCC and time travel, GC, reopening and crash recovery.
+//! incremental rows, refused writes, MVCC and time travel, GC, reopening and crash recovery,
+//! query-encoder versions and the upgrade from format version 4.
 //! Followers are in `phrase_followers.rs`, planted damage in `phrase_corruption.rs`; the
 //! helpers here serve them too.
 //!
@@ -9,7 +10,7 @@
 use realm_storage::phrase_rows::{PhraseRows, PhraseToken};
 use realm_storage::{
     Db, Dtype, Error, GenerationId, GenerationSpec, GenerationState, NewPassage, PassageId,
-    PhraseGenerationSpec,
+    PhraseGenerationSpec, PhraseManifest, QueryEncoderVersion,
 };
 use realm_testing::{facts, temp_db};
 
@@ -628,4 +629,234 @@ fn a_phrase_generation_left_building_by_a_dead_process_is_removed_on_open() {
     assert_eq!(report.phrase_records, 3, "the leftover's rows are gone");
     let next = build(&db, Dtype::F32, 2);
     assert!(next > leftover, "ids are never reused");
+}
+
+#[test]
+fn query_encoder_versions_attach_to_the_current_phrase_generation_and_survive_reopen() {
+    let (dir, db) = temp_db();
+    db.insert(&facts(3)).unwrap();
+    let g = build(&db, Dtype::F32, 1);
+    let before = db.phrase_generation(g).unwrap();
+    assert!(before.query_encoders.is_empty());
+    assert_eq!(before.query_encoder(), None);
+    let snap = db.phrase_snapshot().unwrap();
+    assert_eq!(
+        db.attach_phrase_query_encoder(g, "q-one", "first").unwrap(),
+        1
+    );
+    assert_eq!(
+        db.attach_phrase_query_encoder(g, "q-two", "second")
+            .unwrap(),
+        2
+    );
+    let m = db.phrase_generation(g).unwrap();
+    let listed: Vec<(u32, &str, &str)> = m
+        .query_encoders
+        .iter()
+        .map(|q| (q.version, q.checkpoint_id.as_str(), q.note.as_str()))
+        .collect();
+    assert_eq!(listed, vec![(1, "q-one", "first"), (2, "q-two", "second")]);
+    assert!(m.query_encoders[0].attached_ms <= m.query_encoders[1].attached_ms);
+    assert!(m.query_encoders[0].attached_ms >= before.created_ms);
+    assert_eq!(m.query_encoder(), Some(&m.query_encoders[1]));
+    // Only the list changed: the generation, its counts and its rows stay.
+    assert_eq!(
+        PhraseManifest {
+            query_encoders: Vec::new(),
+            ..m.clone()
+        },
+        before
+    );
+    assert_eq!(db.current_phrase_generation().unwrap(), Some(g));
+    assert_eq!(snap.all_rows().unwrap(), rows_of(&db, &ids(&db), 1));
+    assert_eq!(
+        db.phrase_snapshot().unwrap().all_rows().unwrap(),
+        snap.all_rows().unwrap()
+    );
+    drop(snap);
+    // A follower sees the versions.
+    let follower = Db::open_read_only(dir.path()).unwrap();
+    assert_eq!(follower.phrase_generation(g).unwrap(), m);
+    drop(follower);
+    assert_clean(&db);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.phrase_generation(g).unwrap(), m);
+    assert_eq!(
+        db.phrase_generations().unwrap()[0]
+            .manifest
+            .query_encoder()
+            .unwrap()
+            .checkpoint_id,
+        "q-two"
+    );
+    assert_eq!(db.attach_phrase_query_encoder(g, "q-three", "").unwrap(), 3);
+    assert_clean(&db);
+    // A new phrase generation starts without query-encoder versions.
+    let g2 = build(&db, Dtype::F32, 2);
+    assert!(db.phrase_generation(g2).unwrap().query_encoders.is_empty());
+    assert_eq!(db.phrase_generation(g).unwrap().query_encoders.len(), 3);
+    assert_eq!(db.attach_phrase_query_encoder(g2, "q-new", "").unwrap(), 1);
+    assert_clean(&db);
+}
+
+#[test]
+fn attaching_a_phrase_query_encoder_is_refused_where_it_cannot_apply() {
+    let (dir, db) = temp_db();
+    db.insert(&facts(3)).unwrap();
+    let old = build(&db, Dtype::F32, 1);
+    let current = build(&db, Dtype::F32, 2);
+    let w = db.begin_phrase_generation(spec(Dtype::F32)).unwrap();
+    let building = w.id();
+    let manifests = db.phrase_generations().unwrap();
+    assert!(matches!(
+        db.attach_phrase_query_encoder(old, "q", ""),
+        Err(Error::NotWritable { generation, state: GenerationState::Retired }) if generation == old
+    ));
+    assert!(matches!(
+        db.attach_phrase_query_encoder(building, "q", ""),
+        Err(Error::NotWritable { generation, state: GenerationState::Building }) if generation == building
+    ));
+    assert!(matches!(
+        db.attach_phrase_query_encoder(99, "q", ""),
+        Err(Error::UnknownGeneration(99))
+    ));
+    // A passage generation's id names no phrase generation.
+    let mut pw = db
+        .begin_generation(GenerationSpec::new("enc", 2, Dtype::F32))
+        .unwrap();
+    let all = ids(&db);
+    let values: Vec<f32> = all.iter().flat_map(|_| [1.0, 0.0]).collect();
+    pw.write(&all, &values).unwrap();
+    let passage_generation = pw.commit().unwrap();
+    drop(pw);
+    assert!(matches!(
+        db.attach_phrase_query_encoder(passage_generation, "q", ""),
+        Err(Error::UnknownGeneration(id)) if id == passage_generation
+    ));
+    for blank in ["", "  ", "\t\n"] {
+        assert!(matches!(
+            db.attach_phrase_query_encoder(current, blank, "note"),
+            Err(Error::InvalidSpec { reason }) if reason.contains("checkpoint id")
+        ));
+    }
+    let follower = Db::open_read_only(dir.path()).unwrap();
+    assert!(matches!(
+        follower.attach_phrase_query_encoder(current, "q", ""),
+        Err(Error::ReadOnly { .. })
+    ));
+    // Nothing was written.
+    assert_eq!(db.phrase_generations().unwrap(), manifests);
+    assert_eq!(
+        follower.phrase_generation(current).unwrap().query_encoders,
+        vec![]
+    );
+    drop(w);
+    assert_clean(&db);
+}
+
+#[test]
+fn verify_reports_query_encoder_versions_out_of_order_or_without_a_checkpoint() {
+    let (_dir, db) = temp_db();
+    db.insert(&facts(2)).unwrap();
+    let g = build(&db, Dtype::F32, 1);
+    let version = |version: u32, checkpoint_id: &str| QueryEncoderVersion {
+        version,
+        checkpoint_id: checkpoint_id.into(),
+        attached_ms: 1,
+        note: String::new(),
+    };
+    db.testing_set_phrase_query_encoders(g, vec![version(1, "a"), version(2, "b")])
+        .unwrap();
+    assert_clean(&db);
+    for (versions, needle) in [
+        (vec![version(1, "a"), version(3, "b")], "[1, 3]"),
+        (vec![version(0, "a")], "[0]"),
+        (vec![version(2, "a"), version(1, "b")], "[2, 1]"),
+        (vec![version(1, "a"), version(1, "b")], "[1, 1]"),
+        (
+            vec![version(1, "a"), version(2, " ")],
+            "empty checkpoint id",
+        ),
+    ] {
+        db.testing_set_phrase_query_encoders(g, versions.clone())
+            .unwrap();
+        let problems = db.verify().unwrap().problems;
+        assert_eq!(problems.len(), 1, "{versions:?}: {problems:?}");
+        assert!(
+            problems[0].contains(needle) && problems[0].contains(&format!("phrase generation {g}")),
+            "{versions:?}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn a_version_4_database_reads_legacy_phrase_manifests_and_upgrades_on_a_writers_open() {
+    assert_eq!(realm_storage::FORMAT_VERSION, 5);
+    let (dir, db) = temp_db();
+    db.insert(&facts(3)).unwrap();
+    let old = build(&db, Dtype::F32, 1);
+    let current = build(&db, Dtype::F16, 2);
+    let manifests = db.phrase_generations().unwrap();
+    // What a version-4 build left: manifests without query-encoder versions.
+    db.testing_put_legacy_phrase_manifest(old).unwrap();
+    db.testing_put_legacy_phrase_manifest(current).unwrap();
+    db.testing_set_format_version(4).unwrap();
+    drop(db);
+
+    // A follower reads it as it is.
+    let follower = Db::open_read_only(dir.path()).unwrap();
+    assert_eq!(follower.stats().unwrap().format_version, 4);
+    assert_eq!(follower.phrase_generations().unwrap(), manifests);
+    let m = follower.phrase_generation(current).unwrap();
+    assert!(m.query_encoders.is_empty());
+    assert_eq!(m.query_encoder(), None);
+    assert_eq!(follower.phrase_snapshot().unwrap().generation(), current);
+    assert_eq!(
+        follower.phrase_snapshot().unwrap().manifest(),
+        &manifests[1].manifest
+    );
+    assert_clean(&follower);
+
+    // The writer's open records version 5; the manifests stay in the old layout until they
+    // change, and read the same.
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(
+        db.stats().unwrap().format_version,
+        realm_storage::FORMAT_VERSION
+    );
+    follower.catch_up().unwrap();
+    assert_eq!(follower.stats().unwrap().format_version, 5);
+    assert_eq!(db.phrase_generations().unwrap(), manifests);
+    assert_clean(&db);
+    assert_eq!(
+        db.attach_phrase_query_encoder(current, "q-one", "tuned")
+            .unwrap(),
+        1
+    );
+    let m = db.phrase_generation(current).unwrap();
+    assert_eq!(m.query_encoder().unwrap().checkpoint_id, "q-one");
+    assert_eq!(
+        PhraseManifest {
+            query_encoders: Vec::new(),
+            ..m.clone()
+        },
+        manifests[1].manifest
+    );
+    follower.catch_up().unwrap();
+    assert_eq!(follower.phrase_generation(current).unwrap(), m);
+    // The retired one, still in the old layout, reads on, is pinned and collected as before.
+    assert_eq!(db.phrase_generation(old).unwrap(), manifests[0].manifest);
+    assert_eq!(
+        db.phrase_snapshot_at(old).unwrap().all_rows().unwrap(),
+        rows_of(&db, &ids(&db), 1)
+    );
+    assert_clean(&db);
+    assert_clean(&follower);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.stats().unwrap().format_version, 5);
+    assert_eq!(db.phrase_generation(current).unwrap(), m);
+    assert_eq!(db.gc(0).unwrap().phrase_collected, vec![old]);
+    assert_clean(&db);
 }

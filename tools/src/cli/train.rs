@@ -30,6 +30,11 @@ pub enum TrainModeArg {
     /// train the start, end and filter heads (in-batch and pre-batch negatives); publishes a
     /// phrase generation built with the trained encoder.
     Phrase,
+    /// DensePhrases' query-side fine-tuning: the current phrase generation stays frozen and
+    /// only the question side of its phrase encoder trains, on the answer phrases among each
+    /// question's top --candidates retrieved phrases; attaches a query-encoder version to
+    /// the phrase generation.
+    PhraseQuery,
 }
 
 #[derive(Debug, Args)]
@@ -61,7 +66,8 @@ pub struct TrainArgs {
     /// Seed of every random choice (a CPU run is reproducible).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Passages retrieved per question for distant supervision and re-scoring.
+    /// Passages retrieved per question for distant supervision and re-scoring
+    /// (phrase-query: phrases retrieved per question).
     #[arg(long, default_value_t = 20)]
     pub candidates: usize,
     /// Query-side and phrase: hard negatives per question.
@@ -93,6 +99,11 @@ pub struct TrainArgs {
     /// trained reader answers the same way).
     #[arg(long, value_enum, default_value_t = SpanNormalizationArg::Joint)]
     pub span_normalization: SpanNormalizationArg,
+    /// Phrase: mix at most N self-supervised cloze examples with the QA pairs (a corpus
+    /// sentence with a salient span masked; the span, found in another retrieved passage,
+    /// is the answer phrase).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub phrase_spans: usize,
     /// Realm: the fraction of articles (by title) whose sentences are held out of training
     /// and scored at each evaluation (held-out retrieval utility).
     #[arg(long, default_value_t = 0.0)]

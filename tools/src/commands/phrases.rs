@@ -79,6 +79,10 @@ struct GenerationJson<'a> {
     current: bool,
     pins: usize,
     encoder: &'a str,
+    /// The newest query-encoder version (phrase query-side training) and its checkpoint;
+    /// `null` when questions are encoded by `encoder`.
+    query_encoder_version: Option<u32>,
+    query_encoder: Option<&'a str>,
     dim: u32,
     passages_written: u64,
     tokens_written: u64,
@@ -213,6 +217,8 @@ fn list(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
                     current: info.current,
                     pins: info.pins,
                     encoder: &m.spec.encoder_checkpoint_id,
+                    query_encoder_version: m.query_encoder().map(|q| q.version),
+                    query_encoder: m.query_encoder().map(|q| q.checkpoint_id.as_str()),
                     dim: m.spec.dim,
                     passages_written: m.passages_written,
                     tokens_written: m.tokens_written,
@@ -238,6 +244,7 @@ fn list(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         ("tokens", Align::Right),
         ("dim", Align::Right),
         ("encoder", Align::Left),
+        ("query encoder", Align::Left),
         ("created", Align::Left),
     ]);
     for info in &generations {
@@ -254,6 +261,10 @@ fn list(args: &PhrasesArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
             m.tokens_written.to_string(),
             m.spec.dim.to_string(),
             short_hash(&m.spec.encoder_checkpoint_id),
+            m.query_encoder().map_or_else(
+                || "(its encoder)".to_owned(),
+                |q| format!("v{} {}", q.version, short_hash(&q.checkpoint_id)),
+            ),
             rfc3339(m.created_ms),
         ]);
     }

@@ -28,6 +28,7 @@ impl From<TrainModeArg> for Mode {
             TrainModeArg::Spans => Mode::Spans,
             TrainModeArg::Realm => Mode::Realm,
             TrainModeArg::Phrase => Mode::Phrase,
+            TrainModeArg::PhraseQuery => Mode::PhraseQuery,
         }
     }
 }
@@ -68,6 +69,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         reader_model: args.reader_model.clone(),
         held_out: args.held_out,
         span_normalization: args.span_normalization.into(),
+        phrase_spans: args.phrase_spans,
     };
     let mut trainer = Trainer::new(retriever, config, train, eval)?;
 
@@ -144,6 +146,10 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     let what = match (report.query_encoder_version, report.phrase_generation) {
+        (Some(v), _) if mode == Mode::PhraseQuery => format!(
+            "generation {} and a phrase generation with query-encoder version {v}",
+            report.generation
+        ),
         (Some(v), _) => format!(
             "generation {} with query-encoder version {v}",
             report.generation
@@ -189,6 +195,12 @@ fn record(event: &Event, curves: &mut TrainingCurves) {
             top20,
             ..
         } => curves.accuracy.push((*step, *top1, *top5, *top20)),
+        Event::PhraseExactMatch {
+            step,
+            em,
+            in_corpus_em,
+            ..
+        } => curves.exact_match.push((*step, *em, *in_corpus_em)),
         Event::Published { weights_step, .. } => curves.refreshes.push(*weights_step),
         _ => {}
     }
@@ -288,6 +300,30 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
             ));
             return Ok(());
         }
+        Event::PhraseQueryBatch {
+            step,
+            questions,
+            skipped,
+        } if *skipped > 0 => {
+            bar.set_message(format!(
+                "step {step}: {skipped} of {questions} questions retrieved no answer phrase"
+            ));
+            return Ok(());
+        }
+        Event::PhraseExactMatch {
+            step,
+            questions,
+            em,
+            in_corpus_em,
+        } => format!(
+            "step {step}: phrase exact match on {questions} questions: {:.1}%{}",
+            100.0 * em,
+            in_corpus_em.map_or_else(String::new, |ic| format!(" ({:.1}% in corpus)", 100.0 * ic))
+        ),
+        Event::PhraseQueryEncoderAttached {
+            generation,
+            version,
+        } => format!("Attached query-encoder version {version} to phrase generation {generation}."),
         Event::PhrasesPublished {
             generation,
             seconds,

@@ -212,6 +212,53 @@ fn phrase_training_publishes_a_phrase_generation_that_can_be_rebuilt_with_its_fi
     );
     let all = listed[0]["tokens_written"].as_u64().unwrap();
 
+    // Query-side fine-tuning over the frozen phrase generation attaches a query encoder.
+    let plot = f.path("phrase-query.svg");
+    let out = f.run(&[
+        "train",
+        db,
+        "--mode",
+        "phrase-query",
+        "--qa",
+        qa.to_str().unwrap(),
+        "--eval",
+        qa.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--candidates",
+        "50",
+        "--lr",
+        "1e-4",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(out.contains("phrase exact match on 4 questions"), "{out}");
+    assert!(
+        out.contains("Attached query-encoder version 1 to phrase generation 2."),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(&plot)
+            .unwrap()
+            .contains("phrase EM")
+    );
+    let listed = json_lines(&f.run(&["phrases", db, "--json"]));
+    let current = listed.iter().find(|g| g["current"] == true).unwrap();
+    assert_eq!(current["generation"], 2);
+    assert_eq!(current["query_encoder_version"], 1);
+    assert_ne!(current["query_encoder"], current["encoder"]);
+    assert!(f.run(&["phrases", db]).contains("v1 "));
+    let asked = json_lines(&f.run(&[
+        "ask",
+        db,
+        "what is the capital of norway",
+        "--phrases",
+        "--json",
+    ]));
+    assert_eq!(asked[0]["phrase_generation"], 2);
+
     // The trained encoder rebuilds with its filter: a high threshold keeps fewer tokens.
     let rebuilt = json_lines(&f.run(&[
         "phrases",
@@ -229,6 +276,7 @@ fn phrase_training_publishes_a_phrase_generation_that_can_be_rebuilt_with_its_fi
     let current = listed.iter().find(|g| g["current"] == true).unwrap();
     assert_eq!(current["generation"], 3);
     assert_eq!(current["filter_threshold"], 0.5);
+    assert_eq!(current["query_encoder_version"], serde_json::Value::Null);
     let asked = json_lines(&f.run(&[
         "ask",
         db,

@@ -65,6 +65,7 @@ fn put_state(db: &Db, run: &Run<'_>) {
         reader_checkpoint: run.reader.map(str::to_owned),
         phrase_checkpoint: None,
         phrase_threshold: None,
+        phrase_generation: None,
         saved_ms: run.saved_ms,
     };
     db.put_blob(&format!("trainer/{}/state", run.name), &state.to_bytes())

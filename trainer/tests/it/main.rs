@@ -12,6 +12,7 @@ mod blob_gc_policy;
 mod dual;
 mod ict;
 mod phrase;
+mod phrase_query;
 mod qa;
 mod query_side;
 mod realm;
