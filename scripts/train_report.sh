@@ -19,7 +19,9 @@
 #          questions (resumable like the reader's), which publishes a phrase generation; phrase
 #          EM, F1 and passage top-1/5/20 on the dev split; then the same generation rebuilt
 #          keeping only the tokens the trained filter passes (PHRASE_FILTER, default 0.06), and
-#          the same figures again
+#          the same figures again; then query-side fine-tuning over that frozen generation
+#          (train --mode phrase-query) and its figures; then the phrase training again with
+#          self-supervised cloze examples mixed in (--phrase-spans), to show what they add
 # Writes splits, databases, JSON lines and plots under .deps/train-report/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -151,4 +153,19 @@ if [ "$what" = all ] || [ "$what" = phrase ]; then
   fi
   /usr/bin/time -f "eval --phrases (filtered) wall time: %e s" \
     "$bin" eval "$out/phrase-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
+  echo "== phrase query-side fine-tuning (DensePhrases §5) over the frozen filtered generation"
+  stage "$out/phrase-db" "$out/phrase-query-db" --mode phrase-query --qa "$out/train.jsonl" \
+    --eval "$out/dev.jsonl" --steps "${PHRASE_QUERY_STEPS:-600}" --batch 16 \
+    --lr "${PHRASE_QUERY_LR:-3e-5}" --candidates 100 --eval-every 100 --checkpoint-every 100 \
+    --seed 0 --run phrase-query --plot "$out/phrase-query-curve.png"
+  "$bin" phrases "$out/phrase-query-db"
+  /usr/bin/time -f "eval --phrases (query-side) wall time: %e s" \
+    "$bin" eval "$out/phrase-query-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
+  echo "== the phrase recipe again with cloze examples mixed in (the ablation of --phrase-spans)"
+  stage .deps/main-db "$out/phrase-spans-db" --mode phrase --qa "$out/train.jsonl" \
+    --steps "${PHRASE_STEPS:-600}" --batch 8 --lr "${PHRASE_LR:-5e-5}" --candidates 20 \
+    --hard-negatives 1 --prebatch 1 --checkpoint-every 100 --seed 0 --run phrase \
+    --phrase-spans "${PHRASE_SPANS:-1755}" --plot "$out/phrase-spans-curve.png"
+  /usr/bin/time -f "eval --phrases (cloze examples) wall time: %e s" \
+    "$bin" eval "$out/phrase-spans-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
 fi

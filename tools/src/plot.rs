@@ -271,7 +271,11 @@ fn draw_training<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("training step")
-        .y_desc("dev accuracy (%)")
+        .y_desc(if curves.accuracy.is_empty() {
+            "dev exact match (%)"
+        } else {
+            "dev accuracy (%)"
+        })
         .axis_desc_style((FAMILY, 18))
         .label_style((FAMILY, 15))
         .x_label_formatter(&|x| format!("{}", x.round()))
@@ -636,6 +640,7 @@ mod tests {
         plot_training(&svg, "phrase query-side", &phrase).unwrap();
         let drawn = std::fs::read_to_string(&svg).unwrap();
         assert!(drawn.contains("phrase EM, in corpus") && !drawn.contains("top-20"));
+        assert!(drawn.contains("dev exact match"));
         let err = plot_training(&png, "t", &TrainingCurves::default()).unwrap_err();
         assert!(err.to_string().contains("nothing to plot"), "{err}");
     }

@@ -2,7 +2,7 @@
 //! ([`crate::Event::Eval`]): top-1, top-5 and top-20 accuracy of the current query tower
 //! over the generation in use, through the same top-k as the query path.
 
-use realm_retriever::eval::{AnswerMatcher, QaExample, TopKAccuracy, first_hit};
+use realm_retriever::eval::{AnswerMatcher, QaExample, TopKAccuracy, first_hit, normalize_answer};
 
 use crate::context::{Context, INFERENCE_BATCH};
 use crate::error::Result;
@@ -14,6 +14,46 @@ pub(crate) struct Accuracy {
     pub top1: f64,
     pub top5: f64,
     pub top20: f64,
+}
+
+/// Exact match on held-out questions (the reader's, or phrase answers').
+pub(crate) struct ExactMatch {
+    pub questions: usize,
+    pub em: f64,
+    /// On the `in_corpus` questions, when some are marked.
+    pub in_corpus_em: Option<f64>,
+}
+
+/// Counts exact matches, overall and on the questions marked in the corpus.
+#[derive(Default)]
+pub(crate) struct ExactMatchTally {
+    questions: usize,
+    correct: usize,
+    in_corpus: usize,
+    in_corpus_correct: usize,
+}
+
+impl ExactMatchTally {
+    /// Counts one question's answer: whether it matched, and whether the question is marked
+    /// in the corpus.
+    pub(crate) fn add(&mut self, hit: bool, in_corpus: Option<bool>) {
+        self.questions += 1;
+        self.correct += usize::from(hit);
+        if in_corpus == Some(true) {
+            self.in_corpus += 1;
+            self.in_corpus_correct += usize::from(hit);
+        }
+    }
+
+    /// The fractions; `None` without questions.
+    pub(crate) fn finish(&self) -> Option<ExactMatch> {
+        (self.questions > 0).then(|| ExactMatch {
+            questions: self.questions,
+            em: self.correct as f64 / self.questions as f64,
+            in_corpus_em: (self.in_corpus > 0)
+                .then(|| self.in_corpus_correct as f64 / self.in_corpus as f64),
+        })
+    }
 }
 
 /// A held-out question.
@@ -60,6 +100,23 @@ impl EvalSet {
 
     pub(crate) fn in_corpus(&self, i: usize) -> Option<bool> {
         self.questions[i].in_corpus
+    }
+
+    /// The questions with an answer string (exact match needs one), by index.
+    pub(crate) fn answerable(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| {
+                self.answers(i)
+                    .iter()
+                    .any(|a| !normalize_answer(a).is_empty())
+            })
+            .collect()
+    }
+
+    /// Whether `answer` normalizes to one of question `i`'s answer strings.
+    pub(crate) fn matches(&self, i: usize, answer: &str) -> bool {
+        let got = normalize_answer(answer);
+        self.answers(i).iter().any(|a| normalize_answer(a) == got)
     }
 
     /// Retrieval accuracy of the current query tower over the generation in use; `None`

@@ -21,7 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::context::{Context, INFERENCE_BATCH};
 use crate::error::{Error, Result};
-use crate::evaluation::EvalSet;
+use crate::evaluation::{EvalSet, ExactMatch, ExactMatchTally};
 use crate::sampling::batch_indices;
 use crate::state::TrainerState;
 use crate::towers::PhraseTower;
@@ -38,14 +38,6 @@ pub(crate) struct PhraseQueryStep {
     pub questions: usize,
     /// Questions none of whose retrieved phrases was an answer.
     pub skipped: usize,
-}
-
-/// Phrase exact match on held-out questions: the top answer of the question's retrieved
-/// phrases against its answer strings.
-pub(crate) struct PhraseExactMatch {
-    pub questions: usize,
-    pub em: f64,
-    pub in_corpus_em: Option<f64>,
 }
 
 /// The state of a phrase query-side run.
@@ -277,19 +269,10 @@ impl PhraseQuerySide {
     /// Phrase exact match of the question side as it is (no dropout) on `eval`'s questions
     /// with an answer string: the best answer of the default phrase search
     /// ([`phrase_answers`]); `None` when there is none.
-    pub(crate) fn exact_match(&self, eval: &EvalSet) -> Result<Option<PhraseExactMatch>> {
-        let items: Vec<usize> = (0..eval.len())
-            .filter(|&i| {
-                eval.answers(i)
-                    .iter()
-                    .any(|a| !normalize_answer(a).is_empty())
-            })
-            .collect();
-        if items.is_empty() {
-            return Ok(None);
-        }
+    pub(crate) fn exact_match(&self, eval: &EvalSet) -> Result<Option<ExactMatch>> {
+        let items = eval.answerable();
         let opts = PhraseSearchOptions::default();
-        let (mut correct, mut in_corpus, mut in_corpus_correct) = (0usize, 0usize, 0usize);
+        let mut tally = ExactMatchTally::default();
         for chunk in items.chunks(INFERENCE_BATCH) {
             let questions: Vec<&str> = chunk.iter().map(|&i| eval.question(i)).collect();
             let queries = self.tower.encoder.encode_queries(&questions)?;
@@ -302,22 +285,11 @@ impl PhraseQuerySide {
                     }
                 }
                 let answers = phrase_answers(hits, |id| texts.get(&id).map(String::as_str));
-                let hit = answers.first().is_some_and(|a| {
-                    let got = normalize_answer(&a.text);
-                    eval.answers(i).iter().any(|x| normalize_answer(x) == got)
-                });
-                correct += usize::from(hit);
-                if eval.in_corpus(i) == Some(true) {
-                    in_corpus += 1;
-                    in_corpus_correct += usize::from(hit);
-                }
+                let hit = answers.first().is_some_and(|a| eval.matches(i, &a.text));
+                tally.add(hit, eval.in_corpus(i));
             }
         }
-        Ok(Some(PhraseExactMatch {
-            questions: items.len(),
-            em: correct as f64 / items.len() as f64,
-            in_corpus_em: (in_corpus > 0).then(|| in_corpus_correct as f64 / in_corpus as f64),
-        }))
+        Ok(tally.finish())
     }
 
     /// Attaches the trained question side to the pinned phrase generation, unless its

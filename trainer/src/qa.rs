@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::context::{Context, INFERENCE_BATCH};
 use crate::error::{Error, Result};
-use crate::evaluation::EvalSet;
+use crate::evaluation::{EvalSet, ExactMatch, ExactMatchTally};
 use crate::sampling::batch_indices;
 use crate::towers::ReaderTower;
 
@@ -33,14 +33,6 @@ pub(crate) struct QaStep {
     pub questions: usize,
     /// Questions none of whose passages holds an answer span.
     pub skipped: usize,
-}
-
-/// Exact match of the reader on held-out questions.
-pub(crate) struct ExactMatch {
-    pub questions: usize,
-    pub em: f64,
-    /// On the `in_corpus` questions, when some are marked.
-    pub in_corpus_em: Option<f64>,
 }
 
 /// The state of a QA run.
@@ -195,17 +187,8 @@ pub(crate) fn exact_match(
     reader: &Reader,
     eval: &EvalSet,
 ) -> Result<Option<ExactMatch>> {
-    let items: Vec<usize> = (0..eval.len())
-        .filter(|&i| {
-            eval.answers(i)
-                .iter()
-                .any(|a| !normalize_answer(a).is_empty())
-        })
-        .collect();
-    if items.is_empty() {
-        return Ok(None);
-    }
-    let (mut correct, mut in_corpus, mut in_corpus_correct) = (0usize, 0usize, 0usize);
+    let items = eval.answerable();
+    let mut tally = ExactMatchTally::default();
     for chunk in items.chunks(INFERENCE_BATCH) {
         let questions: Vec<&str> = chunk.iter().map(|&i| eval.question(i)).collect();
         let ranked = retrieve(ctx, &questions)?;
@@ -226,26 +209,14 @@ pub(crate) fn exact_match(
                 .map(|(id, title, text, p)| (*id, title.as_str(), text.as_str(), *p))
                 .collect();
             let hit = match reader.answer(eval.question(i), &borrowed) {
-                Ok(answer) => {
-                    let got = normalize_answer(&answer.text);
-                    eval.answers(i).iter().any(|a| normalize_answer(a) == got)
-                }
+                Ok(answer) => eval.matches(i, &answer.text),
                 Err(realm_reader::Error::NoCandidate { .. }) => false,
                 Err(e) => return Err(e.into()),
             };
-            correct += usize::from(hit);
-            if eval.in_corpus(i) == Some(true) {
-                in_corpus += 1;
-                in_corpus_correct += usize::from(hit);
-            }
+            tally.add(hit, eval.in_corpus(i));
         }
     }
-    let n = items.len();
-    Ok(Some(ExactMatch {
-        questions: n,
-        em: correct as f64 / n as f64,
-        in_corpus_em: (in_corpus > 0).then(|| in_corpus_correct as f64 / in_corpus as f64),
-    }))
+    Ok(tally.finish())
 }
 
 /// The current query tower's top `reader_passages` passages of the pinned generation for

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::load_tokenizer;
-use realm_retriever::eval::QaExample;
-use realm_retriever::phrase::{PhraseEncoder, PhraseEncoderConfig};
+use realm_retriever::eval::{QaExample, normalize_answer};
+use realm_retriever::phrase::{PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions};
 use realm_retriever::{
     BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Retriever, RetrieverOptions,
 };
@@ -72,6 +72,23 @@ pub fn tiny_phrase_encoder(dim: i64, seed: i64) -> PhraseEncoder {
         ..PhraseEncoderConfig::default()
     };
     PhraseEncoder::random(tiny_bert(), tokenizer(), dim, cfg, seed).expect("a phrase encoder")
+}
+
+/// The fraction of `questions` whose best phrase answer from the current phrase generation,
+/// searched as the query path searches it (default options), is their first answer.
+pub fn phrase_exact_match(retriever: &Retriever, questions: &[QaExample]) -> f64 {
+    let searcher = retriever.phrase_searcher().expect("a phrase searcher");
+    let opts = PhraseSearchOptions::default();
+    let correct = questions
+        .iter()
+        .filter(|q| {
+            let answers = searcher.answers(&q.question, &opts).expect("answers");
+            answers
+                .first()
+                .is_some_and(|a| normalize_answer(&a.text) == normalize_answer(&q.answers[0]))
+        })
+        .count();
+    correct as f64 / questions.len() as f64
 }
 
 /// Retriever options for tests: CPU, at most 64 tokens, builds in batches of 16.

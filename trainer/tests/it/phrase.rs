@@ -5,12 +5,11 @@
 //! self-supervised cloze examples alone (no question-answer pair) raise phrase exact match.
 
 use realm_retriever::Retriever;
-use realm_retriever::eval::{QaExample, normalize_answer};
-use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder, PhraseSearchOptions};
+use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder};
 use realm_storage::Dtype;
 use realm_testing_torch::{
-    env_or, global_rng_lock, indexed_retriever, painters, pick, qa, tiny_phrase_encoder, towns,
-    towns_retriever, train,
+    env_or, global_rng_lock, indexed_retriever, painters, phrase_exact_match, pick, qa,
+    tiny_phrase_encoder, towns, towns_retriever, train,
 };
 use realm_trainer::{Error, Event, Mode, PHRASE_NOTE, TrainConfig, Trainer};
 
@@ -35,23 +34,6 @@ fn config(seed: u64, steps: u64, run: &str) -> TrainConfig {
     }
 }
 
-/// The fraction of `questions` whose best phrase answer, from the current phrase
-/// generation, is the answer.
-fn phrase_em(retriever: &Retriever, questions: &[QaExample]) -> f64 {
-    let searcher = retriever.phrase_searcher().expect("a phrase searcher");
-    let opts = PhraseSearchOptions::default();
-    let correct = questions
-        .iter()
-        .filter(|q| {
-            let answers = searcher.answers(&q.question, &opts).expect("answers");
-            answers
-                .first()
-                .is_some_and(|a| normalize_answer(&a.text) == normalize_answer(&q.answers[0]))
-        })
-        .count();
-    correct as f64 / questions.len() as f64
-}
-
 /// Measured on CPU with 150 steps (`PHRASE_SEED` picks the seed, `PHRASE_STEPS` the steps
 /// and `PHRASE_LR` the learning rate): phrase exact match rose from 0 to 1.0, 0.94 and 0.875
 /// for seeds 0, 1 and 2 (with the query heads on `[CLS]` instead of the mean of the
@@ -74,7 +56,7 @@ fn phrase_training_raises_phrase_exact_match_and_publishes_its_generation() {
             },
         )
         .unwrap();
-    let before = phrase_em(&retriever, &questions);
+    let before = phrase_exact_match(&retriever, &questions);
     let mut cfg = config(seed, steps, "phrase");
     cfg.lr = env_or("PHRASE_LR", cfg.lr);
     let mut trainer = Trainer::new_with_phrase_encoder(
@@ -124,7 +106,7 @@ fn phrase_training_raises_phrase_exact_match_and_publishes_its_generation() {
         vec![published]
     );
 
-    let after = phrase_em(&retriever, &questions);
+    let after = phrase_exact_match(&retriever, &questions);
     eprintln!("seed {seed}, {steps} steps: phrase exact match {before} -> {after}");
     assert!(
         after >= before + 0.5,
@@ -217,7 +199,7 @@ fn cloze_examples_alone_raise_phrase_exact_match() {
             },
         )
         .unwrap();
-    let before = phrase_em(&retriever, &questions);
+    let before = phrase_exact_match(&retriever, &questions);
     let mut cfg = config(seed, steps, "cloze");
     cfg.phrase_spans = 1000;
     let mut trainer =
@@ -235,7 +217,7 @@ fn cloze_examples_alone_raise_phrase_exact_match() {
         .into_iter()
         .sum();
     assert_eq!(skipped, 0, "every masked span is a phrase of its positive");
-    let after = phrase_em(&retriever, &questions);
+    let after = phrase_exact_match(&retriever, &questions);
     eprintln!(
         "seed {seed}, {steps} steps of cloze examples: phrase exact match {before} -> {after}"
     );

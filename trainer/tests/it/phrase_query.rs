@@ -5,11 +5,11 @@
 //! generation is refused.
 
 use realm_retriever::Retriever;
-use realm_retriever::eval::{QaExample, normalize_answer};
-use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder, PhraseSearchOptions};
+use realm_retriever::eval::QaExample;
+use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder};
 use realm_storage::Dtype;
 use realm_testing_torch::{
-    env_or, global_rng_lock, pick, tiny_phrase_encoder, towns_retriever, train,
+    env_or, global_rng_lock, phrase_exact_match, pick, tiny_phrase_encoder, towns_retriever, train,
 };
 use realm_trainer::{Event, Mode, PHRASE_QUERY_NOTE, TrainConfig, Trainer};
 
@@ -27,23 +27,6 @@ fn config(mode: Mode, seed: u64, steps: u64, run: &str) -> TrainConfig {
         run: run.to_owned(),
         ..TrainConfig::default()
     }
-}
-
-/// The fraction of `questions` whose best phrase answer, from the current phrase
-/// generation searched as the query path searches it, is the answer.
-fn phrase_em(retriever: &Retriever, questions: &[QaExample]) -> f64 {
-    let searcher = retriever.phrase_searcher().expect("a phrase searcher");
-    let opts = PhraseSearchOptions::default();
-    let correct = questions
-        .iter()
-        .filter(|q| {
-            let answers = searcher.answers(&q.question, &opts).expect("answers");
-            answers
-                .first()
-                .is_some_and(|a| normalize_answer(&a.text) == normalize_answer(&q.answers[0]))
-        })
-        .count();
-    correct as f64 / questions.len() as f64
 }
 
 /// A towns database whose current phrase generation was built by a tiny phrase encoder
@@ -88,7 +71,7 @@ fn query_side_training_raises_phrase_exact_match_over_a_frozen_phrase_generation
     let generation = db.current_phrase_generation().unwrap().unwrap();
     let frozen = db.phrase_generation(generation).unwrap();
     let rows_before = db.phrase_snapshot().unwrap().all_rows().unwrap();
-    let before = phrase_em(&retriever, &questions);
+    let before = phrase_exact_match(&retriever, &questions);
 
     let mut trainer = Trainer::new(
         retriever.clone(),
@@ -135,7 +118,7 @@ fn query_side_training_raises_phrase_exact_match_over_a_frozen_phrase_generation
         "passages are still encoded by the generation's own encoder"
     );
 
-    let after = phrase_em(&retriever, &questions);
+    let after = phrase_exact_match(&retriever, &questions);
     eprintln!("seed {seed}, {pre} + {steps} steps: phrase exact match {before} -> {after}");
     assert!(
         (ems[0] - before).abs() < 1e-9 && (ems[1] - after).abs() < 1e-9,
