@@ -100,8 +100,9 @@ pub enum Command {
     Shell(ShellArgs),
     /// Top-k retrieval accuracy on a question set, for one or more retrieval modes.
     Eval(EvalArgs),
-    /// Train the retriever and the reader on the live database (query-side, dual with index
-    /// refresh, ICT, open-QA fine-tuning, REALM pre-training).
+    /// Train the retriever, the reader and the phrase encoder on the live database
+    /// (query-side, dual with index refresh, ICT, open-QA fine-tuning, span pre-training,
+    /// REALM pre-training, phrase training, phrase query-side fine-tuning).
     Train(TrainArgs),
     /// Answer a question: retrieve passages, read them, marginalize over them (or, with
     /// `--phrases`, retrieve the answer phrase directly).

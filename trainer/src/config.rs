@@ -177,6 +177,12 @@ pub struct TrainConfig {
     /// When there are more, an evenly spaced subset is taken.
     #[serde(default)]
     pub phrase_spans: usize,
+    /// Phrase: the weight of distillation from the database's current reader (DensePhrases'
+    /// third loss; default 0: none): the KL divergence from the reader's start and end
+    /// distributions over each positive passage's words (its span probabilities summed by
+    /// start word and by end word) to the phrase model's, added to the loss.
+    #[serde(default)]
+    pub distill: f64,
 }
 
 fn default_scale() -> f64 {
@@ -213,6 +219,7 @@ impl Default for TrainConfig {
             held_out: 0.0,
             span_normalization: SpanNormalization::Joint,
             phrase_spans: 0,
+            distill: 0.0,
         }
     }
 }
@@ -260,6 +267,14 @@ impl TrainConfig {
                 reason: format!(
                     "the held-out fraction must be at least 0 and below 1, not {}",
                     self.held_out
+                ),
+            });
+        }
+        if !(self.distill.is_finite() && self.distill >= 0.0) {
+            return Err(Error::Config {
+                reason: format!(
+                    "the distillation weight must be a number of at least 0, not {}",
+                    self.distill
                 ),
             });
         }
@@ -398,6 +413,9 @@ pub enum Event {
         step: u64,
         questions: usize,
         skipped: usize,
+        /// With `distill` above 0: the batch's mean KL divergence from the reader's start and
+        /// end distributions to the phrase model's, before the update.
+        distillation: Option<f64>,
     },
     /// Phrase, at the end: `done` of `total` passages are encoded into the new phrase
     /// generation.

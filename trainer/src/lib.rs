@@ -39,8 +39,9 @@
 //!   from question-answer pairs by distant supervision: the answer phrases of retrieved
 //!   passages are the targets of its start and end heads against every other word boundary
 //!   of the batch's passages and the previous batches' answer phrases, and its filter head
-//!   learns which tokens start and end answers. At the end it builds and publishes a phrase
-//!   generation.
+//!   learns which tokens start and end answers. Optionally, self-supervised cloze examples
+//!   (`phrase_spans`) join the pairs, and distillation from the current reader (`distill`)
+//!   joins the loss. At the end it builds and publishes a phrase generation.
 //! * **phrase-query** (DensePhrases §5, query-side fine-tuning): the current phrase
 //!   generation is frozen and only the question side of its phrase encoder trains. Each
 //!   question retrieves its top `candidates` phrases with the current weights, and the loss
@@ -70,6 +71,7 @@ mod builder;
 mod checkpoint;
 mod config;
 mod context;
+mod distillation;
 mod dual;
 mod error;
 mod evaluation;

@@ -16,6 +16,10 @@
 //! trains on questions generated from the corpus; these need no generator): a corpus
 //! sentence with a salient span masked is the question, the span its answer, and the other
 //! retrieved passages that hold the span (never the sentence's own) its positives.
+//!
+//! With `distill` > 0, the loss adds distillation from the database's current reader
+//! (DensePhrases' third loss, `distillation.rs`): the KL divergence from the reader's start
+//! and end distributions over each question's positive passage to the phrase model's.
 
 use rand::RngCore;
 use realm_retriever::Progress;
@@ -25,6 +29,7 @@ use realm_storage::{Dtype, Passage};
 use tch::{Kind, Reduction, Tensor};
 
 use crate::context::Context;
+use crate::distillation::{Teacher, kl_divergence};
 use crate::error::{Error, Result};
 use crate::sampling::{SALT_PHRASES, batch_indices, rng};
 use crate::span_pretraining::span_examples;
@@ -42,6 +47,9 @@ pub(crate) struct PhraseStep {
     /// Questions with no gold phrase in the positive read (an answer cut off by the token
     /// limit, or longer than the phrase limit).
     pub skipped: usize,
+    /// With a teacher: the mean KL divergence from the reader's start and end distributions
+    /// to the phrase model's over the positives read (before the update).
+    pub distillation: Option<f64>,
 }
 
 /// The state of a phrase training run.
@@ -50,6 +58,8 @@ pub(crate) struct PhraseTraining {
     pub supervision: Supervision,
     /// Questions dropped: without an answer string, or without a retrieved positive.
     pub dropped: usize,
+    /// The reader distilled from, when `distill` is above 0.
+    teacher: Option<Teacher>,
 }
 
 /// The passages of a batch, encoded with their phrase targets.
@@ -98,6 +108,7 @@ impl PhraseTraining {
             supervision.examples.extend(cloze_examples(ctx)?);
         }
         Ok(PhraseTraining {
+            teacher: Teacher::load(ctx)?,
             tower,
             dropped: given - with_answers.len() + supervision.dropped,
             supervision,
@@ -234,6 +245,7 @@ impl PhraseTraining {
                 loss: f64::NAN,
                 questions: b,
                 skipped,
+                distillation: None,
             });
         }
         let device = ctx.device();
@@ -319,7 +331,17 @@ impl PhraseTraining {
                 Reduction::Mean,
             ));
         }
-        let loss = (&losses[0] + &losses[1]) / 2.0 + (&filters[0] + &filters[1]) / 2.0;
+        let mut loss = (&losses[0] + &losses[1]) / 2.0 + (&filters[0] + &filters[1]) / 2.0;
+        let mut distillation = None;
+        if let Some(teacher) = &self.teacher {
+            let read: Vec<(&str, &str)> = (0..b)
+                .map(|r| (questions[r], passages[r].text.as_str()))
+                .collect();
+            if let Some(kl) = distillation_loss(teacher, &read, &encoded, &q_start, &q_end)? {
+                distillation = Some(kl.double_value(&[]));
+                loss += kl * teacher.weight();
+            }
+        }
         loss.backward();
         let value = loss.double_value(&[]);
         self.tower.step(ctx.lr(step));
@@ -329,6 +351,7 @@ impl PhraseTraining {
             loss: value,
             questions: b,
             skipped,
+            distillation,
         })
     }
 
@@ -366,6 +389,44 @@ impl PhraseTraining {
             },
         )?)
     }
+}
+
+/// The mean over `read` (question, positive passage text; the first passages of `encoded`)
+/// of the KL divergence from the teacher's start and end distributions to the phrase
+/// model's over the passage's words, the two sides averaged; `None` when the teacher puts no
+/// mass on any word of any of them.
+fn distillation_loss(
+    teacher: &Teacher,
+    read: &[(&str, &str)],
+    encoded: &Encoded,
+    q_start: &Tensor,
+    q_end: &Tensor,
+) -> Result<Option<Tensor>> {
+    let t = encoded.tokens;
+    let device = q_start.device();
+    let mut divergences = Vec::with_capacity(read.len());
+    for (r, &(question, text)) in read.iter().enumerate() {
+        let targets = &encoded.targets[r];
+        let Some(p) = teacher.targets(question, text, &targets.start_bytes, &targets.end_bytes)?
+        else {
+            continue;
+        };
+        let mut sides = Vec::with_capacity(2);
+        for (probabilities, positions, vectors, q) in [
+            (&p.start, &targets.starts, &encoded.start, q_start),
+            (&p.end, &targets.ends, &encoded.end, q_end),
+        ] {
+            let at: Vec<i64> = positions.iter().map(|&i| (r * t + i) as i64).collect();
+            let rows = vectors.index_select(0, &Tensor::from_slice(&at).to_device(device));
+            let logits = rows.matmul(&q.get(r as i64));
+            sides.push(kl_divergence(probabilities, &logits)?);
+        }
+        divergences.push((&sides[0] + &sides[1]) / 2.0);
+    }
+    if divergences.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::stack(&divergences, 0).mean(Kind::Float)))
 }
 
 /// At most `phrase_spans` span examples (evenly spaced among all of them), as supervised

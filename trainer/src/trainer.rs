@@ -375,6 +375,7 @@ impl Trainer {
                     step,
                     questions: done.questions,
                     skipped: done.skipped,
+                    distillation: done.distillation,
                 });
                 done.loss
             }

@@ -17,6 +17,10 @@ pub struct PhraseTargets {
     pub starts: Vec<usize>,
     /// Text tokens that end a word, where a phrase may end.
     pub ends: Vec<usize>,
+    /// The byte offset in the text where each of `starts` begins.
+    pub start_bytes: Vec<u32>,
+    /// The byte offset in the text one past where each of `ends` ends.
+    pub end_bytes: Vec<u32>,
     /// `(start, end)` of every phrase of at most `max_words` words whose text, normalized
     /// (SQuAD's rule), equals that of an answer; in text order.
     pub answers: Vec<(usize, usize)>,
@@ -37,9 +41,11 @@ impl PhraseTargets {
         for (i, token) in &tokens {
             if token.starts {
                 targets.starts.push(*i);
+                targets.start_bytes.push(token.start_byte);
             }
             if token.ends {
                 targets.ends.push(*i);
+                targets.end_bytes.push(token.end_byte);
             }
         }
         if wanted.is_empty() {

@@ -104,6 +104,10 @@ pub struct TrainArgs {
     /// is the answer phrase).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub phrase_spans: usize,
+    /// Phrase: the weight of distillation from the current reader (KL divergence from its
+    /// start and end distributions over each positive passage to the phrase model's).
+    #[arg(long, default_value_t = 0.0)]
+    pub distill: f64,
     /// Realm: the fraction of articles (by title) whose sentences are held out of training
     /// and scored at each evaluation (held-out retrieval utility).
     #[arg(long, default_value_t = 0.0)]

@@ -70,6 +70,7 @@ pub fn run(args: &TrainArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         held_out: args.held_out,
         span_normalization: args.span_normalization.into(),
         phrase_spans: args.phrase_spans,
+        distill: args.distill,
     };
     let mut trainer = Trainer::new(retriever, config, train, eval)?;
 
@@ -286,8 +287,19 @@ fn describe(event: &Event, bar: &indicatif::ProgressBar, out: &mut dyn Write) ->
         }
         Event::PhraseBatch {
             step,
+            distillation: Some(kl),
+            ..
+        } => {
+            bar.set_message(format!(
+                "step {step}: KL divergence from the reader's start and end distributions {kl:.4}"
+            ));
+            return Ok(());
+        }
+        Event::PhraseBatch {
+            step,
             questions,
             skipped,
+            ..
         } if *skipped > 0 => {
             bar.set_message(format!(
                 "step {step}: {skipped} of {questions} questions had no answer phrase in the passage read"

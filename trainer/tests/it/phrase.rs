@@ -3,13 +3,14 @@
 //! than before; the run publishes its phrase generation; a stopped run resumes
 //! bit-identically; pairs without answer strings are refused. On the painters' world,
 //! self-supervised cloze examples alone (no question-answer pair) raise phrase exact match.
+//! Distillation pulls the phrase model's start and end distributions toward a reader's.
 
 use realm_retriever::Retriever;
 use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder};
 use realm_storage::Dtype;
 use realm_testing_torch::{
     env_or, global_rng_lock, indexed_retriever, painters, phrase_exact_match, pick, qa,
-    tiny_phrase_encoder, towns, towns_retriever, train,
+    reader_config, tiny_phrase_encoder, tiny_reader, towns, towns_retriever, train,
 };
 use realm_trainer::{Error, Event, Mode, PHRASE_NOTE, TrainConfig, Trainer};
 
@@ -225,4 +226,54 @@ fn cloze_examples_alone_raise_phrase_exact_match() {
         after >= before + 0.37,
         "phrase exact match rose only from {before} to {after}"
     );
+}
+
+/// The mean distillation divergence of the last 10 steps of a phrase run on the towns'
+/// world with a tiny random reader as the teacher, at distillation weight `weight`.
+fn distilled_divergence(weight: f64, steps: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
+    let teacher = tiny_reader(7, reader_config(64));
+    let id = realm_reader::store::store_reader(&retriever, &teacher).unwrap();
+    realm_reader::store::set_current_reader(&retriever, &id).unwrap();
+    let mut cfg = config(0, steps, "distill");
+    cfg.distill = weight;
+    let mut trainer =
+        Trainer::new_with_phrase_encoder(retriever, cfg, questions, Vec::new(), phrase_encoder(0))
+            .unwrap();
+    let (_, events) = train(&mut trainer, None);
+    let divergences: Vec<f64> = pick!(events, Event::PhraseBatch { distillation, .. } => distillation.expect("a divergence"));
+    assert_eq!(divergences.len() as u64, steps);
+    let tail = &divergences[divergences.len() - 10..];
+    tail.iter().sum::<f64>() / tail.len() as f64
+}
+
+/// Measured on CPU with 40 steps: a mean KL of 0.64 with distillation (weight 1), 5.5
+/// without; the divergence must at least halve. A weight of 1e-9 trains as without
+/// distillation but still reports the divergence.
+#[test]
+fn distillation_pulls_the_phrase_model_toward_the_reader() {
+    let _rng = global_rng_lock();
+    let steps: u64 = env_or("DISTILL_STEPS", 40);
+    let with = distilled_divergence(1.0, steps);
+    let without = distilled_divergence(1e-9, steps);
+    eprintln!("{steps} steps: KL from the reader {with} with distillation, {without} without");
+    assert!(
+        with < 0.5 * without,
+        "distillation left the divergence at {with} (without: {without})"
+    );
+}
+
+#[test]
+fn distillation_needs_a_current_reader() {
+    let _rng = global_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (retriever, questions) = towns_retriever(dir.path(), 0);
+    let mut cfg = config(0, 1, "distill");
+    cfg.distill = 0.5;
+    let err =
+        Trainer::new_with_phrase_encoder(retriever, cfg, questions, Vec::new(), phrase_encoder(0))
+            .unwrap_err();
+    assert!(matches!(err, Error::NoData { .. }), "{err}");
+    assert!(err.to_string().contains("current reader"), "{err}");
 }
