@@ -102,13 +102,8 @@ impl GenerationWriter {
                 state: manifest.state,
             });
         }
-        let version = manifest.query_encoders.last().map_or(1, |q| q.version + 1);
-        manifest.query_encoders.push(crate::QueryEncoderVersion {
-            version,
-            checkpoint_id: checkpoint_id.to_string(),
-            attached_ms: now_ms(),
-            note: note.to_string(),
-        });
+        let version =
+            crate::QueryEncoderVersion::append(&mut manifest.query_encoders, checkpoint_id, note);
         let mut wb = rocks.batch();
         wb.put(Cf::Generations, &u64_key(self.id), &encode(&manifest));
         rocks.write(wb, false)?;

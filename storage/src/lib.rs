@@ -275,6 +275,25 @@ pub struct QueryEncoderVersion {
     pub note: String,
 }
 
+impl QueryEncoderVersion {
+    /// Appends the next version (the last one's plus 1, else 1), attached now, to `versions`
+    /// and returns its number.
+    pub(crate) fn append(
+        versions: &mut Vec<QueryEncoderVersion>,
+        checkpoint_id: &str,
+        note: &str,
+    ) -> u32 {
+        let version = versions.last().map_or(1, |q| q.version + 1);
+        versions.push(QueryEncoderVersion {
+            version,
+            checkpoint_id: checkpoint_id.to_string(),
+            attached_ms: now_ms(),
+            note: note.to_string(),
+        });
+        version
+    }
+}
+
 /// A generation's manifest, as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerationManifest {

@@ -8,7 +8,7 @@ use crate::generation::{self, GenerationWriter};
 use crate::rocks::{Cf, Reader};
 use crate::{
     GenerationId, GenerationInfo, GenerationManifest, GenerationSpec, GenerationState, PassageId,
-    QueryEncoderVersion, now_ms,
+    QueryEncoderVersion,
 };
 
 impl Db {
@@ -83,13 +83,8 @@ impl Db {
         let _guard = self.inner.write_lock.lock();
         let rocks = self.rocks();
         let mut manifest = committed_manifest(&*rocks, generation)?;
-        let version = manifest.query_encoders.last().map_or(1, |q| q.version + 1);
-        manifest.query_encoders.push(QueryEncoderVersion {
-            version,
-            checkpoint_id: checkpoint_id.to_string(),
-            attached_ms: now_ms(),
-            note: note.to_string(),
-        });
+        let version =
+            QueryEncoderVersion::append(&mut manifest.query_encoders, checkpoint_id, note);
         let mut wb = rocks.batch();
         wb.put(Cf::Generations, &u64_key(generation), &encode(&manifest));
         rocks.write(wb, true)?;

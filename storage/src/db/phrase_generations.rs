@@ -15,7 +15,7 @@ use crate::phrase_snapshot::PhraseSnapshot;
 use crate::rocks::{Batch, Cf, Reader};
 use crate::{
     GenerationId, GenerationState, PassageId, PhraseGenerationInfo, PhraseGenerationSpec,
-    PhraseManifest, QueryEncoderVersion, now_ms,
+    PhraseManifest, QueryEncoderVersion,
 };
 
 impl Db {
@@ -93,13 +93,8 @@ impl Db {
                 ),
             });
         }
-        let version = manifest.query_encoders.last().map_or(1, |q| q.version + 1);
-        manifest.query_encoders.push(QueryEncoderVersion {
-            version,
-            checkpoint_id: checkpoint_id.to_string(),
-            attached_ms: now_ms(),
-            note: note.to_string(),
-        });
+        let version =
+            QueryEncoderVersion::append(&mut manifest.query_encoders, checkpoint_id, note);
         let mut wb = rocks.batch();
         wb.put(
             Cf::PhraseGenerations,

@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use realm_retriever::bert::BertConfig;
 use realm_retriever::encoder::load_tokenizer;
 use realm_retriever::eval::{QaExample, normalize_answer};
-use realm_retriever::phrase::{PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions};
+use realm_retriever::phrase::{
+    PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions,
+};
 use realm_retriever::{
     BuildOptions, Device, Encoder, EncoderConfig, EncoderHead, Retriever, RetrieverOptions,
 };
@@ -72,6 +74,20 @@ pub fn tiny_phrase_encoder(dim: i64, seed: i64) -> PhraseEncoder {
         ..PhraseEncoderConfig::default()
     };
     PhraseEncoder::random(tiny_bert(), tokenizer(), dim, cfg, seed).expect("a phrase encoder")
+}
+
+/// Builds and publishes a phrase generation of every passage with `encoder`, stored in f32;
+/// returns its id.
+pub fn build_phrases_f32(retriever: &Retriever, encoder: &PhraseEncoder) -> u64 {
+    retriever
+        .build_phrase_generation(
+            encoder,
+            PhraseBuildOptions {
+                dtype: realm_storage::Dtype::F32,
+                ..PhraseBuildOptions::default()
+            },
+        )
+        .expect("a phrase generation")
 }
 
 /// The fraction of `questions` whose best phrase answer from the current phrase generation,

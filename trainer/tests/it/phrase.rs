@@ -6,11 +6,11 @@
 //! Distillation pulls the phrase model's start and end distributions toward a reader's.
 
 use realm_retriever::Retriever;
-use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder};
+use realm_retriever::phrase::PhraseEncoder;
 use realm_storage::Dtype;
 use realm_testing_torch::{
-    env_or, global_rng_lock, indexed_retriever, painters, phrase_exact_match, pick, qa,
-    reader_config, tiny_phrase_encoder, tiny_reader, towns, towns_retriever, train,
+    build_phrases_f32, env_or, global_rng_lock, indexed_retriever, painters, phrase_exact_match,
+    pick, qa, reader_config, tiny_phrase_encoder, tiny_reader, towns, towns_retriever, train,
 };
 use realm_trainer::{Error, Event, Mode, PHRASE_NOTE, TrainConfig, Trainer};
 
@@ -48,15 +48,7 @@ fn phrase_training_raises_phrase_exact_match_and_publishes_its_generation() {
     let dir = tempfile::tempdir().unwrap();
     let (retriever, questions) = towns_retriever(dir.path(), 0);
     let untrained = phrase_encoder(seed as i64);
-    let first = retriever
-        .build_phrase_generation(
-            &untrained,
-            PhraseBuildOptions {
-                dtype: Dtype::F32,
-                ..PhraseBuildOptions::default()
-            },
-        )
-        .unwrap();
+    let first = build_phrases_f32(&retriever, &untrained);
     let before = phrase_exact_match(&retriever, &questions);
     let mut cfg = config(seed, steps, "phrase");
     cfg.lr = env_or("PHRASE_LR", cfg.lr);
@@ -191,15 +183,7 @@ fn cloze_examples_alone_raise_phrase_exact_match() {
     let (passages, questions) = painters();
     let retriever = indexed_retriever(dir.path(), &passages, 0);
     let untrained = phrase_encoder(seed as i64);
-    retriever
-        .build_phrase_generation(
-            &untrained,
-            PhraseBuildOptions {
-                dtype: Dtype::F32,
-                ..PhraseBuildOptions::default()
-            },
-        )
-        .unwrap();
+    build_phrases_f32(&retriever, &untrained);
     let before = phrase_exact_match(&retriever, &questions);
     let mut cfg = config(seed, steps, "cloze");
     cfg.phrase_spans = 1000;

@@ -6,10 +6,10 @@
 
 use realm_retriever::Retriever;
 use realm_retriever::eval::QaExample;
-use realm_retriever::phrase::{PhraseBuildOptions, PhraseEncoder};
-use realm_storage::Dtype;
+use realm_retriever::phrase::PhraseEncoder;
 use realm_testing_torch::{
-    env_or, global_rng_lock, phrase_exact_match, pick, tiny_phrase_encoder, towns_retriever, train,
+    build_phrases_f32, env_or, global_rng_lock, phrase_exact_match, pick, tiny_phrase_encoder,
+    towns_retriever, train,
 };
 use realm_trainer::{Event, Mode, PHRASE_QUERY_NOTE, TrainConfig, Trainer};
 
@@ -34,15 +34,7 @@ fn config(mode: Mode, seed: u64, steps: u64, run: &str) -> TrainConfig {
 fn phrase_world(dir: &std::path::Path, seed: u64, pre_steps: u64) -> (Retriever, Vec<QaExample>) {
     let (retriever, questions) = towns_retriever(dir, 0);
     let encoder: PhraseEncoder = tiny_phrase_encoder(16, seed as i64);
-    retriever
-        .build_phrase_generation(
-            &encoder,
-            PhraseBuildOptions {
-                dtype: Dtype::F32,
-                ..PhraseBuildOptions::default()
-            },
-        )
-        .unwrap();
+    build_phrases_f32(&retriever, &encoder);
     let mut trainer = Trainer::new_with_phrase_encoder(
         retriever.clone(),
         config(Mode::Phrase, seed, pre_steps, "phrase"),
