@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::evaluation::{EvalSet, ExactMatch, ExactMatchTally};
 use crate::sampling::batch_indices;
 use crate::state::TrainerState;
+use crate::supervision::with_answer_strings;
 use crate::towers::PhraseTower;
 
 /// The note of query-encoder versions attached to phrase generations by phrase query-side
@@ -114,17 +115,7 @@ impl PhraseQuerySide {
             });
         }
         let given = train.len();
-        let examples: Vec<QaExample> = train
-            .into_iter()
-            .filter(|e| e.answers.iter().any(|a| !normalize_answer(a).is_empty()))
-            .collect();
-        if examples.is_empty() && given > 0 {
-            return Err(Error::NoData {
-                reason: format!(
-                    "phrase query-side training needs question-answer pairs with answer strings, and none of the {given} given has one"
-                ),
-            });
-        }
+        let examples = with_answer_strings(ctx, train)?;
         let answers = examples
             .iter()
             .map(|e| {

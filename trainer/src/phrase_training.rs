@@ -23,7 +23,7 @@
 
 use rand::RngCore;
 use realm_retriever::Progress;
-use realm_retriever::eval::{AnswerMatcher, QaExample, normalize_answer};
+use realm_retriever::eval::{AnswerMatcher, QaExample};
 use realm_retriever::phrase::{PhraseBuildOptions, PhraseSearchOptions, PhraseTargets};
 use realm_storage::{Dtype, Passage};
 use tch::{Kind, Reduction, Tensor};
@@ -33,7 +33,7 @@ use crate::distillation::{Teacher, kl_divergence};
 use crate::error::{Error, Result};
 use crate::sampling::{SALT_PHRASES, batch_indices, rng};
 use crate::span_pretraining::span_examples;
-use crate::supervision::{Supervised, Supervision};
+use crate::supervision::{Supervised, Supervision, with_answer_strings};
 use crate::towers::PhraseTower;
 
 /// The note of phrase generations published by phrase training.
@@ -84,17 +84,7 @@ impl PhraseTraining {
         train: Vec<QaExample>,
     ) -> Result<PhraseTraining> {
         let given = train.len();
-        let with_answers: Vec<QaExample> = train
-            .into_iter()
-            .filter(|e| e.answers.iter().any(|a| !normalize_answer(a).is_empty()))
-            .collect();
-        if with_answers.is_empty() && given > 0 {
-            return Err(Error::NoData {
-                reason: format!(
-                    "phrase training needs question-answer pairs with answer strings, and none of the {given} given has one"
-                ),
-            });
-        }
+        let with_answers = with_answer_strings(ctx, train)?;
         // Cloze examples alone need no question-answer pair.
         let mut supervision = if with_answers.is_empty() && ctx.config.phrase_spans > 0 {
             Supervision {

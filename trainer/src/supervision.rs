@@ -5,11 +5,30 @@
 use std::collections::HashMap;
 
 use realm_retriever::SearchMode;
-use realm_retriever::eval::{AnswerMatcher, QaExample};
+use realm_retriever::eval::{AnswerMatcher, QaExample, normalize_answer};
 use realm_storage::Passage;
 
 use crate::context::{Context, INFERENCE_BATCH};
 use crate::error::{Error, Result};
+
+/// The pairs of `train` with an answer string (phrase modes match answer text, not
+/// patterns); an error when some were given and none has one.
+pub(crate) fn with_answer_strings(ctx: &Context, train: Vec<QaExample>) -> Result<Vec<QaExample>> {
+    let given = train.len();
+    let kept: Vec<QaExample> = train
+        .into_iter()
+        .filter(|e| e.answers.iter().any(|a| !normalize_answer(a).is_empty()))
+        .collect();
+    if kept.is_empty() && given > 0 {
+        return Err(Error::NoData {
+            reason: format!(
+                "{} training needs question-answer pairs with answer strings, and none of the {given} given has one",
+                ctx.config.mode
+            ),
+        });
+    }
+    Ok(kept)
+}
 
 /// A question with its distant supervision.
 pub(crate) struct Supervised {
