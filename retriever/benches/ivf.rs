@@ -23,7 +23,7 @@ use std::time::Instant;
 
 mod common;
 
-use common::{Mixtures, arg, database, flag, num, read_f32, write_f32};
+use common::{Mixtures, arg, database, flag, num, read_f32, register_font, write_f32};
 use plotters::prelude::*;
 use realm_retriever::{
     Compute, Device, Encoder, EncoderConfig, IvfConfig, Retriever, RetrieverOptions, SearchOptions,
@@ -551,28 +551,6 @@ fn run_faiss(
             Vec::new()
         }
     }
-}
-
-/// Registers DejaVu Sans (or `$REALM_DB_FONT`) for plotters' text, as `realm-db` does.
-fn register_font() -> bool {
-    let candidates = std::env::var("REALM_DB_FONT")
-        .map(|p| vec![p])
-        .unwrap_or_else(|_| {
-            vec![
-                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
-                "/usr/share/fonts/dejavu/DejaVuSans.ttf".into(),
-                "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
-            ]
-        });
-    candidates.iter().any(|p| match std::fs::read(p) {
-        Ok(bytes) => plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            Box::leak(bytes.into_boxed_slice()),
-        )
-        .is_ok(),
-        Err(_) => false,
-    })
 }
 
 /// Recall@10 against QPS (log scale), one panel per batch size.

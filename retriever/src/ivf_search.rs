@@ -425,20 +425,24 @@ impl IvfScan<'_> {
 
     /// The `nprobe` lists whose centroids have the largest inner product with `q`.
     fn probes(&self, q: &[f32]) -> Vec<usize> {
-        let index = self.index;
-        let mut scored: Vec<(f32, usize)> = index
-            .centroids
-            .chunks_exact(index.dim)
-            .enumerate()
-            .map(|(l, c)| (dot(q, c), l))
-            .collect();
-        let n = self.nprobe.clamp(1, scored.len().max(1));
-        if n < scored.len() {
-            scored.select_nth_unstable_by(n - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            scored.truncate(n);
-        }
-        scored.into_iter().map(|(_, l)| l).collect()
+        best_lists(&self.index.centroids, self.index.dim, q, self.nprobe)
     }
+}
+
+/// The `nprobe` lists whose centroids (`[nlist × dim]`, row-major) have the largest inner
+/// product with `q` (ties: the lower list), in no particular order.
+pub(crate) fn best_lists(centroids: &[f32], dim: usize, q: &[f32], nprobe: usize) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> = centroids
+        .chunks_exact(dim.max(1))
+        .enumerate()
+        .map(|(l, c)| (dot(q, c), l))
+        .collect();
+    let n = nprobe.clamp(1, scored.len().max(1));
+    if n < scored.len() {
+        scored.select_nth_unstable_by(n - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.truncate(n);
+    }
+    scored.into_iter().map(|(_, l)| l).collect()
 }
 
 #[cfg(test)]

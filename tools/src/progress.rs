@@ -16,3 +16,14 @@ pub fn bar(len: u64, template: &str) -> ProgressBar {
     }
     bar
 }
+
+/// A spinner that says `message` while work of unknown length runs, or a hidden one when
+/// stderr is not a terminal.
+pub fn spinner(message: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}

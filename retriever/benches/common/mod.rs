@@ -143,3 +143,25 @@ pub fn database(dir: &Path, rows: &[f32], dim: usize) -> (Db, GenerationId) {
     let generation = w.commit().expect("commit");
     (db, generation)
 }
+
+/// Registers DejaVu Sans (or `$REALM_DB_FONT`) for plotters' text, as `realm-db` does.
+pub fn register_font() -> bool {
+    let candidates = std::env::var("REALM_DB_FONT")
+        .map(|p| vec![p])
+        .unwrap_or_else(|_| {
+            vec![
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
+                "/usr/share/fonts/dejavu/DejaVuSans.ttf".into(),
+                "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
+            ]
+        });
+    candidates.iter().any(|p| match std::fs::read(p) {
+        Ok(bytes) => plotters::style::register_font(
+            "sans-serif",
+            plotters::style::FontStyle::Normal,
+            Box::leak(bytes.into_boxed_slice()),
+        )
+        .is_ok(),
+        Err(_) => false,
+    })
+}

@@ -11,12 +11,15 @@
 //! * phrase generations through the [`crate::Retriever`] (`store`): building one from a
 //!   phrase encoder, rows for passages ingested since, and a [`PhraseSearcher`] over a pinned
 //!   one (current, or a retired one: time travel);
+//! * [`PhraseIvfConfig`] (`ivf`): the approximate index a [`PhraseIndex`] may build over its
+//!   starts and ends (IVF with 8-bit codes), which searches probe instead of scanning;
 //! * [`roll_up`] (`units`): phrase hits rolled up into sentences, passages or documents,
 //!   each scored by its best phrase;
 //! * [`PhraseTargets`] (`targets`): where a passage's phrases may start and end, and which
 //!   are answers, for training the encoder.
 
 mod encoder;
+mod ivf;
 mod search;
 mod store;
 mod targets;
@@ -24,6 +27,7 @@ mod units;
 mod words;
 
 pub use encoder::{PhraseEncoder, PhraseEncoderConfig, PhraseOutputs, PhraseQuery, QueryPooling};
+pub use ivf::PhraseIvfConfig;
 pub use realm_storage::phrase_rows::{PhraseRows, PhraseToken};
 pub use search::{PhraseAnswer, PhraseHit, PhraseIndex, PhraseSearchOptions, phrase_answers};
 pub use store::{PHRASE_ENCODER_BLOB_PREFIX, PhraseBuildOptions, PhraseSearcher};

@@ -7,9 +7,11 @@ use realm_storage::PassageId;
 use tch::{Device, Kind, Tensor};
 
 use super::encoder::PhraseQuery;
+use super::ivf::{PhraseIvfConfig, SideIvf};
 use super::{PhraseRows, PhraseToken};
 use crate::error::{Error, Result};
 use crate::eval::normalize_answer;
+use crate::matrix::ReadOnlyTensor;
 
 /// How a phrase search runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +23,10 @@ pub struct PhraseSearchOptions {
     /// How many of the best starts and of the best ends are extended into phrases. With at
     /// least as many as the index stores, the search is exact (every phrase is scored).
     pub side_k: usize,
+    /// Find the best starts and ends through the index's approximate index (see
+    /// [`PhraseIndex::build_ivf`]), probing this many lists per side; `None` scans every
+    /// start and end exactly.
+    pub nprobe: Option<usize>,
 }
 
 impl Default for PhraseSearchOptions {
@@ -29,6 +35,7 @@ impl Default for PhraseSearchOptions {
             k: 10,
             max_words: 10,
             side_k: 256,
+            nprobe: None,
         }
     }
 }
@@ -89,8 +96,10 @@ pub struct PhraseIndex {
     start_rows: Vec<u32>,
     /// Tokens that may end a phrase, in `end_matrix` row order.
     end_rows: Vec<u32>,
-    start_matrix: Tensor,
-    end_matrix: Tensor,
+    start_matrix: ReadOnlyTensor,
+    end_matrix: ReadOnlyTensor,
+    /// The approximate index of the starts and of the ends, once built.
+    ivf: Option<(SideIvf, SideIvf)>,
 }
 
 /// Scores held at once by a batch's scans (`rows × queries`, f32): 64 Mi, 256 MiB.
@@ -132,8 +141,9 @@ impl PhraseIndex {
             end: Vec::with_capacity(total * dim),
             start_rows: Vec::new(),
             end_rows: Vec::new(),
-            start_matrix: Tensor::zeros([0, dim as i64], (Kind::Float, device)),
-            end_matrix: Tensor::zeros([0, dim as i64], (Kind::Float, device)),
+            start_matrix: ReadOnlyTensor(Tensor::zeros([0, dim as i64], (Kind::Float, device))),
+            end_matrix: ReadOnlyTensor(Tensor::zeros([0, dim as i64], (Kind::Float, device))),
+            ivf: None,
         };
         for (id, rows) in passages {
             if index
@@ -166,8 +176,9 @@ impl PhraseIndex {
             index.end.extend_from_slice(rows.end_values());
             index.passages.push((id, first..index.tokens.len()));
         }
-        index.start_matrix = index.matrix(&index.start_rows, &index.start, device)?;
-        index.end_matrix = index.matrix(&index.end_rows, &index.end, device)?;
+        index.start_matrix =
+            ReadOnlyTensor(index.matrix(&index.start_rows, &index.start, device)?);
+        index.end_matrix = ReadOnlyTensor(index.matrix(&index.end_rows, &index.end, device)?);
         Ok(index)
     }
 
@@ -208,6 +219,31 @@ impl PhraseIndex {
     /// How many stored tokens may end a phrase.
     pub fn end_count(&self) -> usize {
         self.end_rows.len()
+    }
+
+    /// Trains an approximate index (IVF with 8-bit codes) over the starts and one over the
+    /// ends, replacing any built before. Searches use it when their options set `nprobe`.
+    pub fn build_ivf(&mut self, config: &PhraseIvfConfig) -> Result<()> {
+        let nlist = config.lists_for(self.start_rows.len().max(self.end_rows.len()));
+        let start = SideIvf::build(
+            &self.start_matrix,
+            |r| self.vector(&self.start, self.start_rows[r] as usize),
+            nlist,
+            config,
+        )?;
+        let end = SideIvf::build(
+            &self.end_matrix,
+            |r| self.vector(&self.end, self.end_rows[r] as usize),
+            nlist,
+            config,
+        )?;
+        self.ivf = Some((start, end));
+        Ok(())
+    }
+
+    /// The lists per side of the approximate index; `None` before [`PhraseIndex::build_ivf`].
+    pub fn ivf_lists(&self) -> Option<usize> {
+        self.ivf.as_ref().map(|(start, _)| start.nlist())
     }
 
     /// The start vector of a hit's first token and the end vector of its last, as stored;
@@ -253,6 +289,9 @@ impl PhraseIndex {
         for query in queries {
             self.check(query, opts)?;
         }
+        if let Some(nprobe) = opts.nprobe {
+            return self.search_probing(queries, opts, nprobe);
+        }
         let rows = self.start_rows.len().max(self.end_rows.len()).max(1);
         let group = (SCORES_PER_GROUP / rows).clamp(1, 256);
         let mut out = Vec::with_capacity(queries.len());
@@ -274,6 +313,53 @@ impl PhraseIndex {
             }
         }
         Ok(out)
+    }
+
+    /// [`PhraseIndex::search_batch`] through the approximate index, probing `nprobe` lists
+    /// per side; the queries are shared among the available threads.
+    fn search_probing(
+        &self,
+        queries: &[PhraseQuery],
+        opts: &PhraseSearchOptions,
+        nprobe: usize,
+    ) -> Result<Vec<Vec<PhraseHit>>> {
+        let Some((start_ivf, end_ivf)) = &self.ivf else {
+            return Err(invalid(
+                "probing needs the phrase index's approximate index, which was not built".into(),
+            ));
+        };
+        let one = |query: &PhraseQuery| {
+            let starts: Vec<usize> = start_ivf
+                .top(&query.start, opts.side_k, nprobe, |r| {
+                    self.vector(&self.start, self.start_rows[r] as usize)
+                })
+                .into_iter()
+                .map(|r| self.start_rows[r] as usize)
+                .collect();
+            let ends: Vec<usize> = end_ivf
+                .top(&query.end, opts.side_k, nprobe, |r| {
+                    self.vector(&self.end, self.end_rows[r] as usize)
+                })
+                .into_iter()
+                .map(|r| self.end_rows[r] as usize)
+                .collect();
+            self.extend(query, &starts, &ends, opts)
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if queries.len() < 2 || threads < 2 {
+            return Ok(queries.iter().map(one).collect());
+        }
+        let per = queries.len().div_ceil(threads);
+        Ok(std::thread::scope(|s| {
+            let handles: Vec<_> = queries
+                .chunks(per)
+                .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        }))
     }
 
     /// The phrases of the best `starts` (extended forwards) and `ends` (backwards), scored
@@ -339,6 +425,11 @@ impl PhraseIndex {
                     "the query's {side} vector holds a value that is not finite"
                 )));
             }
+        }
+        if opts.nprobe == Some(0) {
+            return Err(invalid(
+                "a probing phrase search must probe at least 1 list".into(),
+            ));
         }
         if opts.k == 0 || opts.max_words == 0 || opts.side_k == 0 {
             return Err(invalid(format!(

@@ -12,6 +12,7 @@ use realm_storage::{
 
 use super::PhraseRows;
 use super::encoder::{PhraseEncoder, PhraseEncoderConfig};
+use super::ivf::PhraseIvfConfig;
 use super::search::{PhraseAnswer, PhraseHit, PhraseIndex, PhraseSearchOptions, phrase_answers};
 use super::units::{PassageText, RetrievalUnit, UnitHit, roll_up};
 use crate::build::Progress;
@@ -85,6 +86,12 @@ impl PhraseSearcher {
     /// The phrase encoder of the generation (its passages' encoder).
     pub fn encoder(&self) -> &PhraseEncoder {
         &self.encoder
+    }
+
+    /// Trains an approximate index over the loaded starts and ends (see
+    /// [`PhraseIndex::build_ivf`]); searches whose options set `nprobe` then probe it.
+    pub fn build_ivf(&mut self, config: &PhraseIvfConfig) -> Result<()> {
+        self.index.build_ivf(config)
     }
 
     /// The encoder of the questions: the newest attached query-encoder version's, else

@@ -7,6 +7,7 @@ mod hybrid;
 mod ivf;
 mod parity;
 mod phrase_generations;
+mod phrase_ivf;
 mod phrases;
 mod pyregex;
 mod query;

@@ -38,6 +38,7 @@ fn exact() -> PhraseSearchOptions {
         k: 12,
         max_words: 6,
         side_k: 100_000,
+        nprobe: None,
     }
 }
 

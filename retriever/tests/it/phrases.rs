@@ -179,7 +179,7 @@ fn the_filter_keeps_exactly_the_tokens_at_or_above_its_threshold() {
 }
 
 /// Random rows: `tokens` tokens in words of one or two tokens, random flags and vectors.
-fn random_rows(rng: &mut SplitMix64, dim: usize, tokens: usize) -> PhraseRows {
+pub(crate) fn random_rows(rng: &mut SplitMix64, dim: usize, tokens: usize) -> PhraseRows {
     let mut list = Vec::new();
     let (mut word, mut byte) = (0u32, 0u32);
     for position in 0..tokens as u32 {
@@ -213,7 +213,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Every phrase of every passage, scored: (passage, start position, end position, score,
 /// start score, end score).
-fn all_phrases(
+pub(crate) fn all_phrases(
     passages: &[(u64, PhraseRows)],
     query: &PhraseQuery,
     max_words: usize,
@@ -270,7 +270,7 @@ proptest! {
         let oracle = all_phrases(&passages, &query, max_words);
         let key = |h: &PhraseHit| (h.passage, h.start_position, h.end_position);
 
-        let exact = PhraseSearchOptions { k, max_words, side_k: index.token_count().max(1) };
+        let exact = PhraseSearchOptions { k, max_words, side_k: index.token_count().max(1), nprobe: None };
         let hits = index.search(&query, &exact).unwrap();
         let expected: Vec<(u64, u32, u32)> = oracle.iter().take(k).map(|o| (o.0, o.1, o.2)).collect();
         prop_assert_eq!(hits.iter().map(key).collect::<Vec<_>>(), expected);
@@ -278,7 +278,7 @@ proptest! {
             prop_assert!((hit.score - o.3).abs() <= 1e-5 * (1.0 + o.3.abs()));
         }
 
-        let small = PhraseSearchOptions { k, max_words, side_k };
+        let small = PhraseSearchOptions { k, max_words, side_k, nprobe: None };
         let hits = index.search(&query, &small).unwrap();
         // A batch answers each query as a search of it alone does.
         let other = PhraseQuery { start: query.end.clone(), end: query.start.clone() };
@@ -357,6 +357,7 @@ proptest! {
             k: oracle.len().max(1),
             max_words,
             side_k: index.token_count().max(1),
+            nprobe: None,
         };
         let hits = index.search(&query, &exact).unwrap();
         let passage_of = |id: u64| {

@@ -30,6 +30,11 @@ pub struct PhraseSearchArgs {
     /// How many of the best starts and of the best ends are extended into phrases.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub side_k: u32,
+    /// Find the best starts and ends through an approximate index (IVF with 8-bit codes,
+    /// trained over the phrase generation as it loads), probing this many lists per side;
+    /// without it every start and end is scanned exactly.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub phrase_nprobe: Option<u32>,
     /// Search a retained older phrase generation instead of the current one.
     #[arg(long)]
     pub phrase_generation: Option<u64>,

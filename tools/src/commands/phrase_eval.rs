@@ -31,6 +31,8 @@ pub(crate) struct PhraseFigures {
     phrases: usize,
     max_words: usize,
     side_k: usize,
+    /// Lists probed per side of the approximate phrase index; `None` for exact scans.
+    nprobe: Option<usize>,
     questions: usize,
     in_corpus_questions: Option<usize>,
     em: f64,
@@ -56,8 +58,12 @@ impl PhraseFigures {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let scan = self.nprobe.map_or_else(
+            || "exact scans".to_owned(),
+            |n| format!("approximate index, {n} lists probed"),
+        );
         format!(
-            "Phrases of generation {} (top {}, at most {} words, no reader): exact match {}%{}, F1 {}%{} \
+            "Phrases of generation {} (top {}, at most {} words, {scan}, no reader): exact match {}%{}, F1 {}%{} \
              on {} questions ({:.1} questions/s); passages by best phrase: {}{}.",
             self.phrase_generation,
             self.phrases,
@@ -141,6 +147,7 @@ impl PhraseEval {
             phrases: self.options.k,
             max_words: self.options.max_words,
             side_k: self.options.side_k,
+            nprobe: self.options.nprobe,
             questions: examples.len(),
             in_corpus_questions: accuracy.in_corpus_questions(),
             em,

@@ -72,6 +72,7 @@ pub fn search(
         &args.query,
         unit,
         args.k as usize,
+        None,
         args.json,
         out,
     )
@@ -83,6 +84,7 @@ pub(crate) fn write_units(
     query: &str,
     unit: RetrievalUnit,
     k: usize,
+    nprobe: Option<usize>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -92,6 +94,7 @@ pub(crate) fn write_units(
     };
     let options = PhraseSearchOptions {
         k: pool,
+        nprobe,
         ..PhraseSearchOptions::default()
     };
     let units = searcher.search_units(query, unit, k, &options)?;

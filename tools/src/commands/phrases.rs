@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Result;
 use realm_db::Retriever;
 use realm_db::retriever::phrase::{
-    PhraseAnswer, PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseSearchOptions,
-    PhraseSearcher,
+    PhraseAnswer, PhraseBuildOptions, PhraseEncoder, PhraseEncoderConfig, PhraseIvfConfig,
+    PhraseSearchOptions, PhraseSearcher,
 };
 use serde::Serialize;
 
@@ -26,13 +26,34 @@ impl PhraseSearchArgs {
             k: self.phrase_k as usize,
             max_words: self.max_phrase_words as usize,
             side_k: self.side_k as usize,
+            nprobe: self.phrase_nprobe.map(|n| n as usize),
         }
     }
 
-    /// Pins the phrase generation asked for (the current one by default) and loads it.
+    /// Pins the phrase generation asked for (the current one by default) and loads it, with
+    /// its approximate index when `--phrase-nprobe` asks for one.
     pub fn searcher(&self, retriever: &Retriever) -> Result<PhraseSearcher> {
-        open_searcher(retriever, self.phrase_generation)
+        let mut searcher = open_searcher(retriever, self.phrase_generation)?;
+        if self.phrase_nprobe.is_some() {
+            eprintln!("{}", train_phrase_ivf(&mut searcher)?);
+        }
+        Ok(searcher)
     }
+}
+
+/// Trains the approximate phrase index of a loaded searcher, with a spinner, and says how
+/// many lists it has and how long it took.
+pub(crate) fn train_phrase_ivf(searcher: &mut PhraseSearcher) -> Result<String> {
+    let spinner = progress::spinner("training the approximate phrase index");
+    let started = Instant::now();
+    searcher.build_ivf(&PhraseIvfConfig::default())?;
+    spinner.finish_and_clear();
+    Ok(format!(
+        "Approximate phrase index: {} lists per side over {} stored tokens, trained in {:.1} s.",
+        searcher.index().ivf_lists().unwrap_or(0),
+        searcher.index().token_count(),
+        started.elapsed().as_secs_f64()
+    ))
 }
 
 /// Pins `generation` (the current phrase generation by default) and loads it; a database

@@ -13,7 +13,7 @@ use rustyline::error::ReadlineError;
 use super::Env;
 use super::generations::write_generations;
 use super::phrase_search::write_units;
-use super::phrases::open_searcher;
+use super::phrases::{open_searcher, train_phrase_ivf};
 use super::search::{pin, write_hits};
 use crate::cli::ShellArgs;
 use crate::cli::{ModeArg, RetrievalArgs, UnitArg};
@@ -31,6 +31,9 @@ Type a question to search the pinned generation, or a command:
   .unit U          answer from the current phrase generation instead, listing phrases,
                    sentences, passages or documents (each scored by its best phrase)
   .unit off        search the pinned generation's passages again
+  .phrase-nprobe N|off
+                   find phrases through an approximate index (trained once, in memory),
+                   probing N lists per side, or scan every start and end again
   .generations     list the generations
   .use G           pin generation G (time travel to a retained older generation)
   .refresh         move to the current generation and the newest passages
@@ -64,6 +67,9 @@ struct Shell {
     time_travel: bool,
     /// The user has been told that a newer generation exists.
     told_stale: bool,
+    /// Lists probed per side of the approximate phrase index (`.phrase-nprobe`); `None`
+    /// scans every start and end.
+    phrase_nprobe: Option<usize>,
 }
 
 /// Where the line history lives: `$REALM_DB_HISTORY`, else `~/.realm_db_history`.
@@ -87,6 +93,7 @@ pub fn run(args: &ShellArgs, env: &Env) -> Result<()> {
         retrieval: args.retrieval,
         time_travel: false,
         told_stale: false,
+        phrase_nprobe: None,
     };
     let mut editor = DefaultEditor::new()?;
     let history = history_path();
@@ -244,6 +251,28 @@ impl Shell {
                     .unit();
                 self.use_unit(unit)?;
             }
+            ("phrase-nprobe", Some("off")) => {
+                self.phrase_nprobe = None;
+                print("Phrase queries scan every start and end.")?;
+            }
+            ("phrase-nprobe", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if n > 0 => {
+                    self.phrase_nprobe = Some(n);
+                    if let Target::Phrases { searcher, .. } = &mut self.target
+                        && searcher.index().ivf_lists().is_none()
+                    {
+                        print(train_phrase_ivf(searcher)?)?;
+                    }
+                    print(format_args!(
+                        "Phrase queries probe {n} lists per side of the approximate phrase index."
+                    ))?;
+                }
+                _ => {
+                    return Err(user(format!(
+                        "`.phrase-nprobe` takes a positive whole number or off, not {n:?}"
+                    )));
+                }
+            },
             ("refresh", _) => self.refresh()?,
             _ => {
                 return Err(user(format!(
@@ -274,10 +303,13 @@ impl Shell {
     /// Switches queries to phrase retrieval at `unit`, loading the current phrase generation
     /// unless one is loaded already.
     fn use_unit(&mut self, unit: RetrievalUnit) -> Result<()> {
-        let searcher = match std::mem::replace(&mut self.target, Target::Passages) {
+        let mut searcher = match std::mem::replace(&mut self.target, Target::Passages) {
             Target::Phrases { searcher, .. } => searcher,
             Target::Passages => Box::new(open_searcher(&self.retriever, None)?),
         };
+        if self.phrase_nprobe.is_some() && searcher.index().ivf_lists().is_none() {
+            print(train_phrase_ivf(&mut searcher)?)?;
+        }
         let message = format!(
             "Queries now list {}s from phrase generation {} ({} stored tokens).",
             unit.name(),
@@ -314,7 +346,15 @@ impl Shell {
     fn query(&mut self, text: &str) -> Result<()> {
         if let Target::Phrases { searcher, unit } = &self.target {
             let mut out = std::io::stdout().lock();
-            write_units(searcher, text, *unit, self.k, self.json, &mut out)?;
+            write_units(
+                searcher,
+                text,
+                *unit,
+                self.k,
+                self.phrase_nprobe,
+                self.json,
+                &mut out,
+            )?;
             out.flush()?;
             return Ok(());
         }

@@ -138,6 +138,43 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
         let v = figures[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{figures}");
     }
+    // Through the approximate phrase index, probing every list: the same figures.
+    let probing = json_lines(&f.run(&[
+        "eval",
+        db,
+        "--qa",
+        qa.to_str().unwrap(),
+        "-k",
+        "1,5",
+        "--phrases",
+        "--phrase-nprobe",
+        "65536",
+        "--json",
+    ]));
+    let probed = probing
+        .iter()
+        .find(|l| l["system"] == "phrases")
+        .expect("a phrases line");
+    assert_eq!(probed["nprobe"], 65536);
+    assert!(figures["nprobe"].is_null(), "{figures}");
+    for key in ["em", "f1", "passage_accuracy", "in_corpus_em"] {
+        assert_eq!(
+            probed[key], figures[key],
+            "{key}: {probed} against {figures}"
+        );
+    }
+    let probed_answer = json_lines(&f.run(&[
+        "ask",
+        db,
+        "what is the capital of norway",
+        "--phrases",
+        "--phrase-k",
+        "20",
+        "--phrase-nprobe",
+        "65536",
+        "--json",
+    ]));
+    assert_eq!(probed_answer[0]["answers"], asked["answers"]);
     assert!(figures["questions_per_second"].as_f64().unwrap() > 0.0);
 
     // Ingestion encodes new passages into the phrase generation too.
@@ -402,7 +439,8 @@ fn check_units(f: &Fixture, db: &str, texts: &[(String, String)]) {
         .cmd()
         .args(["shell", db])
         .write_stdin(format!(
-            ".json on\n.k 3\n.unit passage\n{query}\n.unit bogus\n.unit off\n{query}\n.quit\n"
+            ".json on\n.k 3\n.unit passage\n{query}\n.phrase-nprobe 0\n.phrase-nprobe 65536\n{query}\n\
+             .phrase-nprobe off\n.unit bogus\n.unit off\n{query}\n.quit\n"
         ))
         .assert()
         .success()
@@ -417,6 +455,13 @@ fn check_units(f: &Fixture, db: &str, texts: &[(String, String)]) {
         "{stdout}"
     );
     assert!(stderr.contains("`.unit` takes"), "{stderr}");
+    assert!(stderr.contains("`.phrase-nprobe` takes"), "{stderr}");
+    assert!(
+        stdout.contains("Approximate phrase index:")
+            && stdout.contains("Phrase queries probe 65536 lists per side")
+            && stdout.contains("Phrase queries scan every start and end."),
+        "{stdout}"
+    );
     let ranked: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -424,7 +469,10 @@ fn check_units(f: &Fixture, db: &str, texts: &[(String, String)]) {
         .collect();
     let units: Vec<_> = ranked.iter().filter(|l| l["unit"] == "passage").collect();
     let passages: Vec<_> = units.iter().map(|u| u["passage"].clone()).collect();
-    assert_eq!(passages, listed("passage", "passage"), "{stdout}");
+    // Exact scans, then the approximate index probing every list: the same passages.
+    assert_eq!(passages.len(), 6, "{stdout}");
+    assert_eq!(passages[..3], listed("passage", "passage"), "{stdout}");
+    assert_eq!(passages[3..], passages[..3], "{stdout}");
     assert_eq!(
         ranked.len(),
         units.len() + 3,
