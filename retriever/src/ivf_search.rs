@@ -278,13 +278,7 @@ impl IvfScan<'_> {
         if !self.rescore {
             return Ok(best.into_sorted());
         }
-        let eps = q
-            .iter()
-            .zip(&index.max_error)
-            .map(|(a, e)| a.abs() * e)
-            .sum::<f32>()
-            * 1.001
-            + 1e-6 * (1.0 + bias.abs());
+        let eps = code_error_bound(q, &index.max_error, bias);
         let candidates = std::mem::replace(&mut best, TopK::new(k)).into_sorted();
         let mut exact = TopK::new(k);
         let mut next = 0;
@@ -427,6 +421,18 @@ impl IvfScan<'_> {
     fn probes(&self, q: &[f32]) -> Vec<usize> {
         best_lists(&self.index.centroids, self.index.dim, q, self.nprobe)
     }
+}
+
+/// How far a code's score for `q` may lie from the exact score of its row: `Σ|q_d|·err_d`
+/// for the largest coding error `err_d` of each dimension, with a margin for rounding
+/// (`bias` is `q·min`, the folded score's constant term).
+pub(crate) fn code_error_bound(q: &[f32], max_error: &[f32], bias: f32) -> f32 {
+    q.iter()
+        .zip(max_error)
+        .map(|(a, e)| a.abs() * e)
+        .sum::<f32>()
+        * 1.001
+        + 1e-6 * (1.0 + bias.abs())
 }
 
 /// The `nprobe` lists whose centroids (`[nlist × dim]`, row-major) have the largest inner

@@ -17,7 +17,7 @@ use realm_storage::ivf::Sq8;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::ivf_search::best_lists;
+use crate::ivf_search::{best_lists, code_error_bound};
 use crate::kernels::{dot, dot_u8};
 use crate::kmeans::{self, KMeans};
 use crate::random::SplitMix64;
@@ -197,13 +197,7 @@ impl SideIvf {
                 }
             }
         }
-        let eps = q
-            .iter()
-            .zip(&self.max_error)
-            .map(|(a, e)| a.abs() * e)
-            .sum::<f32>()
-            * 1.001
-            + 1e-6 * (1.0 + bias.abs());
+        let eps = code_error_bound(q, &self.max_error, bias);
         let mut exact = TopK::new(k);
         for (r, code_score) in best.into_sorted() {
             if exact.is_full() && code_score + eps < exact.threshold() {

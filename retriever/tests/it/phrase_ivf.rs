@@ -10,7 +10,7 @@ use realm_retriever::phrase::{
 use realm_retriever::random::SplitMix64;
 use tch::Device;
 
-use crate::phrases::{all_phrases, random_rows};
+use crate::phrases::{all_phrases, random_passages, random_rows};
 
 fn key(h: &PhraseHit) -> (u64, u32, u32) {
     (h.passage, h.start_position, h.end_position)
@@ -35,11 +35,7 @@ proptest! {
         k in 1usize..8,
     ) {
         let mut rng = SplitMix64::new(seed);
-        let passages: Vec<(u64, PhraseRows)> = sizes
-            .iter()
-            .enumerate()
-            .map(|(p, &n)| (10 + 3 * p as u64, random_rows(&mut rng, dim, n)))
-            .collect();
+        let passages = random_passages(&mut rng, dim, &sizes);
         let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
         let query = PhraseQuery { start: vector(), end: vector() };
         let other = PhraseQuery { start: vector(), end: vector() };

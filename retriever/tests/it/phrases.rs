@@ -179,6 +179,19 @@ fn the_filter_keeps_exactly_the_tokens_at_or_above_its_threshold() {
 }
 
 /// Random rows: `tokens` tokens in words of one or two tokens, random flags and vectors.
+/// Passages 10, 13, 16… with random rows of `sizes[i]` tokens each.
+pub(crate) fn random_passages(
+    rng: &mut SplitMix64,
+    dim: usize,
+    sizes: &[usize],
+) -> Vec<(u64, PhraseRows)> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| (10 + 3 * p as u64, random_rows(rng, dim, n)))
+        .collect()
+}
+
 pub(crate) fn random_rows(rng: &mut SplitMix64, dim: usize, tokens: usize) -> PhraseRows {
     let mut list = Vec::new();
     let (mut word, mut byte) = (0u32, 0u32);
@@ -259,11 +272,7 @@ proptest! {
         k in 1usize..8,
     ) {
         let mut rng = SplitMix64::new(seed);
-        let passages: Vec<(u64, PhraseRows)> = sizes
-            .iter()
-            .enumerate()
-            .map(|(p, &n)| (10 + 3 * p as u64, random_rows(&mut rng, dim, n)))
-            .collect();
+        let passages = random_passages(&mut rng, dim, &sizes);
         let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
         let query = PhraseQuery { start: vector(), end: vector() };
         let index = PhraseIndex::build(dim, passages.clone(), Device::Cpu).unwrap();
