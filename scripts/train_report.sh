@@ -21,7 +21,10 @@
 #          keeping only the tokens the trained filter passes (PHRASE_FILTER, default 0.06), and
 #          the same figures again; then query-side fine-tuning over that frozen generation
 #          (train --mode phrase-query) and its figures; then the phrase training again with
-#          self-supervised cloze examples mixed in (--phrase-spans), to show what they add
+#          self-supervised cloze examples mixed in (--phrase-spans), to show what they add;
+#          then, when a reader database exists (PHRASE_TEACHER_DB, default the reader recipe's
+#          reader-db), the phrase training again in a copy of it, distilling from its current
+#          reader (--distill PHRASE_DISTILL, default 1), to show what distillation adds
 # Writes splits, databases, JSON lines and plots under .deps/train-report/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -168,4 +171,16 @@ if [ "$what" = all ] || [ "$what" = phrase ]; then
     --phrase-spans "${PHRASE_SPANS:-1755}" --plot "$out/phrase-spans-curve.png"
   /usr/bin/time -f "eval --phrases (cloze examples) wall time: %e s" \
     "$bin" eval "$out/phrase-spans-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
+  teacher="${PHRASE_TEACHER_DB:-$out/reader-db}"
+  if [ -d "$teacher" ]; then
+    echo "== the phrase recipe again, distilling from the current reader of $teacher"
+    stage "$teacher" "$out/phrase-distill-db" --mode phrase --qa "$out/train.jsonl" \
+      --steps "${PHRASE_STEPS:-600}" --batch 8 --lr "${PHRASE_LR:-5e-5}" --candidates 20 \
+      --hard-negatives 1 --prebatch 1 --checkpoint-every 100 --seed 0 --run phrase \
+      --distill "${PHRASE_DISTILL:-1}" --plot "$out/phrase-distill-curve.png"
+    /usr/bin/time -f "eval --phrases (distilled) wall time: %e s" \
+      "$bin" eval "$out/phrase-distill-db" --qa "$out/dev.jsonl" -k 1,5,20 --phrases
+  else
+    echo "(distillation skipped: no reader database at $teacher; run the reader recipe first)"
+  fi
 fi

@@ -504,6 +504,10 @@ pub struct EvalArgs {
     pub phrases: bool,
     #[command(flatten)]
     pub phrase: PhraseSearchArgs,
+    /// With `--phrases`, the unit ranked by its best phrase for top-k accuracy: a unit is a
+    /// hit when its text holds an answer (a document is every passage sharing a title).
+    #[arg(long, value_enum, default_value_t = UnitArg::Passage, requires = "phrases")]
+    pub unit: UnitArg,
     /// Questions encoded and searched per batch.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,

@@ -156,6 +156,7 @@ pub fn run(args: &EvalArgs, env: &Env, out: &mut dyn Write) -> Result<()> {
         let setup = PhraseEval {
             options: args.phrase.options(),
             ks: ks.clone(),
+            unit: args.unit.unit(),
             batch: args.batch as usize,
         };
         Some(setup.run(&searcher, &examples, &matchers)?)

@@ -107,20 +107,25 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
          {\"question\": \"who painted the mona lisa\", \"answers\": [\"Leonardo da Vinci\"], \"in_corpus\": false}\n",
     );
     let qa = f.path("questions.jsonl");
-    let lines = json_lines(&f.run(&[
-        "eval",
-        db,
-        "--qa",
-        qa.to_str().unwrap(),
-        "-k",
-        "1,5",
-        "--phrases",
-        "--json",
-    ]));
-    let figures = lines
-        .iter()
-        .find(|l| l["system"] == "phrases")
-        .expect("a phrases line");
+    // The phrase figures of `eval --phrases` on the questions, with `extra` arguments.
+    let phrase_figures = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "eval",
+            db,
+            "--qa",
+            qa.to_str().unwrap(),
+            "-k",
+            "1,5",
+            "--phrases",
+        ];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        json_lines(&f.run(&args))
+            .into_iter()
+            .find(|l| l["system"] == "phrases")
+            .expect("a phrases line")
+    };
+    let figures = &phrase_figures(&[]);
     assert_eq!(figures["questions"], 3);
     assert_eq!(figures["in_corpus_questions"], 2);
     let accuracy = figures["passage_accuracy"].as_array().unwrap();
@@ -138,23 +143,40 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
         let v = figures[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{figures}");
     }
-    // Through the approximate phrase index, probing every list: the same figures.
-    let probing = json_lines(&f.run(&[
+    // Units inside passages can only hit less, documents around them only more.
+    assert_eq!(figures["unit"], "passage");
+    let passage_accuracy = |f: &serde_json::Value| -> Vec<f64> {
+        f["passage_accuracy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_f64().unwrap())
+            .collect()
+    };
+    let by_passage = passage_accuracy(figures);
+    for (unit, at_most) in [("sentence", true), ("phrase", true), ("document", false)] {
+        let other = &phrase_figures(&["--unit", unit]);
+        assert_eq!(other["unit"], unit);
+        assert_eq!(other["em"], figures["em"], "{other}");
+        for (a, b) in passage_accuracy(other).iter().zip(&by_passage) {
+            assert!(
+                if at_most { a <= b } else { a >= b },
+                "{unit}: {other} against {figures}"
+            );
+        }
+    }
+    let err = f.user_error(&[
         "eval",
         db,
         "--qa",
         qa.to_str().unwrap(),
-        "-k",
-        "1,5",
-        "--phrases",
-        "--phrase-nprobe",
-        "65536",
-        "--json",
-    ]));
-    let probed = probing
-        .iter()
-        .find(|l| l["system"] == "phrases")
-        .expect("a phrases line");
+        "--unit",
+        "sentence",
+    ]);
+    assert!(err.contains("--phrases"), "{err}");
+
+    // Through the approximate phrase index, probing every list: the same figures.
+    let probed = &phrase_figures(&["--phrase-nprobe", "65536"]);
     assert_eq!(probed["nprobe"], 65536);
     assert!(figures["nprobe"].is_null(), "{figures}");
     for key in ["em", "f1", "passage_accuracy", "in_corpus_em"] {
