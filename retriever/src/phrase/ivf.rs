@@ -64,7 +64,7 @@ impl PhraseIvfConfig {
     }
 }
 
-/// One side's IVF index: centroids, quantizer, and the lists' entries (matrix rows of the
+/// One side's IVF index: centroids, quantizer, and the lists' entries (the tokens of the
 /// side and their codes), list after list.
 #[derive(Debug)]
 pub(super) struct SideIvf {
@@ -76,18 +76,20 @@ pub(super) struct SideIvf {
     max_error: Vec<f32>,
     /// `offsets[l]..offsets[l + 1]`: the entries of list `l`.
     offsets: Vec<usize>,
-    /// The side-matrix row of each entry.
-    rows: Vec<u32>,
+    /// The token of each entry.
+    tokens: Vec<u32>,
     /// `[entries × dim]` codes.
     codes: Vec<u8>,
 }
 
 impl SideIvf {
     /// Trains and fills the index of a side whose rows are `matrix` (`[n, dim]`, f32, on the
-    /// compute device); `row(r)` gives row `r`'s values on the host.
+    /// compute device), row `r` being token `tokens[r]`; `vector(g)` gives token `g`'s
+    /// values on the host.
     pub(super) fn build<'a>(
         matrix: &Tensor,
-        row: impl Fn(usize) -> &'a [f32],
+        tokens: &[u32],
+        vector: impl Fn(usize) -> &'a [f32],
         nlist: usize,
         config: &PhraseIvfConfig,
     ) -> Result<SideIvf> {
@@ -110,7 +112,7 @@ impl SideIvf {
         }
         let mut sample = Vec::with_capacity(want * dim);
         for &r in &order[..want] {
-            sample.extend_from_slice(row(r));
+            sample.extend_from_slice(vector(tokens[r] as usize));
         }
         let centroids = KMeans {
             clusters: nlist,
@@ -138,15 +140,15 @@ impl SideIvf {
             offsets.push(offsets.last().copied().unwrap_or(0) + c);
         }
         let mut next = offsets[..nlist].to_vec();
-        let mut rows = vec![0u32; n];
+        let mut entries = vec![0u32; n];
         for (r, &l) in lists.iter().enumerate() {
-            rows[next[l as usize]] = r as u32;
+            entries[next[l as usize]] = tokens[r];
             next[l as usize] += 1;
         }
         let mut codes = Vec::with_capacity(n * dim);
         let mut max_error = vec![0f32; dim];
-        for &r in &rows {
-            let values = row(r as usize);
+        for &g in &entries {
+            let values = vector(g as usize);
             quantizer.encode(values, &mut codes);
             quantizer.error(values, &mut max_error);
         }
@@ -157,7 +159,7 @@ impl SideIvf {
             quantizer,
             max_error,
             offsets,
-            rows,
+            tokens: entries,
             codes,
         })
     }
@@ -167,14 +169,14 @@ impl SideIvf {
         self.nlist
     }
 
-    /// The side-matrix rows of the `k` best rows for `q` among the `nprobe` best lists, by
-    /// exact score (`row(r)` gives row `r`), best first.
+    /// The `k` best tokens for `q` among the `nprobe` best lists, by exact score (`vector(g)`
+    /// gives token `g`'s values), best first.
     pub(super) fn top<'a>(
         &self,
         q: &[f32],
         k: usize,
         nprobe: usize,
-        row: impl Fn(usize) -> &'a [f32],
+        vector: impl Fn(usize) -> &'a [f32],
     ) -> Vec<usize> {
         let dim = self.dim;
         // score(code) = q·min + Σ (q_d · step_d) · code_d
@@ -192,26 +194,26 @@ impl SideIvf {
                 if best.would_take(score) {
                     best.offer(Candidate {
                         score,
-                        id: u64::from(self.rows[e]),
+                        id: u64::from(self.tokens[e]),
                     });
                 }
             }
         }
         let eps = code_error_bound(q, &self.max_error, bias);
         let mut exact = TopK::new(k);
-        for (r, code_score) in best.into_sorted() {
+        for (g, code_score) in best.into_sorted() {
             if exact.is_full() && code_score + eps < exact.threshold() {
                 break;
             }
             exact.offer(Candidate {
-                score: dot(q, row(r as usize)),
-                id: r,
+                score: dot(q, vector(g as usize)),
+                id: g,
             });
         }
         exact
             .into_sorted()
             .into_iter()
-            .map(|(r, _)| r as usize)
+            .map(|(g, _)| g as usize)
             .collect()
     }
 }

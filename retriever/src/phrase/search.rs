@@ -225,18 +225,11 @@ impl PhraseIndex {
     /// ends, replacing any built before. Searches use it when their options set `nprobe`.
     pub fn build_ivf(&mut self, config: &PhraseIvfConfig) -> Result<()> {
         let nlist = config.lists_for(self.start_rows.len().max(self.end_rows.len()));
-        let start = SideIvf::build(
-            &self.start_matrix,
-            |r| self.vector(&self.start, self.start_rows[r] as usize),
-            nlist,
-            config,
-        )?;
-        let end = SideIvf::build(
-            &self.end_matrix,
-            |r| self.vector(&self.end, self.end_rows[r] as usize),
-            nlist,
-            config,
-        )?;
+        let side = |matrix: &Tensor, tokens: &[u32], values: &[f32]| {
+            SideIvf::build(matrix, tokens, |g| self.vector(values, g), nlist, config)
+        };
+        let start = side(&self.start_matrix, &self.start_rows, &self.start)?;
+        let end = side(&self.end_matrix, &self.end_rows, &self.end)?;
         self.ivf = Some((start, end));
         Ok(())
     }
@@ -329,20 +322,12 @@ impl PhraseIndex {
             ));
         };
         let one = |query: &PhraseQuery| {
-            let starts: Vec<usize> = start_ivf
-                .top(&query.start, opts.side_k, nprobe, |r| {
-                    self.vector(&self.start, self.start_rows[r] as usize)
-                })
-                .into_iter()
-                .map(|r| self.start_rows[r] as usize)
-                .collect();
-            let ends: Vec<usize> = end_ivf
-                .top(&query.end, opts.side_k, nprobe, |r| {
-                    self.vector(&self.end, self.end_rows[r] as usize)
-                })
-                .into_iter()
-                .map(|r| self.end_rows[r] as usize)
-                .collect();
+            let starts = start_ivf.top(&query.start, opts.side_k, nprobe, |g| {
+                self.vector(&self.start, g)
+            });
+            let ends = end_ivf.top(&query.end, opts.side_k, nprobe, |g| {
+                self.vector(&self.end, g)
+            });
             self.extend(query, &starts, &ends, opts)
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

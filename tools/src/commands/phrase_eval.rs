@@ -164,8 +164,10 @@ impl PhraseEval {
     }
 
     /// The titles and texts of the passages of `hits` that answers and ranking need: those
-    /// of the first `answered` hits and, for passages, those of the first `max_k` distinct
-    /// passages in phrase order; for other units, every hit's.
+    /// of the first `answered` hits and of the first `max_k` distinct passages in phrase
+    /// order, which hold the first `max_k` phrases, sentences and passages (every distinct
+    /// passage brings at least one of each); for documents, every hit's, since passages of
+    /// one document do not bring a new one.
     fn passages_of(
         &self,
         searcher: &PhraseSearcher,
@@ -175,7 +177,7 @@ impl PhraseEval {
     ) -> Result<HashMap<u64, (String, String)>> {
         let mut texts: HashMap<u64, (String, String)> = HashMap::new();
         for (rank, hit) in hits.iter().enumerate() {
-            if self.unit == RetrievalUnit::Passage && rank >= answered && texts.len() >= max_k {
+            if self.unit != RetrievalUnit::Document && rank >= answered && texts.len() >= max_k {
                 break;
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = texts.entry(hit.passage) {

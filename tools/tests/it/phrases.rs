@@ -46,16 +46,15 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
     assert_eq!(listed[0]["tokens_written"], stored);
 
     let texts = texts();
-    let asked = json_lines(&f.run(&[
-        "ask",
-        db,
-        "what is the capital of norway",
-        "--phrases",
-        "--phrase-k",
-        "20",
-        "--json",
-    ]));
-    let asked = &asked[0];
+    // `ask --phrases` on one question, with `extra` arguments.
+    let ask = |extra: &[&str]| -> serde_json::Value {
+        let question = "what is the capital of norway";
+        let mut args = vec!["ask", db, question, "--phrases", "--phrase-k", "20"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        json_lines(&f.run(&args)).remove(0)
+    };
+    let asked = &ask(&[]);
     assert_eq!(asked["phrase_generation"], 2);
     let answers = asked["answers"].as_array().unwrap();
     assert!(!answers.is_empty() && answers.len() <= 3);
@@ -185,18 +184,8 @@ fn a_phrase_generation_is_built_listed_searched_and_asked() {
             "{key}: {probed} against {figures}"
         );
     }
-    let probed_answer = json_lines(&f.run(&[
-        "ask",
-        db,
-        "what is the capital of norway",
-        "--phrases",
-        "--phrase-k",
-        "20",
-        "--phrase-nprobe",
-        "65536",
-        "--json",
-    ]));
-    assert_eq!(probed_answer[0]["answers"], asked["answers"]);
+    let probed_answer = ask(&["--phrase-nprobe", "65536"]);
+    assert_eq!(probed_answer["answers"], asked["answers"]);
     assert!(figures["questions_per_second"].as_f64().unwrap() > 0.0);
 
     // Ingestion encodes new passages into the phrase generation too.
