@@ -10,11 +10,13 @@
 #          dense-then-read and BM25-then-read on the dev split
 #   realm  a short REALM MLM pre-training run (2% of the articles held out, utility reported),
 #          then the same QA fine-tuning from its reader and towers, and exact match
-#   reader the reader recipe (issue 16): self-supervised span pre-training of the reader on the
-#          corpus (no labels), then QA fine-tuning from it, each resumable (run the script
-#          again after an interruption and each stage resumes from its last checkpoint);
-#          exact match and F1 of dense-then-read and BM25-then-read on the dev split, and
-#          the same QA fine-tuning without span pre-training, to show what the span stage adds
+#   reader the reader recipe (issue 16): QA fine-tuning of the reader and query tower from
+#          MiniLM (RQA_STEPS, default 1,000), optionally a second pass in a new sample order
+#          (RQA_MORE_STEPS, default 0: off, as it measured no gain), each resumable (run the
+#          script again after an interruption and each stage resumes from its last
+#          checkpoint); exact match and F1 of dense-then-read and BM25-then-read on the dev
+#          split after each; then the ablation: self-supervised span pre-training on the
+#          corpus (no labels) followed by the first QA pass, to show what the span stage adds
 #   phrase the phrase recipe (issue 17): phrase-encoder training from MiniLM on the training
 #          questions (resumable like the reader's), which publishes a phrase generation; phrase
 #          EM, F1 and passage top-1/5/20 on the dev split; then the same generation rebuilt
@@ -104,15 +106,20 @@ if [ "$what" = all ] || [ "$what" = realm ]; then
   qa_finetune "$out/realm-db" "$out/realm-qa-db"
 fi
 
-# A training stage of the reader recipe on database $2 (copied from $1 when it is missing):
-# resumable, because a rerun trains the same run name on the same database, and skipped once
-# the marker $2.done exists. The remaining arguments go to `realm-db train`.
-stage() {
-  local from="$1" db="$2"; shift 2
-  if [ -e "$db.done" ]; then echo "(done before: $db)"; return; fi
+# A training stage on database $3 (copied from $2 when it is missing): resumable, because a
+# rerun trains the same run name on the same database, and skipped once the marker file $1
+# exists. The remaining arguments go to `realm-db train`.
+marked_stage() {
+  local marker="$1" from="$2" db="$3"; shift 3
+  if [ -e "$marker" ]; then echo "(done before: $marker)"; return; fi
   [ -d "$db" ] || cp -r "$from" "$db"
-  /usr/bin/time -f "$(basename "$db") wall time: %e s" "$bin" train "$db" "$@"
-  touch "$db.done"
+  /usr/bin/time -f "$(basename "$marker" .done) wall time: %e s" "$bin" train "$db" "$@"
+  touch "$marker"
+}
+
+# The first (or only) training stage of database $2, marked by $2.done.
+stage() {
+  marked_stage "$2.done" "$@"
 }
 
 # Exact match and F1 of the reader of database $1 over the top 5 passages, dense then BM25.
@@ -124,19 +131,28 @@ reader_em() {
 }
 
 if [ "$what" = all ] || [ "$what" = reader ]; then
-  reader_qa=(--mode qa --qa "$out/train.jsonl" --steps "${RQA_STEPS:-1000}" --batch 8
-    --lr 2e-5 --reader-lr "${RQA_READER_LR:-1e-4}" --reader-passages 5 --candidates 20
-    --checkpoint-every 25 --seed 0 --run reader-qa)
-  echo "== span pre-training of the reader (self-supervised, from MiniLM)"
+  reader_qa=(--mode qa --qa "$out/train.jsonl" --batch 8 --lr 2e-5
+    --reader-lr "${RQA_READER_LR:-1e-4}" --reader-passages 5 --candidates 20
+    --checkpoint-every 25)
+  echo "== QA fine-tuning of the reader and query tower (from MiniLM)"
+  stage .deps/main-db "$out/reader-db" "${reader_qa[@]}" --steps "${RQA_STEPS:-1000}" \
+    --seed 0 --run reader-qa --plot "$out/reader-qa-curve.png"
+  reader_em "$out/reader-db"
+  if [ "${RQA_MORE_STEPS:-0}" -gt 0 ]; then
+    echo "== a second QA pass over the training questions (new sample order), same database"
+    marked_stage "$out/reader-db.more.done" .deps/main-db "$out/reader-db" "${reader_qa[@]}" \
+      --steps "${RQA_MORE_STEPS:-0}" --seed 1 --run reader-qa-more \
+      --plot "$out/reader-qa-more-curve.png"
+    reader_em "$out/reader-db"
+  fi
+  echo "== ablation: self-supervised span pre-training of the reader (from MiniLM, no labels)"
   stage .deps/main-db "$out/spans-db" --mode spans --steps "${SPANS_STEPS:-300}" --batch 8 \
     --reader-passages 4 --candidates 20 --reader-lr "${SPANS_READER_LR:-1e-4}" \
     --checkpoint-every 25 --seed 0 --run spans --plot "$out/spans-curve.png"
-  echo "== QA fine-tuning from the span-pre-trained reader"
-  stage "$out/spans-db" "$out/reader-db" "${reader_qa[@]}" --plot "$out/reader-qa-curve.png"
-  reader_em "$out/reader-db"
-  echo "== the same QA fine-tuning without span pre-training (from MiniLM)"
-  stage .deps/main-db "$out/reader-nospans-db" "${reader_qa[@]}"
-  reader_em "$out/reader-nospans-db"
+  echo "== the first QA pass again, from the span-pre-trained reader"
+  stage "$out/spans-db" "$out/reader-spans-db" "${reader_qa[@]}" --steps "${RQA_STEPS:-1000}" \
+    --seed 0 --run reader-qa
+  reader_em "$out/reader-spans-db"
 fi
 
 if [ "$what" = all ] || [ "$what" = phrase ]; then
