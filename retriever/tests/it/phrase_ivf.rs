@@ -5,16 +5,12 @@
 use proptest::prelude::*;
 use realm_retriever::Error;
 use realm_retriever::phrase::{
-    PhraseHit, PhraseIndex, PhraseIvfConfig, PhraseQuery, PhraseRows, PhraseSearchOptions,
+    PhraseIndex, PhraseIvfConfig, PhraseQuery, PhraseRows, PhraseSearchOptions,
 };
 use realm_retriever::random::SplitMix64;
 use tch::Device;
 
-use crate::phrases::{all_phrases, random_passages, random_rows};
-
-fn key(h: &PhraseHit) -> (u64, u32, u32) {
-    (h.passage, h.start_position, h.end_position)
-}
+use crate::phrases::{all_phrases, hit_key as key, random_passages, random_query, random_rows};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
@@ -36,9 +32,8 @@ proptest! {
     ) {
         let mut rng = SplitMix64::new(seed);
         let passages = random_passages(&mut rng, dim, &sizes);
-        let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
-        let query = PhraseQuery { start: vector(), end: vector() };
-        let other = PhraseQuery { start: vector(), end: vector() };
+        let query = random_query(&mut rng, dim);
+        let other = random_query(&mut rng, dim);
         let mut index = PhraseIndex::build(dim, passages.clone(), Device::Cpu).unwrap();
         prop_assume!(index.start_count().min(index.end_count()) >= nlist);
         index
@@ -136,18 +131,15 @@ fn probing_a_few_lists_keeps_most_of_the_exact_results_on_clustered_rows() {
             start: vector(),
             end: vector(),
         };
-        let truth: Vec<_> = index
-            .search(&query, &exact)
-            .unwrap()
-            .iter()
-            .map(key)
-            .collect();
-        let got: Vec<_> = index
-            .search(&query, &probing)
-            .unwrap()
-            .iter()
-            .map(key)
-            .collect();
+        let keys = |options: &PhraseSearchOptions| -> Vec<_> {
+            index
+                .search(&query, options)
+                .unwrap()
+                .iter()
+                .map(key)
+                .collect()
+        };
+        let (truth, got) = (keys(&exact), keys(&probing));
         total += truth.len();
         found += truth.iter().filter(|t| got.contains(t)).count();
     }

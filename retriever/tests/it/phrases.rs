@@ -192,6 +192,20 @@ pub(crate) fn random_passages(
         .collect()
 }
 
+/// A query with standard normal start and end vectors.
+pub(crate) fn random_query(rng: &mut SplitMix64, dim: usize) -> PhraseQuery {
+    let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+    PhraseQuery {
+        start: vector(),
+        end: vector(),
+    }
+}
+
+/// What identifies a phrase hit: its passage and its start and end token positions.
+pub(crate) fn hit_key(h: &PhraseHit) -> (u64, u32, u32) {
+    (h.passage, h.start_position, h.end_position)
+}
+
 pub(crate) fn random_rows(rng: &mut SplitMix64, dim: usize, tokens: usize) -> PhraseRows {
     let mut list = Vec::new();
     let (mut word, mut byte) = (0u32, 0u32);
@@ -273,16 +287,14 @@ proptest! {
     ) {
         let mut rng = SplitMix64::new(seed);
         let passages = random_passages(&mut rng, dim, &sizes);
-        let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
-        let query = PhraseQuery { start: vector(), end: vector() };
+        let query = random_query(&mut rng, dim);
         let index = PhraseIndex::build(dim, passages.clone(), Device::Cpu).unwrap();
         let oracle = all_phrases(&passages, &query, max_words);
-        let key = |h: &PhraseHit| (h.passage, h.start_position, h.end_position);
 
         let exact = PhraseSearchOptions { k, max_words, side_k: index.token_count().max(1), nprobe: None };
         let hits = index.search(&query, &exact).unwrap();
         let expected: Vec<(u64, u32, u32)> = oracle.iter().take(k).map(|o| (o.0, o.1, o.2)).collect();
-        prop_assert_eq!(hits.iter().map(key).collect::<Vec<_>>(), expected);
+        prop_assert_eq!(hits.iter().map(hit_key).collect::<Vec<_>>(), expected);
         for (hit, o) in hits.iter().zip(&oracle) {
             prop_assert!((hit.score - o.3).abs() <= 1e-5 * (1.0 + o.3.abs()));
         }
@@ -299,7 +311,7 @@ proptest! {
             prop_assert!(pair[0].score >= pair[1].score);
         }
         for hit in &hits {
-            let o = oracle.iter().find(|o| (o.0, o.1, o.2) == key(hit));
+            let o = oracle.iter().find(|o| (o.0, o.1, o.2) == hit_key(hit));
             prop_assert!(o.is_some(), "the hit {:?} is not a phrase", hit);
             prop_assert!((hit.score - o.unwrap().3).abs() <= 1e-5 * (1.0 + hit.score.abs()));
         }
@@ -312,7 +324,7 @@ proptest! {
                 (0..r.len()).filter(|&j| r.tokens()[j].ends).map(|j| dot(&query.end, r.end_vector(j))).collect::<Vec<_>>()
             }).collect();
             if rank(best.4, starts) < side_k || rank(best.5, ends) < side_k {
-                prop_assert_eq!(hits.first().map(key), Some((best.0, best.1, best.2)));
+                prop_assert_eq!(hits.first().map(hit_key), Some((best.0, best.1, best.2)));
             }
         }
     }
@@ -358,8 +370,7 @@ proptest! {
         let texts: Vec<(String, Vec<usize>)> =
             sizes.iter().map(|&n| random_text(&mut rng, n)).collect();
         let titles: Vec<String> = (0..sizes.len()).map(|p| format!("doc {}", p % 2)).collect();
-        let mut vector = || (0..dim).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
-        let query = PhraseQuery { start: vector(), end: vector() };
+        let query = random_query(&mut rng, dim);
         let index = PhraseIndex::build(dim, passages.clone(), Device::Cpu).unwrap();
         let oracle = all_phrases(&passages, &query, max_words);
         let exact = PhraseSearchOptions {
